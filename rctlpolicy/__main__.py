@@ -1,0 +1,3 @@
+from rctlpolicy.cli import console_main
+
+console_main()

@@ -1,0 +1,179 @@
+"""Numbers as FreeBSD reads and prints them: expand_number(3), the kernel's strtoul/str2int64,
+rctl(8)'s strtod uids and humanize_number(3). Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+UINT64_MAX = 2**64 - 1
+INT64_MAX = 2**63 - 1
+INT_MIN = -(2**31)
+INT_MAX = 2**31 - 1
+
+#: isspace() in the C locale, as the kernel's and libc's strto*() skip it.
+_C_SPACE = " \t\n\v\f\r"
+_SUFFIX_SHIFT = {"k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
+
+
+class AmountProblem(StrEnum):
+    """Why expand_number(3) refused a string (EINVAL or ERANGE in libutil)."""
+
+    SYNTAX = "syntax"
+    NEGATIVE = "negative"
+    OVERFLOW = "overflow"
+
+
+class AmountError(ValueError):
+    def __init__(self, problem: AmountProblem, offset: int = 0) -> None:
+        super().__init__(problem.value)
+        self.problem = problem
+        #: Where in the string the problem starts (for the caret).
+        self.offset = offset
+
+
+@dataclass(frozen=True, slots=True)
+class ExpandedNumber:
+    """A parsed expand_number(3) value, with how it was written (for lint's warnings)."""
+
+    value: int
+    base: int  # 8, 10 or 16: base 0 makes a leading 0 octal and 0x hex
+    suffix: str  # the unit letter as written ("" when none)
+    sign: str  # "+", "-" or ""
+
+
+_STRTOUMAX_BASE0 = re.compile(r"(0[xX](?=[0-9a-fA-F])[0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+
+
+def expand_number(text: str) -> ExpandedNumber:
+    """libutil's expand_number(3) as current FreeBSD has it (expand_unsigned generation).
+
+    Leading blanks and one sign are skipped, a digit must follow, the number is read by
+    strtoumax(3) in base 0 (so `0x10` is 16 and `010` is 8), then an optional unit letter
+    k/m/g/t/p/e (powers of 1024, any case), an optional single `b`/`B`, and the end.
+    """
+    i = 0
+    n = len(text)
+    while i < n and text[i] in _C_SPACE:
+        i += 1
+    sign = ""
+    if i < n and text[i] in "+-":
+        sign = text[i]
+        i += 1
+    if i >= n or not text[i].isdigit() or not text[i].isascii():
+        raise AmountError(AmountProblem.SYNTAX, i)
+    match = _STRTOUMAX_BASE0.match(text, i)
+    assert match is not None  # a digit is there
+    digits = match.group(0)
+    if digits[:2] in ("0x", "0X"):
+        base, value = 16, int(digits[2:], 16)
+    elif len(digits) > 1 and digits[0] == "0":
+        base, value = 8, int(digits, 8)
+    else:
+        base, value = 10, int(digits)
+    i = match.end()
+    if value > UINT64_MAX:
+        raise AmountError(AmountProblem.OVERFLOW, match.start())
+    suffix = ""
+    if i < n and text[i].lower() in _SUFFIX_SHIFT:
+        suffix = text[i]
+        i += 1
+    if i < n and text[i] in "bB":
+        i += 1
+    if i != n:
+        raise AmountError(AmountProblem.SYNTAX, i)
+    if sign == "-" and value != 0:
+        raise AmountError(AmountProblem.NEGATIVE, 0)
+    if suffix:
+        value <<= _SUFFIX_SHIFT[suffix.lower()]
+        if value > UINT64_MAX:
+            raise AmountError(AmountProblem.OVERFLOW, match.start())
+    return ExpandedNumber(value, base, suffix, sign)
+
+
+_KERNEL_DECIMAL = re.compile(r"[ \t\n\v\f\r]*([+-]?)([0-9]+)\Z")
+
+
+def kernel_strtoul(text: str) -> int | None:
+    """The kernel's strtoul(s, &end, 10) accepted only when it consumes the whole string.
+
+    Returns the unsigned 64-bit result (ULONG_MAX on overflow, negation modulo 2^64 for a
+    leading '-'), or None when the string is not entirely a decimal number.
+    """
+    match = _KERNEL_DECIMAL.match(text)
+    if match is None:
+        return None
+    value = int(match.group(2))
+    if value > UINT64_MAX:
+        return UINT64_MAX
+    if match.group(1) == "-":
+        value = (-value) & UINT64_MAX
+    return value
+
+
+def as_int64(value: int) -> int:
+    """Reinterpret an unsigned 64-bit value as int64_t."""
+    return value - 2**64 if value > INT64_MAX else value
+
+
+_STRTOD_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?\Z")
+_STRTOD_HEX = re.compile(
+    r"0[xX](?:[0-9a-fA-F]+(?:\.[0-9a-fA-F]*)?|\.[0-9a-fA-F]+)(?:[pP][+-]?[0-9]+)?\Z"
+)
+
+
+def strtod_uid(text: str) -> int | None:
+    """rctl(8)'s numeric uid: strtod(3) over the whole string, then a cast to int.
+
+    Only called for ids that start with a digit. None when strtod would leave characters
+    over ("trailing characters after numerical id"). Values the cast cannot represent give
+    INT_MIN, as amd64's conversion instruction does.
+    """
+    if _STRTOD_DECIMAL.match(text):
+        number = float(text)
+    elif _STRTOD_HEX.match(text):
+        number = float.fromhex(text)
+    else:
+        return None
+    if math.isnan(number) or number >= 2**31 or number <= -(2**31) - 1:
+        return INT_MIN
+    return int(number)
+
+
+_HN_PREFIXES = ("", "K", "M", "G", "T", "P", "E")
+
+
+def humanize_number(n: int) -> str:
+    """humanize_number(buf, 6, n, "", HN_AUTOSCALE, HN_DECIMAL | HN_NOSPACE) as rctl -h uses it."""
+    if n < 0:
+        return str(n)
+    quotient, remainder, scale = n, 0, 0
+    while (quotient >= 10000 or (quotient == 9999 and remainder >= 512)) and scale < 6:
+        remainder = quotient % 1024
+        quotient //= 1024
+        scale += 1
+    if scale > 0 and (quotient < 9 or (quotient == 9 and remainder < 973)):
+        tenths = (remainder * 10 + 512) // 1024
+        return f"{quotient + tenths // 10}.{tenths % 10}{_HN_PREFIXES[scale]}"
+    return f"{quotient + (remainder + 512) // 1024}{_HN_PREFIXES[scale]}"
+
+
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d|w)?\s*\Z")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str | int | float) -> float:
+    """A policy duration: `30s`, `10m`, `1h`, `2d`, or a plain number of seconds."""
+    if isinstance(text, bool):
+        raise ValueError("a duration, not a boolean")
+    if isinstance(text, int | float):
+        if text < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(text)
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"invalid duration {text!r}: write e.g. 30s, 10m, 1h or 2d")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]

@@ -1,0 +1,166 @@
+"""The RCTL rule grammar (pyparsing), and rctl.conf's line grammar.
+
+Both layers of FreeBSD cut a rule into fields the same way (kern_rctl.c:rctl_string_to_rule,
+strsep(3) cuts), so the grammar is exactly that cut; what the fields may contain is checked by
+`rctlpolicy.semantics`, which can then say what was meant ("did you mean 'memoryuse'?")::
+
+    rule      ::= subject [ ":" subject_id [ ":" resource [ ":" action
+                  [ ("=" | "/") amount [ "/" per ] ] ] ] ]
+    subject    ::= { any character but ":" }
+    subject_id ::= { any character but ":" }
+    resource   ::= { any character but ":" }
+    action     ::= { any character but "=" and "/" }
+    amount     ::= { any character but "/" }
+    per        ::= { any character }              (further "/" or ":" stay inside per)
+
+A missing trailing field and an empty one both mean "undefined" (a wildcard in filters).
+
+rctl.conf, as rc.d/rctl reads it (`read var comments` with the default IFS)::
+
+    line    ::= [blanks] ( comment | word [blanks rest] | ) [blanks] newline
+    comment ::= "#" { any character }           (only when the first word starts with "#")
+    word    ::= rule without blanks              (only the first word is used)
+
+One pyparsing `Regex` per rule (and per rctl.conf line) with named groups keeps the grammar
+exact and fast: a file of 20,000 rules is read in one `parse_string` call.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pyparsing as pp
+
+#: Field indexes, in rule order.
+SUBJECT, SUBJECT_ID, RESOURCE, ACTION, AMOUNT, PER = range(6)
+FIELD_NAMES = ("subject", "subject-id", "resource", "action", "amount", "per")
+
+
+def _rule_pattern(blank: str) -> str:
+    """The strsep cut as a regular expression; `blank` is what may not occur in a field."""
+    per_chars = f"[^{blank}]" if blank else "."
+    return (
+        rf"(?P<subject>[^:{blank}]*)"
+        rf"(?::(?P<subject_id>[^:{blank}]*)"
+        rf"(?::(?P<resource>[^:{blank}]*)"
+        rf"(?::(?P<action>[^=/{blank}]*)"
+        rf"(?:(?P<sep>[=/])(?P<amount>[^/{blank}]*)"
+        rf"(?:(?P<slash>/)(?P<per>{per_chars}*))?)?)?)?)?"
+    )
+
+
+_GROUPS = ("subject", "subject_id", "resource", "action", "amount", "per")
+
+RULE = pp.Regex("(?s)" + _rule_pattern(""), as_match=True).leave_whitespace().set_name("rule")
+RULE.parse_with_tabs()
+
+_CONF_WORD = _rule_pattern(r" \t\n")
+CONF_LINE = (
+    pp.Regex(
+        r"(?!\Z)[ \t]*(?:(?P<comment>\#[^\n]*)|(?P<word>"
+        + _CONF_WORD
+        + r")(?:[ \t]+(?P<rest>[^\n]*?))?[ \t]*)?(?:\n|\Z)",
+        as_match=True,
+    )
+    .leave_whitespace()
+    .set_name("rctl.conf line")
+)
+CONF_FILE = pp.ZeroOrMore(CONF_LINE).leave_whitespace().set_name("rctl.conf")
+CONF_FILE.parse_with_tabs()
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSyntax:
+    """A rule cut into its six fields; None for a field that is absent.
+
+    `starts[i]` is field i's 0-based offset in `text` (where it would start when absent).
+    """
+
+    text: str
+    fields: tuple[str | None, str | None, str | None, str | None, str | None, str | None]
+    starts: tuple[int, int, int, int, int, int]
+    #: The character between action and amount ("=" or "/"), None when absent.
+    separator: str | None
+    #: Whether a "/" introduced a per part (rctl(8) re-emits it even when empty).
+    per_present: bool
+
+    @property
+    def has_colon(self) -> bool:
+        return self.fields[SUBJECT_ID] is not None
+
+    def field(self, index: int) -> str | None:
+        return self.fields[index]
+
+
+def _syntax_from_match(match: re.Match[str], text: str, base: int) -> RuleSyntax:
+    groups = match.group
+    fields = (
+        groups("subject"),
+        groups("subject_id"),
+        groups("resource"),
+        groups("action"),
+        groups("amount"),
+        groups("per"),
+    )
+    # An absent field "starts" where the text ended, which is where a caret should point.
+    starts_list: list[int] = []
+    previous_end = match.start("subject") - base
+    for name in _GROUPS:
+        start = match.start(name)
+        if start < 0:
+            starts_list.append(previous_end)
+        else:
+            starts_list.append(start - base)
+            previous_end = match.end(name) - base
+    s0, s1, s2, s3, s4, s5 = starts_list
+    starts = (s0, s1, s2, s3, s4, s5)
+    return RuleSyntax(
+        text=text,
+        fields=fields,
+        starts=starts,
+        separator=groups("sep"),
+        per_present=groups("slash") is not None,
+    )
+
+
+def parse_rule_syntax(text: str) -> RuleSyntax:
+    """Cut any string into rule fields exactly as kern_rctl.c does (this never fails)."""
+    match: re.Match[str] = RULE.parse_string(text)[0]
+    return _syntax_from_match(match, text, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfLine:
+    """One line of an rctl.conf file as rc.d/rctl reads it."""
+
+    number: int
+    text: str
+    #: The rule word (None for blank and comment lines) and its 0-based column.
+    rule: RuleSyntax | None
+    column: int
+    #: Text after the rule word, which rc.d/rctl silently drops (None when there is none).
+    rest: str | None
+    rest_column: int
+
+
+def parse_conf(text: str) -> list[ConfLine]:
+    """Read rctl.conf text into lines; every line is accepted here, checks come later."""
+    lines: list[ConfLine] = []
+    number = 0
+    for match in CONF_FILE.parse_string(text, parse_all=True):
+        number += 1
+        line_start = match.start()
+        line_text = match.group(0).rstrip("\n")
+        word = match.group("word")
+        if not word:
+            lines.append(ConfLine(number, line_text, None, 0, None, 0))
+            continue
+        word_start = match.start("word")
+        syntax = _syntax_from_match(match, word, word_start)
+        rest = match.group("rest") or None
+        rest_column = match.start("rest") - line_start if rest else 0
+        lines.append(
+            ConfLine(number, line_text, syntax, word_start - line_start, rest, rest_column)
+        )
+    return lines

@@ -1,0 +1,491 @@
+"""Every metric family rctlpolicy exports: names, types, help texts and label names.
+
+This is the one table the exporter, the Grafana dashboard (contrib/grafana/rctlpolicy.json) and
+the alert rules (contrib/prometheus/rctlpolicy-alerts.yml) agree on; their tests check every
+name they use against `ALL_METRICS`, so a renamed metric is a failing test, not a blank panel.
+
+Per-jail usage follows sysutils/jail_exporter (phyber/jail_exporter, src/exporter.rs) name for
+name, `name` label included, so dashboards written for it keep working: `jail_<resource>` with
+the unit appended (`jail_memoryuse_bytes`), the two cumulative times as counters
+(`jail_cputime_seconds_total`, `jail_wallclock_seconds_total`) and pcpu as `jail_pcpu_used`.
+Limits move the unit after `_limit` (`jail_memoryuse_limit_bytes`) as Prometheus' naming
+practice puts the unit last.
+
+Counter names keep their `_total`: prometheus_client's CounterMetricFamily strips it from the
+family name and puts it back on the sample, so the constant is what PromQL sees either way.
+
+Pure data: no I/O, no prometheus_client import.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from rctlpolicy.model import Resource
+
+
+class MetricType(StrEnum):
+    """A family's type, spelled as in the text exposition format's `# TYPE` line."""
+
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One exported metric family."""
+
+    name: str
+    type: MetricType
+    help: str
+    labels: tuple[str, ...] = ()
+
+    @property
+    def sample_names(self) -> tuple[str, ...]:
+        """The series names a query can use: a histogram's three, otherwise the name itself."""
+        if self.type is MetricType.HISTOGRAM:
+            return (f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count")
+        return (self.name,)
+
+
+class ActionOutcome(StrEnum):
+    """Values of the `outcome` label of rctlpolicy_actions_total."""
+
+    SUCCESS = "success"  # exited 0 (or the signal was delivered)
+    FAILURE = "failure"  # exited non-zero
+    TIMEOUT = "timeout"  # killed after its timeout
+    ERROR = "error"  # could not be started at all (exec failed, no such jail)
+
+
+class EventOutcome(StrEnum):
+    """Values of the `outcome` label of rctlpolicy_events_total."""
+
+    ACTED = "acted"  # an on_match action was started
+    NO_ACTION = "no_action"  # the rule is known but has no on_match
+    UNKNOWN_RULE = "unknown_rule"  # the rule is not in the policy (someone else's devctl rule)
+    COOLDOWN = "cooldown"  # suppressed: the action ran less than `cooldown` ago
+    EXHAUSTED = "exhausted"  # suppressed: max_runs reached
+    MALFORMED = "malformed"  # the devctl line could not be parsed
+
+
+# Label names shared by several families.
+LABEL_JAIL_NAME = "name"  # jail_exporter's label for the jail name
+LIMIT_LABELS = ("name", "action", "per")
+
+# Per-jail usage (jail_exporter's names), one per RACCT resource.
+JAIL_CPUTIME_SECONDS_TOTAL = "jail_cputime_seconds_total"
+JAIL_DATASIZE_BYTES = "jail_datasize_bytes"
+JAIL_STACKSIZE_BYTES = "jail_stacksize_bytes"
+JAIL_COREDUMPSIZE_BYTES = "jail_coredumpsize_bytes"
+JAIL_MEMORYUSE_BYTES = "jail_memoryuse_bytes"
+JAIL_MEMORYLOCKED_BYTES = "jail_memorylocked_bytes"
+JAIL_MAXPROC = "jail_maxproc"
+JAIL_OPENFILES = "jail_openfiles"
+JAIL_VMEMORYUSE_BYTES = "jail_vmemoryuse_bytes"
+JAIL_PSEUDOTERMINALS = "jail_pseudoterminals"
+JAIL_SWAPUSE_BYTES = "jail_swapuse_bytes"
+JAIL_NTHR = "jail_nthr"
+JAIL_MSGQQUEUED = "jail_msgqqueued"
+JAIL_MSGQSIZE_BYTES = "jail_msgqsize_bytes"
+JAIL_NMSGQ = "jail_nmsgq"
+JAIL_NSEM = "jail_nsem"
+JAIL_NSEMOP = "jail_nsemop"
+JAIL_NSHM = "jail_nshm"
+JAIL_SHMSIZE_BYTES = "jail_shmsize_bytes"
+JAIL_WALLCLOCK_SECONDS_TOTAL = "jail_wallclock_seconds_total"
+JAIL_PCPU_USED = "jail_pcpu_used"
+JAIL_READBPS = "jail_readbps"
+JAIL_WRITEBPS = "jail_writebps"
+JAIL_READIOPS = "jail_readiops"
+JAIL_WRITEIOPS = "jail_writeiops"
+
+# Per-jail limits: the amount of each jail rule in force, labelled {name, action, per}.
+JAIL_CPUTIME_LIMIT_SECONDS = "jail_cputime_limit_seconds"
+JAIL_DATASIZE_LIMIT_BYTES = "jail_datasize_limit_bytes"
+JAIL_STACKSIZE_LIMIT_BYTES = "jail_stacksize_limit_bytes"
+JAIL_COREDUMPSIZE_LIMIT_BYTES = "jail_coredumpsize_limit_bytes"
+JAIL_MEMORYUSE_LIMIT_BYTES = "jail_memoryuse_limit_bytes"
+JAIL_MEMORYLOCKED_LIMIT_BYTES = "jail_memorylocked_limit_bytes"
+JAIL_MAXPROC_LIMIT = "jail_maxproc_limit"
+JAIL_OPENFILES_LIMIT = "jail_openfiles_limit"
+JAIL_VMEMORYUSE_LIMIT_BYTES = "jail_vmemoryuse_limit_bytes"
+JAIL_PSEUDOTERMINALS_LIMIT = "jail_pseudoterminals_limit"
+JAIL_SWAPUSE_LIMIT_BYTES = "jail_swapuse_limit_bytes"
+JAIL_NTHR_LIMIT = "jail_nthr_limit"
+JAIL_MSGQQUEUED_LIMIT = "jail_msgqqueued_limit"
+JAIL_MSGQSIZE_LIMIT_BYTES = "jail_msgqsize_limit_bytes"
+JAIL_NMSGQ_LIMIT = "jail_nmsgq_limit"
+JAIL_NSEM_LIMIT = "jail_nsem_limit"
+JAIL_NSEMOP_LIMIT = "jail_nsemop_limit"
+JAIL_NSHM_LIMIT = "jail_nshm_limit"
+JAIL_SHMSIZE_LIMIT_BYTES = "jail_shmsize_limit_bytes"
+JAIL_WALLCLOCK_LIMIT_SECONDS = "jail_wallclock_limit_seconds"
+JAIL_PCPU_LIMIT = "jail_pcpu_limit"
+JAIL_READBPS_LIMIT = "jail_readbps_limit"
+JAIL_WRITEBPS_LIMIT = "jail_writebps_limit"
+JAIL_READIOPS_LIMIT = "jail_readiops_limit"
+JAIL_WRITEIOPS_LIMIT = "jail_writeiops_limit"
+
+# Jails (jail_exporter's names).
+JAIL_ID = "jail_id"
+JAIL_NUM = "jail_num"
+
+# The daemon itself.
+RCTLPOLICY_RULE_INFO = "rctlpolicy_rule_info"
+RCTLPOLICY_BUILD_INFO = "rctlpolicy_build_info"
+RCTLPOLICY_RACCT_ENABLED = "rctlpolicy_racct_enabled"
+RCTLPOLICY_CONFIG_LAST_RELOAD_SUCCESSFUL = "rctlpolicy_config_last_reload_successful"
+RCTLPOLICY_CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS = (
+    "rctlpolicy_config_last_reload_success_timestamp_seconds"
+)
+RCTLPOLICY_RULES = "rctlpolicy_rules"
+RCTLPOLICY_DEVD_CONNECTED = "rctlpolicy_devd_connected"
+RCTLPOLICY_DEVD_RECONNECTS_TOTAL = "rctlpolicy_devd_reconnects_total"
+RCTLPOLICY_EVENTS_TOTAL = "rctlpolicy_events_total"
+RCTLPOLICY_ACTIONS_TOTAL = "rctlpolicy_actions_total"
+RCTLPOLICY_ACTION_DURATION_SECONDS = "rctlpolicy_action_duration_seconds"
+RCTLPOLICY_EXHAUSTED_ACTIONS = "rctlpolicy_exhausted_actions"
+# prometheus_client's ProcessCollector reads Linux /proc and reports nothing on FreeBSD, so the
+# daemon measures itself under its own prefix.
+RCTLPOLICY_PROCESS_CPU_SECONDS_TOTAL = "rctlpolicy_process_cpu_seconds_total"
+RCTLPOLICY_PROCESS_RESIDENT_MEMORY_BYTES = "rctlpolicy_process_resident_memory_bytes"
+RCTLPOLICY_PROCESS_START_TIME_SECONDS = "rctlpolicy_process_start_time_seconds"
+RCTLPOLICY_PROCESS_OPEN_FDS = "rctlpolicy_process_open_fds"
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceMetrics:
+    """The two per-jail families of one RACCT resource."""
+
+    resource: Resource
+    usage: str
+    limit: str
+    usage_type: MetricType
+    #: The usage family's help text (rctl(8)'s wording, as jail_exporter uses it).
+    description: str
+
+
+_C, _G = MetricType.COUNTER, MetricType.GAUGE
+_R = Resource
+_RESOURCE_METRICS: dict[Resource, ResourceMetrics] = {
+    m.resource: m
+    for m in (
+        ResourceMetrics(
+            _R.CPUTIME, JAIL_CPUTIME_SECONDS_TOTAL, JAIL_CPUTIME_LIMIT_SECONDS, _C,
+            "CPU time, in seconds",
+        ),
+        ResourceMetrics(
+            _R.DATASIZE, JAIL_DATASIZE_BYTES, JAIL_DATASIZE_LIMIT_BYTES, _G,
+            "data size, in bytes",
+        ),
+        ResourceMetrics(
+            _R.STACKSIZE, JAIL_STACKSIZE_BYTES, JAIL_STACKSIZE_LIMIT_BYTES, _G,
+            "stack size, in bytes",
+        ),
+        ResourceMetrics(
+            _R.COREDUMPSIZE, JAIL_COREDUMPSIZE_BYTES, JAIL_COREDUMPSIZE_LIMIT_BYTES, _G,
+            "core dump size, in bytes",
+        ),
+        ResourceMetrics(
+            _R.MEMORYUSE, JAIL_MEMORYUSE_BYTES, JAIL_MEMORYUSE_LIMIT_BYTES, _G,
+            "resident set size, in bytes",
+        ),
+        ResourceMetrics(
+            _R.MEMORYLOCKED, JAIL_MEMORYLOCKED_BYTES, JAIL_MEMORYLOCKED_LIMIT_BYTES, _G,
+            "locked memory, in bytes",
+        ),
+        ResourceMetrics(
+            _R.MAXPROC, JAIL_MAXPROC, JAIL_MAXPROC_LIMIT, _G,
+            "number of processes",
+        ),
+        ResourceMetrics(
+            _R.OPENFILES, JAIL_OPENFILES, JAIL_OPENFILES_LIMIT, _G,
+            "file descriptor table size",
+        ),
+        ResourceMetrics(
+            _R.VMEMORYUSE, JAIL_VMEMORYUSE_BYTES, JAIL_VMEMORYUSE_LIMIT_BYTES, _G,
+            "address space, in bytes",
+        ),
+        ResourceMetrics(
+            _R.PSEUDOTERMINALS, JAIL_PSEUDOTERMINALS, JAIL_PSEUDOTERMINALS_LIMIT, _G,
+            "number of PTYs",
+        ),
+        ResourceMetrics(
+            _R.SWAPUSE, JAIL_SWAPUSE_BYTES, JAIL_SWAPUSE_LIMIT_BYTES, _G,
+            "swap space that may be reserved or used, in bytes",
+        ),
+        ResourceMetrics(
+            _R.NTHR, JAIL_NTHR, JAIL_NTHR_LIMIT, _G,
+            "number of threads",
+        ),
+        ResourceMetrics(
+            _R.MSGQQUEUED, JAIL_MSGQQUEUED, JAIL_MSGQQUEUED_LIMIT, _G,
+            "number of queued SysV messages",
+        ),
+        ResourceMetrics(
+            _R.MSGQSIZE, JAIL_MSGQSIZE_BYTES, JAIL_MSGQSIZE_LIMIT_BYTES, _G,
+            "SysV message queue size, in bytes",
+        ),
+        ResourceMetrics(
+            _R.NMSGQ, JAIL_NMSGQ, JAIL_NMSGQ_LIMIT, _G,
+            "number of SysV message queues",
+        ),
+        ResourceMetrics(
+            _R.NSEM, JAIL_NSEM, JAIL_NSEM_LIMIT, _G,
+            "number of SysV semaphores",
+        ),
+        ResourceMetrics(
+            _R.NSEMOP, JAIL_NSEMOP, JAIL_NSEMOP_LIMIT, _G,
+            "number of SysV semaphores modified in a single semop(2) call",
+        ),
+        ResourceMetrics(
+            _R.NSHM, JAIL_NSHM, JAIL_NSHM_LIMIT, _G,
+            "number of SysV shared memory segments",
+        ),
+        ResourceMetrics(
+            _R.SHMSIZE, JAIL_SHMSIZE_BYTES, JAIL_SHMSIZE_LIMIT_BYTES, _G,
+            "SysV shared memory size, in bytes",
+        ),
+        ResourceMetrics(
+            _R.WALLCLOCK, JAIL_WALLCLOCK_SECONDS_TOTAL, JAIL_WALLCLOCK_LIMIT_SECONDS, _C,
+            "wallclock time, in seconds",
+        ),
+        ResourceMetrics(
+            _R.PCPU, JAIL_PCPU_USED, JAIL_PCPU_LIMIT, _G,
+            "%CPU, in percents of a single CPU core",
+        ),
+        ResourceMetrics(
+            _R.READBPS, JAIL_READBPS, JAIL_READBPS_LIMIT, _G,
+            "filesystem reads, in bytes per second",
+        ),
+        ResourceMetrics(
+            _R.WRITEBPS, JAIL_WRITEBPS, JAIL_WRITEBPS_LIMIT, _G,
+            "filesystem writes, in bytes per second",
+        ),
+        ResourceMetrics(
+            _R.READIOPS, JAIL_READIOPS, JAIL_READIOPS_LIMIT, _G,
+            "filesystem reads, in operations per second",
+        ),
+        ResourceMetrics(
+            _R.WRITEIOPS, JAIL_WRITEIOPS, JAIL_WRITEIOPS_LIMIT, _G,
+            "filesystem writes, in operations per second",
+        ),
+    )
+}  # fmt: skip
+
+
+def resource_metrics(resource: Resource | str) -> ResourceMetrics:
+    """The usage and limit family names (and the usage type) of a resource, by name or enum.
+
+    Raises ValueError for a name that is not a RACCT resource.
+    """
+    return _RESOURCE_METRICS[Resource(resource)]
+
+
+def _specs() -> tuple[MetricSpec, ...]:
+    specs: list[MetricSpec] = []
+    for m in _RESOURCE_METRICS.values():
+        specs.append(MetricSpec(m.usage, m.usage_type, m.description, (LABEL_JAIL_NAME,)))
+    for m in _RESOURCE_METRICS.values():
+        specs.append(
+            MetricSpec(
+                m.limit,
+                _G,
+                f"Amount of the jail's {m.resource} rule in force, in the usage's unit.",
+                LIMIT_LABELS,
+            )
+        )
+    specs += [
+        MetricSpec(JAIL_ID, _G, "ID of the named jail.", (LABEL_JAIL_NAME,)),
+        MetricSpec(JAIL_NUM, _G, "Current number of running jails."),
+        MetricSpec(
+            RCTLPOLICY_RULE_INFO,
+            _G,
+            "One series, value 1, per RCTL rule the policy keeps in force.",
+            ("subject", "subject_id", "resource", "action", "per"),
+        ),
+        MetricSpec(
+            RCTLPOLICY_BUILD_INFO, _G, "Always 1, labelled by rctlpolicy's version.", ("version",)
+        ),
+        MetricSpec(
+            RCTLPOLICY_RACCT_ENABLED, _G, "1 if the kernel accounts resources (kern.racct.enable)."
+        ),
+        MetricSpec(
+            RCTLPOLICY_CONFIG_LAST_RELOAD_SUCCESSFUL,
+            _G,
+            "1 if the last configuration (re)load succeeded, 0 if the daemon kept the old one.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
+            _G,
+            "Unix time of the last successful configuration (re)load.",
+        ),
+        MetricSpec(RCTLPOLICY_RULES, _G, "Number of RCTL rules the policy keeps in force."),
+        MetricSpec(
+            RCTLPOLICY_DEVD_CONNECTED, _G, "1 while the daemon is connected to devd's socket."
+        ),
+        MetricSpec(
+            RCTLPOLICY_DEVD_RECONNECTS_TOTAL,
+            _C,
+            "Connections to devd's socket made after the first one.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_EVENTS_TOTAL,
+            _C,
+            "RCTL events received from devd, by what the daemon did with them.",
+            ("outcome",),
+        ),
+        MetricSpec(
+            RCTLPOLICY_ACTIONS_TOTAL,
+            _C,
+            "on_match actions run, by policy rule name, resource and outcome.",
+            ("name", "resource", "outcome"),
+        ),
+        MetricSpec(
+            RCTLPOLICY_ACTION_DURATION_SECONDS,
+            MetricType.HISTOGRAM,
+            "Wall time of on_match actions, from start to exit.",
+            ("name",),
+        ),
+        MetricSpec(
+            RCTLPOLICY_EXHAUSTED_ACTIONS,
+            _G,
+            "1 while an action has reached its max_runs and is suppressed.",
+            ("name", "resource", "jail"),
+        ),
+        MetricSpec(
+            RCTLPOLICY_PROCESS_CPU_SECONDS_TOTAL,
+            _C,
+            "User and system CPU time of the daemon, in seconds.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_PROCESS_RESIDENT_MEMORY_BYTES, _G, "Resident memory of the daemon, in bytes."
+        ),
+        MetricSpec(RCTLPOLICY_PROCESS_START_TIME_SECONDS, _G, "Unix time the daemon started at."),
+        MetricSpec(
+            RCTLPOLICY_PROCESS_OPEN_FDS, _G, "Number of open file descriptors of the daemon."
+        ),
+    ]
+    return tuple(specs)
+
+
+#: Every exported family, in exposition order.
+METRIC_SPECS: tuple[MetricSpec, ...] = _specs()
+#: Every exported family name (for a histogram, its base name).
+ALL_METRICS: tuple[str, ...] = tuple(spec.name for spec in METRIC_SPECS)
+#: Family name -> type.
+METRIC_TYPES: dict[str, MetricType] = {spec.name: spec.type for spec in METRIC_SPECS}
+#: Every series name a query may use: family names plus a histogram's _bucket, _sum, _count.
+ALL_SAMPLE_NAMES: frozenset[str] = frozenset(
+    sample for spec in METRIC_SPECS for sample in spec.sample_names
+)
+
+
+def metric_spec(name: str) -> MetricSpec:
+    """The spec of a family by name; KeyError if rctlpolicy does not export it."""
+    return _SPECS_BY_NAME[name]
+
+
+_SPECS_BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in METRIC_SPECS}
+
+
+# PromQL as far as telling metric names apart from functions, keywords and label names.
+_PROMQL_FUNCTIONS = frozenset({
+    "abs", "absent", "absent_over_time", "acos", "acosh", "asin", "asinh", "atan", "atanh",
+    "avg_over_time", "ceil", "changes", "clamp", "clamp_max", "clamp_min", "cos", "cosh",
+    "count_over_time", "day_of_month", "day_of_week", "day_of_year", "days_in_month", "deg",
+    "delta", "deriv", "exp", "floor", "histogram_count", "histogram_fraction",
+    "histogram_quantile", "histogram_stddev", "histogram_stdvar", "histogram_sum",
+    "holt_winters", "hour", "idelta", "increase", "irate", "label_join", "label_replace",
+    "last_over_time", "ln", "log10", "log2", "mad_over_time", "max_over_time", "min_over_time",
+    "minute", "month", "pi", "predict_linear", "present_over_time", "quantile_over_time", "rad",
+    "rate", "resets", "round", "scalar", "sgn", "sin", "sinh", "sort", "sort_desc", "sqrt",
+    "stddev_over_time", "stdvar_over_time", "sum_over_time", "tan", "tanh", "time", "timestamp",
+    "vector", "year", "start", "end",
+})  # fmt: skip
+_PROMQL_AGGREGATIONS = frozenset({
+    "avg", "bottomk", "count", "count_values", "group", "max", "min", "quantile", "stddev",
+    "stdvar", "sum", "topk",
+})  # fmt: skip
+_PROMQL_LABEL_LIST_KEYWORDS = frozenset({
+    "by", "without", "on", "ignoring", "group_left", "group_right",
+})  # fmt: skip
+_PROMQL_KEYWORDS = _PROMQL_LABEL_LIST_KEYWORDS | frozenset({
+    "and", "or", "unless", "bool", "offset", "atan2", "inf", "nan",
+})  # fmt: skip
+_PROMQL_TOKEN = re.compile(
+    r"""
+    (?P<space>\s+)
+    |(?P<comment>\#[^\n]*)
+    |(?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
+    |(?P<variable>\$(?:\{[^}]*\}|\w+))
+    |(?P<number>0[xX][0-9a-fA-F]+|(?:\d+(?:ms|[smhdwy]))+(?![\w.])
+        |(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+    |(?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
+    |(?P<punct>[{}()\[\],])
+    |(?P<other>.)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+
+def promql_metric_names(expr: str) -> frozenset[str]:
+    """The metric names a PromQL expression selects (Grafana's `$variables` allowed).
+
+    Label names inside `{...}` and `by/without/on/ignoring/group_*(...)` lists, functions,
+    aggregations and keywords are not metric names. Raises ValueError for an identifier called
+    like a function that PromQL does not know, so a typo is reported rather than skipped.
+    """
+    tokens = [
+        (m.lastgroup or "", m.group())
+        for m in _PROMQL_TOKEN.finditer(expr)
+        if m.lastgroup not in ("space", "comment")
+    ]
+    names: set[str] = set()
+    braces = brackets = paren_depth = 0
+    # Parenthesis depths at which a `by (...)`, `on (...)`, ... label list is open.
+    label_list_opened_at: list[int] = []
+    expect_label_list = False
+    for index, (kind, text) in enumerate(tokens):
+        following = tokens[index + 1][1] if index + 1 < len(tokens) else ""
+        if kind == "punct":
+            if text == "{":
+                braces += 1
+            elif text == "}":
+                braces -= 1
+            elif text == "[":
+                brackets += 1
+            elif text == "]":
+                brackets -= 1
+            elif text == "(":
+                paren_depth += 1
+                if expect_label_list:
+                    label_list_opened_at.append(paren_depth)
+            elif text == ")":
+                if label_list_opened_at and label_list_opened_at[-1] == paren_depth:
+                    label_list_opened_at.pop()
+                paren_depth -= 1
+            expect_label_list = False
+            continue
+        expect_label_list = False
+        if kind != "ident" or braces or brackets or label_list_opened_at:
+            continue
+        lowered = text.lower()
+        if lowered in _PROMQL_LABEL_LIST_KEYWORDS:
+            expect_label_list = following == "("
+            continue
+        if text in _PROMQL_AGGREGATIONS and following.lower() in ("(", "by", "without"):
+            continue  # `sum (...)`, `sum by (x) (...)`
+        if following == "(":
+            if text not in _PROMQL_FUNCTIONS:
+                raise ValueError(f"unknown PromQL function {text!r} in {expr!r}")
+            continue
+        if lowered in _PROMQL_KEYWORDS:
+            continue
+        names.add(text)
+    if braces or brackets or paren_depth:
+        raise ValueError(f"unbalanced brackets in {expr!r}")
+    return frozenset(names)
