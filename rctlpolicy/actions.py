@@ -1098,7 +1098,10 @@ class ActionEngine:
             return _Verdict(
                 Decision.REJECTED, outcome=self._refusal(on_match, ctx, Outcome.FAILED, str(exc))
             )
-        claim = self._state.try_claim(key)
+        try:
+            claim = self._state.try_claim(key)
+        except OSError as exc:
+            return self._state_unavailable(on_match, ctx, exc)
         if claim is None:
             logger.info("%s for %s in jail %s: still running, suppressed", name, ctx.rule, ctx.jail)
             return _Verdict(
@@ -1114,13 +1117,8 @@ class ActionEngine:
                 for other in [k for k, entry in entries.items() if entry.is_idle(now)]:
                     del entries[other]
         except OSError as exc:
-            # Without the state a cooldown cannot be honoured; not acting is the safe side.
             claim.release()
-            logger.error("not acting on %s: action state unavailable: %s", ctx.rule, exc)
-            return _Verdict(
-                Decision.REJECTED,
-                outcome=self._refusal(on_match, ctx, Outcome.FAILED, f"state unavailable: {exc}"),
-            )
+            return self._state_unavailable(on_match, ctx, exc)
         except BaseException:
             claim.release()
             raise
@@ -1134,6 +1132,17 @@ class ActionEngine:
             self._clock.monotonic(),
         )  # fmt: skip
         return _Verdict(Decision.STARTED, job=job)
+
+    def _state_unavailable(self, on_match: OnMatch, ctx: ActionContext, exc: OSError) -> _Verdict:
+        # Without the state a cooldown or max_runs cannot be honoured; not acting is the safe
+        # side (an action that restarts a service must not start looping).
+        logger.error(
+            "not acting on %s in jail %s: action state unavailable: %s", ctx.rule, ctx.jail, exc
+        )
+        return _Verdict(
+            Decision.REJECTED,
+            outcome=self._refusal(on_match, ctx, Outcome.FAILED, f"state unavailable: {exc}"),
+        )
 
     def _admit(
         self,

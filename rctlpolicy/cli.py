@@ -7,10 +7,12 @@ needs when it runs, so `rctlpolicy lint` (run by pre-commit on every commit) sta
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
 from rctlpolicy import __version__
 
@@ -57,6 +59,269 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if result.failed(args.strict) else EXIT_OK
 
 
+# --- kernel commands: show, usage, plan, apply ------------------------------------------------
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from rctlpolicy.kernel import KernelSetupError, open_kernel
+
+    try:
+        return open_kernel(args.kernel, args.sim_host)
+    except KernelSetupError as error:
+        print(f"rctlpolicy: {error}", file=sys.stderr)
+        return None
+
+
+def _parse_filter(text: str | None, setup: Any) -> Any:
+    """A filter operand as rctl(8) reads it; prints a diagnostic and returns None if bad."""
+    from rctlpolicy.grammar import parse_rule_syntax
+    from rctlpolicy.model import Filter
+    from rctlpolicy.semantics import Layer, check_filter
+
+    if text is None:
+        return Filter()
+    syntax = parse_rule_syntax(text)
+    check = check_filter(syntax, Layer.RCTL8, setup.resolver)
+    if check.filter is None:
+        problem = check.error
+        assert problem is not None
+        column = 0 if problem.field is None else syntax.starts[problem.field] + problem.offset
+        print(f"rctlpolicy: invalid filter '{text}': {problem.message}", file=sys.stderr)
+        print(f"    {text}\n    {' ' * column}^", file=sys.stderr)
+        if problem.suggestion:
+            print(f"  help: {problem.suggestion}", file=sys.stderr)
+        return None
+    return check.filter
+
+
+def _kernel_failure(error: Exception) -> int:
+    print(f"rctlpolicy: {error}", file=sys.stderr)
+    return EXIT_FINDINGS
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from rctlpolicy.kernel.base import KernelError
+
+    setup = _open(args)
+    if setup is None:
+        return EXIT_USAGE
+    rule_filter = _parse_filter(args.filter, setup)
+    if rule_filter is None:
+        return EXIT_USAGE
+    try:
+        rules = setup.kernel.rules(rule_filter)
+    except KernelError as error:
+        return _kernel_failure(error)
+    if args.format == "json":
+        print(json.dumps([{"rule": rule.canonical} for rule in rules], indent=2))
+        return EXIT_OK
+    for rule in rules:
+        print(setup.display(rule, numeric=args.numeric))
+    return EXIT_OK
+
+
+def _cmd_usage(args: argparse.Namespace) -> int:
+    from rctlpolicy.kernel.base import KernelError
+    from rctlpolicy.usage import jail_usage_table, usage_lines
+
+    setup = _open(args)
+    if setup is None:
+        return EXIT_USAGE
+    try:
+        if args.filter is not None:
+            rule_filter = _parse_filter(args.filter, setup)
+            if rule_filter is None:
+                return EXIT_USAGE
+            usage = setup.kernel.usage(rule_filter)
+            if args.format == "json":
+                print(json.dumps({str(r): v for r, v in usage.items()}, indent=2))
+            else:
+                sys.stdout.write(usage_lines(usage, human=not args.exact))
+            return EXIT_OK
+        table = jail_usage_table(setup.kernel)
+    except KernelError as error:
+        return _kernel_failure(error)
+    if args.format == "json":
+        print(json.dumps(table.as_json(), indent=2))
+    else:
+        sys.stdout.write(table.render(human=not args.exact))
+    return EXIT_OK
+
+
+def _load_policy_for_kernel(args: argparse.Namespace, setup: Any) -> Any:
+    """Lint the policy against the kernel's host (user names -> uids); None when invalid."""
+    from rctlpolicy.files import PolicyReadError, read_policy_files
+    from rctlpolicy.formats import format_text
+    from rctlpolicy.lint import lint_files
+
+    paths = args.paths or [str(setup.default_rules_dir)]
+    try:
+        files = read_policy_files(paths)
+    except PolicyReadError as error:
+        print(f"rctlpolicy: {error}", file=sys.stderr)
+        return None
+    result = lint_files(files, setup.resolver)
+    problems = [d for d in result.diagnostics if d.severity.value == "error"]
+    if problems:
+        sys.stderr.write(format_text(problems, _use_colour(sys.stderr)))
+        print("rctlpolicy: the policy has errors; nothing was changed", file=sys.stderr)
+        return None
+    return result.policy
+
+
+def _desired_rules(policy: Any, setup: Any) -> list[Any]:
+    from rctlpolicy.policy import expand_jail_patterns
+
+    names = {jail.name for jail in setup.kernel.jails()}
+    return [r.rule for r in expand_jail_patterns(policy, names)]
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from rctlpolicy.apply import AppliedRules, plan_for
+    from rctlpolicy.kernel.base import KernelError
+
+    setup = _open(args)
+    if setup is None:
+        return EXIT_USAGE
+    policy = _load_policy_for_kernel(args, setup)
+    if policy is None:
+        return EXIT_FINDINGS
+    try:
+        plan = plan_for(setup.kernel, _desired_rules(policy, setup),
+                        AppliedRules(setup.state_dir / "applied.json"), args.prune)
+    except KernelError as error:
+        return _kernel_failure(error)
+    if args.format == "json":
+        print(json.dumps({
+            "add": [r.canonical for r in plan.to_add],
+            "remove": [r.canonical for r in plan.to_remove],
+            "replace": [{"old": o.canonical, "new": n.canonical} for o, n in plan.replaced],
+        }, indent=2))
+    else:
+        for line in plan.lines():
+            print(line)
+        if not plan.empty:
+            print(f"Plan: {len(plan.to_add)} to add, "
+                  f"{len(plan.to_remove) + len(plan.replaced)} to remove.", file=sys.stderr)
+    if args.detailed_exitcode and not plan.empty:
+        return 2
+    return EXIT_OK
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from rctlpolicy.apply import AppliedRules, apply_rules
+    from rctlpolicy.kernel.base import KernelError
+
+    setup = _open(args)
+    if setup is None:
+        return EXIT_USAGE
+    policy = _load_policy_for_kernel(args, setup)
+    if policy is None:
+        return EXIT_FINDINGS
+    try:
+        report = apply_rules(setup.kernel, _desired_rules(policy, setup),
+                             AppliedRules(setup.state_dir / "applied.json"), args.prune)
+    except KernelError as error:
+        return _kernel_failure(error)
+    for rule in report.removed:
+        print(f"- {rule.canonical}")
+    for old, new in report.plan.replaced:
+        if new in report.added:
+            print(f"- {old.canonical}  (replaced by {new.canonical})")
+    for rule in report.added:
+        print(f"+ {rule.canonical}")
+    for rule, refusal in report.failures:
+        print(f"rctlpolicy: failed to apply {rule.canonical}: {refusal.reason}", file=sys.stderr)
+    if report.plan.empty:
+        print("The kernel already matches the policy.", file=sys.stderr)
+    else:
+        print(f"Applied: {len(report.added)} added, {len(report.removed)} removed, "
+              f"{len(report.failures)} failed.", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_FINDINGS
+
+
+# --- daemon, handle, sim -----------------------------------------------------------------------
+
+
+def _daemon_config(args: argparse.Namespace) -> Any:
+    from rctlpolicy.config import DEFAULT_CONFIG_PATH, build_config, load_config_file
+
+    file_values: dict[str, Any] = {}
+    config_path = Path(args.config) if args.config else None
+    if config_path is None and DEFAULT_CONFIG_PATH.exists():
+        config_path = DEFAULT_CONFIG_PATH
+    if config_path is not None:
+        file_values = load_config_file(config_path)
+    flags = {
+        "rules_dir": Path(args.rules_dir) if args.rules_dir else None,
+        "kernel": args.kernel,
+        "sim_host": Path(args.sim_host) if args.sim_host else None,
+        "devd_socket": Path(args.devd_socket) if args.devd_socket else None,
+        "listen_address": args.listen_address,
+        "telemetry_path": args.telemetry_path,
+        "web_config_file": Path(args.web_config_file) if args.web_config_file else None,
+        "pidfile": Path(args.pidfile) if args.pidfile else None,
+        "syslog": True if args.syslog else None,
+        "syslog_socket": args.syslog_socket,
+        "log_level": args.log_level,
+        "flush_on_exit": True if args.flush_on_exit else None,
+        "output_file": Path(args.output_file) if args.output_file else None,
+        "state_dir": Path(args.state_dir) if args.state_dir else None,
+    }
+    return build_config(file_values, flags)
+
+
+def _cmd_daemon(args: argparse.Namespace) -> int:
+    from rctlpolicy.config import ConfigError
+
+    try:
+        config = _daemon_config(args)
+    except ConfigError as error:
+        print(f"rctlpolicy daemon: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    from rctlpolicy.service import run_daemon
+
+    return run_daemon(config)
+
+
+def _cmd_handle(args: argparse.Namespace) -> int:
+    from rctlpolicy.config import ConfigError
+    from rctlpolicy.service import handle_event
+
+    try:
+        config = _daemon_config(args)
+    except ConfigError as error:
+        print(f"rctlpolicy handle: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return handle_event(config, args.rule, args.pid, args.ruid, args.jail)
+
+
+def _cmd_sim_rctl(args: argparse.Namespace) -> int:
+    from rctlpolicy.kernel import KernelSetupError, open_simulator
+    from rctlpolicy.kernel.rctl8 import run_rctl
+
+    try:
+        setup = open_simulator(args.sim_host)
+    except KernelSetupError as error:
+        print(f"rctlpolicy: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_rctl(list(args.rctl_args), setup.syscalls, setup.resolver, setup.names,
+                    sys.stdout, sys.stderr)
+
+
+def _cmd_sim_devd(args: argparse.Namespace) -> int:
+    from rctlpolicy.kernel import KernelSetupError, open_simulator
+    from rctlpolicy.simdevd import serve_sim_devd
+
+    try:
+        setup = open_simulator(args.sim_host)
+    except KernelSetupError as error:
+        print(f"rctlpolicy: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    directory = Path(args.directory) if args.directory else None
+    return serve_sim_devd(setup, directory, args.interval)
+
+
 # --- the parser --------------------------------------------------------------------------------
 
 
@@ -100,7 +365,134 @@ def build_parser() -> argparse.ArgumentParser:
         help="hide informational notes (JSON always includes them)",
     )
     lint.set_defaults(handler=_cmd_lint)
+
+    def kernel_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--kernel", choices=("auto", "freebsd", "sim"), default="auto",
+                         help="the RCTL interface: FreeBSD's system calls, or the simulated "
+                         "host (auto: FreeBSD when running on it, the simulator elsewhere)")
+        sub.add_argument("--sim-host", metavar="FILE",
+                         default=os.environ.get("RCTLPOLICY_SIM_HOST"),
+                         help="simulated host file (default: $RCTLPOLICY_SIM_HOST, or the "
+                         "bundled example host)")
+        sub.add_argument("--format", choices=("text", "json"), default="text",
+                         help="output format (default: text)")
+
+    show = commands.add_parser("show", help="list the rules in force (like rctl)",
+                               description="List the rules in force, like rctl(8) with no "
+                               "flags: user ids shown as names unless -n.")
+    show.add_argument("filter", nargs="?", metavar="FILTER",
+                      help="a filter such as jail:db1 or ::memoryuse")
+    show.add_argument("-n", "--numeric", action="store_true", help="show user ids, not names")
+    kernel_options(show)
+    show.set_defaults(handler=_cmd_show)
+
+    usage = commands.add_parser(
+        "usage", help="resource usage (like rctl -hu), or every jail against its limits",
+        description="With a filter (jail:db1, user:www), the usage of that subject like "
+        "rctl -hu. Without one, a table of every jail: usage next to the limits in force, "
+        "as a percentage of the strictest deny.")
+    usage.add_argument("filter", nargs="?", metavar="FILTER")
+    usage.add_argument("--exact", action="store_true", help="exact numbers, not 1.5G")
+    kernel_options(usage)
+    usage.set_defaults(handler=_cmd_usage)
+
+    for name, handler, text in (
+        ("plan", _cmd_plan, "show what apply would add and remove"),
+        ("apply", _cmd_apply, "make the kernel's rules match the policy"),
+    ):
+        sub = commands.add_parser(
+            name, help=text,
+            description=f"{text[0].upper()}{text[1:]}. Only rules an earlier apply added are "
+            "removed (recorded in the state directory), never rules other tools put in the "
+            "kernel, unless --prune. An invalid policy changes nothing.")
+        sub.add_argument("paths", nargs="*", metavar="PATH",
+                         help="policy files or directories (default: the rules directory)")
+        sub.add_argument("--prune", action="store_true",
+                         help="also remove rules the policy does not name, whoever added them")
+        if name == "plan":
+            sub.add_argument("--detailed-exitcode", action="store_true",
+                             help="exit 2 when there are changes, 0 when in sync")
+        kernel_options(sub)
+        sub.set_defaults(handler=handler)
+
+    daemon_parser = commands.add_parser(
+        "daemon", help="run the service: reconcile rules, act on devd events, serve metrics",
+        description="Keep the kernel's rules in line with the rules directory (reloaded when "
+        "a file changes and on SIGHUP), run the policy's actions when devd reports an RCTL "
+        "event, and serve Prometheus metrics. Stays in the foreground; SIGTERM stops it.",
+        epilog="Every flag can be set in the YAML config file under the flag's name without "
+        "dashes (rules-dir, web.listen-address, ...); flags win. Exit status: 0 after "
+        "SIGTERM/SIGINT, 1 when start-up fails (policy errors are printed), 2 for usage "
+        "errors.")
+    _daemon_options(daemon_parser)
+    daemon_parser.set_defaults(handler=_cmd_daemon)
+
+    handle = commands.add_parser(
+        "handle", help="run a rule's on_match once for one RCTL event (devd hook mode)",
+        description="Run the action engine once for one RCTL event, as devd.conf(5)'s "
+        "notify block passes it: cooldown and max_runs hold across invocations (a locked "
+        "state file in the state directory).")
+    handle.add_argument("--rule", required=True, help="the event's rule ($rule)")
+    handle.add_argument("--pid", help="the event's pid ($pid)")
+    handle.add_argument("--ruid", help="the event's real uid ($ruid)")
+    handle.add_argument("--jail", default="0", help="the event's jail ($jail; 0 is the host)")
+    _daemon_options(handle)
+    handle.set_defaults(handler=_cmd_handle)
+
+    sim = commands.add_parser("sim", help="the simulated host: rctl(8) and devd on it",
+                              description="Rehearse on the simulated FreeBSD host.")
+    sim_commands = sim.add_subparsers(dest="sim_command", metavar="SIMCOMMAND", required=True)
+    sim_rctl = sim_commands.add_parser(
+        "rctl", help="rctl(8) on the simulated host, same flags, output and exit status",
+        description="rctl(8) on the simulated host: rctl [-h] [-n] [filter ...], "
+        "rctl -a rule ..., rctl -l [-h] [-n] filter ..., rctl -r filter ..., "
+        "rctl -u [-h] filter ...", prefix_chars="+")
+    sim_rctl.add_argument("rctl_args", nargs=argparse.REMAINDER, metavar="ARG")
+    sim_rctl.set_defaults(handler=_cmd_sim_rctl, sim_host=os.environ.get("RCTLPOLICY_SIM_HOST"))
+    sim_devd = sim_commands.add_parser(
+        "devd", help="serve devd's sockets, sending the RCTL events of the simulated host",
+        description="Serve devd's SOCK_SEQPACKET and SOCK_STREAM sockets beside the host "
+        "file and, as usage in the host file changes, send the notifications the kernel "
+        "would for devctl rules (log rules print the kernel's log line).")
+    sim_devd.add_argument("--sim-host", default=os.environ.get("RCTLPOLICY_SIM_HOST"),
+                          metavar="FILE")
+    sim_devd.add_argument("--directory", metavar="DIR",
+                          help="where to create the sockets (default: beside the host file)")
+    sim_devd.add_argument("--interval", type=float, default=0.5,
+                          help="how often usage is re-read, in seconds (default 0.5)")
+    sim_devd.set_defaults(handler=_cmd_sim_devd)
     return parser
+
+
+def _daemon_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--config", metavar="FILE",
+                     help="YAML config file (default: /usr/local/etc/rctlpolicy.yaml if present)")
+    sub.add_argument("--rules-dir", metavar="DIR",
+                     help="the policy directory (default: /usr/local/etc/rctlpolicy/rules)")
+    sub.add_argument("--kernel", choices=("auto", "freebsd", "sim"), default=None)
+    sub.add_argument("--sim-host", metavar="FILE", default=os.environ.get("RCTLPOLICY_SIM_HOST"))
+    sub.add_argument("--devd-socket", metavar="PATH",
+                     help="devd's seqpacket socket (default: /var/run/devd.seqpacket.pipe; on "
+                     "the simulated host a simulated devd is started when not given)")
+    sub.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
+                     help="where to serve metrics (default: 127.0.0.1:9913)")
+    sub.add_argument("--web.telemetry-path", dest="telemetry_path", metavar="PATH",
+                     help="metrics path (default: /metrics)")
+    sub.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                     help="exporter-toolkit web config: TLS and basic auth")
+    sub.add_argument("--pidfile", metavar="FILE")
+    sub.add_argument("--syslog", action="store_true",
+                     help="log to syslog (facility daemon) instead of stderr")
+    sub.add_argument("--syslog-socket", metavar="PATH", help="default: /var/run/log")
+    sub.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    sub.add_argument("--flush-on-exit", action="store_true",
+                     help="remove the rules this daemon added when it stops")
+    sub.add_argument("--output.file-path", dest="output_file", metavar="FILE",
+                     help="also write the metrics to FILE for node_exporter's textfile "
+                     "collector")
+    sub.add_argument("--state-dir", metavar="DIR",
+                     help="where applied rules and action state are kept (default: "
+                     "/var/db/rctlpolicy; beside the host file on the simulator)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

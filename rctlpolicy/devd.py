@@ -157,7 +157,8 @@ class RctlEvent:
     ``truncated`` means the kernel's 127-byte data limit was reached, so the last field present
     may be cut: ``jail`` is then the surviving prefix of the name (possibly empty), ``rule`` the
     surviving prefix of the rule, and a pid or ruid that may have lost digits is None (a wrong
-    pid is worse than none). A field the line does not carry at all is None.
+    pid is worse than none). A field the line does not carry at all is None. ``raw`` is the
+    line as received, without its trailing newline.
     """
 
     rule: str

@@ -439,16 +439,28 @@ def promql_metric_names(expr: str) -> frozenset[str]:
     aggregations and keywords are not metric names. Raises ValueError for an identifier called
     like a function that PromQL does not know, so a typo is reported rather than skipped.
     """
+    return frozenset(name for name, _ in promql_selectors(expr))
+
+
+def promql_selectors(expr: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    """Each metric selector of a PromQL expression: (metric name, label names it matches on).
+
+    `jail_memoryuse_limit_bytes{action="deny", per="jail"}` gives
+    `("jail_memoryuse_limit_bytes", {"action", "per"})`. Raises ValueError as
+    `promql_metric_names` does.
+    """
     tokens = [
         (m.lastgroup or "", m.group())
         for m in _PROMQL_TOKEN.finditer(expr)
         if m.lastgroup not in ("space", "comment")
     ]
-    names: set[str] = set()
+    selectors: list[tuple[str, set[str]]] = []
     braces = brackets = paren_depth = 0
     # Parenthesis depths at which a `by (...)`, `on (...)`, ... label list is open.
     label_list_opened_at: list[int] = []
     expect_label_list = False
+    # The selector whose `{...}` is open, if its metric name came just before it.
+    open_selector: set[str] | None = None
     for index, (kind, text) in enumerate(tokens):
         following = tokens[index + 1][1] if index + 1 < len(tokens) else ""
         if kind == "punct":
@@ -456,6 +468,7 @@ def promql_metric_names(expr: str) -> frozenset[str]:
                 braces += 1
             elif text == "}":
                 braces -= 1
+                open_selector = None
             elif text == "[":
                 brackets += 1
             elif text == "]":
@@ -471,7 +484,11 @@ def promql_metric_names(expr: str) -> frozenset[str]:
             expect_label_list = False
             continue
         expect_label_list = False
-        if kind != "ident" or braces or brackets or label_list_opened_at:
+        if kind != "ident" or brackets or label_list_opened_at:
+            continue
+        if braces:
+            if open_selector is not None and following in ("=", "!"):  # =, =~, !=, !~
+                open_selector.add(text)
             continue
         lowered = text.lower()
         if lowered in _PROMQL_LABEL_LIST_KEYWORDS:
@@ -485,7 +502,10 @@ def promql_metric_names(expr: str) -> frozenset[str]:
             continue
         if lowered in _PROMQL_KEYWORDS:
             continue
-        names.add(text)
+        labels: set[str] = set()
+        selectors.append((text, labels))
+        if following == "{":
+            open_selector = labels
     if braces or brackets or paren_depth:
         raise ValueError(f"unbalanced brackets in {expr!r}")
-    return frozenset(names)
+    return tuple((name, frozenset(labels)) for name, labels in selectors)

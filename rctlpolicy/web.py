@@ -11,7 +11,6 @@ the HTTP exchange under an idle timeout.
 from __future__ import annotations
 
 import base64
-import binascii
 import gzip
 import hashlib
 import hmac
@@ -253,8 +252,9 @@ class _Reader:
         text = self.string(value, key) if value is not None else ""
         if not text:
             return None
-        # exporter-toolkit joins relative paths with the config file's directory.
-        return self.path.parent / text
+        # exporter-toolkit joins relative paths with the config file's directory; absolute,
+        # so that a later chdir (daemon(8) runs us from /) cannot change what they name.
+        return self.path.absolute().parent / text
 
 
 def load_web_config(path: Path | str) -> WebConfig:
@@ -424,6 +424,8 @@ def _read_http(reader: _Reader, value: object) -> dict[str, str]:
     headers = reader.string_map(section.get("headers"), "http_server_config.headers")
     for name, header_value in headers.items():
         key = f"http_server_config.headers.{name}"
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in header_value):
+            raise reader.error(key, "control characters (such as line breaks) are not allowed")
         if name not in _ALLOWED_HEADERS:
             raise reader.error(
                 key, f"this header cannot be set; allowed: {', '.join(_ALLOWED_HEADERS)}"
@@ -467,6 +469,8 @@ def build_ssl_context(
     context.maximum_version = tls.max_version.ssl_version
     if not tls.prefer_server_cipher_suites:
         context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    # Scrapers never renegotiate; a client that does so repeatedly only burns server CPU.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(["http/1.1"])
     try:
         context.load_cert_chain(tls.cert_file, tls.key_file, password=_no_key_password)
@@ -479,7 +483,8 @@ def build_ssl_context(
             ) from exc
         raise WebConfigError(
             config_path,
-            f"cannot load certificate {tls.cert_file} with key {tls.key_file}: {exc}",
+            f"cannot load certificate {tls.cert_file} with key {tls.key_file} (both PEM, the "
+            f"key unencrypted and matching the certificate?): {exc}",
             "tls_server_config.cert_file",
         ) from exc
     if tls.client_auth_type in (
@@ -659,7 +664,8 @@ def _parse_basic(authorization: str | None) -> tuple[str, bytes] | None:
         decoded = base64.b64decode(encoded.strip(), validate=True)
         raw_user, sep, password = decoded.partition(b":")
         user = raw_user.decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:
+        # binascii.Error, UnicodeDecodeError, and non-ASCII text given to b64decode.
         return None
     if not sep:
         return None
@@ -733,6 +739,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
     """HTTP/1.1 with keep-alive over one connection, answering from a MetricsServer."""
 
     protocol_version = "HTTP/1.1"
+    # The stdlib answers malformed request lines as HTTP/0.9, without a status line; nobody
+    # scrapes with HTTP/0.9, so give such clients a readable 400 instead.
+    default_request_version = "HTTP/1.0"
     server_version = "rctlpolicy"
     sys_version = ""
 
@@ -833,6 +842,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
         logger.debug("%s: " + format, self._peer, *args)
 
 
+def _format_peer(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address)
+
+
 def _split_host(host: str) -> str:
     # "[::1]" is how an IPv6 literal appears in a listen address like "[::1]:9100".
     if host.startswith("[") and host.endswith("]"):
@@ -849,7 +865,7 @@ class MetricsServer:
     connections beyond that are closed at once rather than queued.
     """
 
-    def __init__(  # noqa: PLR0917 (the positional signature the daemon was promised)
+    def __init__(
         self,
         host: str,
         port: int,
@@ -1012,10 +1028,15 @@ class MetricsServer:
                 logger.error("metrics listener: accept failed: %s", exc)
                 self._stopping.wait(0.1)
                 continue
-            self._hand_off(sock, address)
+            try:
+                self._hand_off(sock, address)
+            except Exception:
+                # Whatever went wrong with one client, the loop must keep accepting the next.
+                logger.exception("metrics listener: cannot hand off a connection")
+                sock.close()
 
     def _hand_off(self, sock: socket.socket, address: Any) -> None:
-        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        peer = _format_peer(address)
         connection = _Connection(sock, peer)
         with self._lock:
             if len(self._connections) >= self.max_connections:
@@ -1031,7 +1052,14 @@ class MetricsServer:
             target=self._serve_connection, args=(connection,), name=f"metrics-{peer}", daemon=True
         )
         connection.thread = thread
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:
+            # Out of threads: drop this client, keep accepting.
+            logger.error("metrics: cannot start a thread for %s: %s", peer, exc)
+            with self._lock:
+                self._connections.discard(connection)
+            sock.close()
 
     def _serve_connection(self, connection: _Connection) -> None:
         peer = connection.peer
@@ -1062,8 +1090,9 @@ class MetricsServer:
         except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError):
             logger.debug("connection from %s closed by the client", peer)
         except ssl.SSLError as exc:
-            # A client with no, an expired or an untrusted certificate, or speaking plain HTTP.
-            logger.warning("TLS handshake with %s failed: %s", peer, exc.reason or exc)
+            # Mostly handshakes: a client with no, an expired or an untrusted certificate, or
+            # one speaking plain HTTP to the TLS port.
+            logger.warning("TLS with %s failed: %s", peer, exc.reason or exc)
         except OSError as exc:
             if not self._stopping.is_set():
                 logger.debug("connection from %s failed: %s", peer, exc)

@@ -1,0 +1,154 @@
+"""The daemon's configuration: command-line flags and the equivalent YAML file.
+
+The file uses the flags' names without dashes (`rules-dir: /usr/local/etc/rctlpolicy/rules`,
+`web.listen-address: "127.0.0.1:9913"`); a flag given on the command line wins over the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG_PATH = Path("/usr/local/etc/rctlpolicy.yaml")
+DEFAULT_RULES_DIR = Path("/usr/local/etc/rctlpolicy/rules")
+#: Our own port: 9913 is not in Prometheus' default port allocation list for exporters
+#: (jail_exporter uses 9452, node_exporter 9100).
+DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9913"
+DEFAULT_DEVD_SOCKET = Path("/var/run/devd.seqpacket.pipe")
+DEFAULT_SYSLOG_SOCKET = "/var/run/log"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """The configuration file or a flag is wrong; the message says where and how."""
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    rules_dir: Path = DEFAULT_RULES_DIR
+    kernel: str = "auto"
+    sim_host: Path | None = None
+    devd_socket: Path | None = None
+    listen_address: str = DEFAULT_LISTEN_ADDRESS
+    telemetry_path: str = "/metrics"
+    web_config_file: Path | None = None
+    pidfile: Path | None = None
+    syslog: bool = False
+    syslog_socket: str = DEFAULT_SYSLOG_SOCKET
+    log_level: str = "info"
+    flush_on_exit: bool = False
+    output_file: Path | None = None
+    state_dir: Path | None = None
+    #: How often the jail list is compared with the last one (jail patterns, episodes).
+    jail_poll_interval: float = 5.0
+    #: How long the rules directory must be quiet before a reload.
+    reload_debounce: float = 0.3
+    #: Bound on how long running actions may finish at shutdown.
+    shutdown_timeout: float = 10.0
+
+
+#: File key -> field name. The keys are the flags without their leading dashes.
+FILE_KEYS: dict[str, str] = {
+    "rules-dir": "rules_dir",
+    "kernel": "kernel",
+    "sim-host": "sim_host",
+    "devd-socket": "devd_socket",
+    "web.listen-address": "listen_address",
+    "web.telemetry-path": "telemetry_path",
+    "web.config.file": "web_config_file",
+    "pidfile": "pidfile",
+    "syslog": "syslog",
+    "syslog-socket": "syslog_socket",
+    "log-level": "log_level",
+    "flush-on-exit": "flush_on_exit",
+    "output.file-path": "output_file",
+    "state-dir": "state_dir",
+    "jail-poll-interval": "jail_poll_interval",
+    "reload-debounce": "reload_debounce",
+    "shutdown-timeout": "shutdown_timeout",
+}
+_PATH_FIELDS = {"rules_dir", "sim_host", "devd_socket", "web_config_file", "pidfile",
+                "output_file", "state_dir"}
+_BOOL_FIELDS = {"syslog", "flush_on_exit"}
+_FLOAT_FIELDS = {"jail_poll_interval", "reload_debounce", "shutdown_timeout"}
+
+
+def _coerce(field_name: str, value: Any, where: str) -> Any:
+    if field_name in _BOOL_FIELDS:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: must be true or false")
+        return value
+    if field_name in _FLOAT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{where}: must be a positive number of seconds")
+        return float(value)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: must be a non-empty string")
+    if field_name in _PATH_FIELDS:
+        return Path(value)
+    return value
+
+
+def validate(config: DaemonConfig) -> DaemonConfig:
+    if config.kernel not in ("auto", "freebsd", "sim"):
+        raise ConfigError(f"kernel: '{config.kernel}' is not one of auto, freebsd, sim")
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(f"log-level: '{config.log_level}' is not one of "
+                          + ", ".join(LOG_LEVELS))
+    if not config.telemetry_path.startswith("/"):
+        raise ConfigError("web.telemetry-path must start with '/'")
+    split_address(config.listen_address)
+    return config
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` (all addresses) -> (host, port)."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(f"web.listen-address: '{address}' is not HOST:PORT")
+    host = host.strip("[]")
+    return host or "0.0.0.0", int(port_text)  # noqa: S104 (":9913" means every address)
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a config file into field values (unknown keys are errors with a suggestion)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: {error.strerror or error}") from error
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: YAML error: {error}") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the configuration is a mapping of settings")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        field_name = FILE_KEYS.get(str(key))
+        if field_name is None:
+            close = difflib.get_close_matches(str(key), list(FILE_KEYS), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{path}: unknown setting '{key}'{hint}")
+        values[field_name] = _coerce(field_name, value, f"{path}: {key}")
+    if "rules_dir" in values and not values["rules_dir"].is_absolute():
+        values["rules_dir"] = (path.parent / values["rules_dir"]).resolve()
+    if "sim_host" in values and not values["sim_host"].is_absolute():
+        values["sim_host"] = (path.parent / values["sim_host"]).resolve()
+    return values
+
+
+def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> DaemonConfig:
+    """Defaults, then the file, then flags that were given (None means not given)."""
+    config = replace(DaemonConfig(), **file_values)
+    given = {k: v for k, v in flag_values.items() if v is not None}
+    known = {f.name for f in fields(DaemonConfig)}
+    unknown = set(given) - known
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+    return validate(replace(config, **given))
