@@ -13,8 +13,12 @@ practice puts the unit last.
 
 Counter names keep their `_total`: prometheus_client's CounterMetricFamily strips it from the
 family name and puts it back on the sample, so the constant is what PromQL sees either way.
+The values of the `outcome` labels belong to the code that counts them (rctlpolicy.exporter).
 
-Pure data: no I/O, no prometheus_client import.
+`promql_selectors` is a small PromQL scanner, enough to list the metrics and label names an
+expression uses, so dashboards and alert rules can be checked against this table.
+
+Pure: no I/O, no prometheus_client import.
 """
 
 from __future__ import annotations
@@ -49,26 +53,6 @@ class MetricSpec:
         if self.type is MetricType.HISTOGRAM:
             return (f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count")
         return (self.name,)
-
-
-class ActionOutcome(StrEnum):
-    """Values of the `outcome` label of rctlpolicy_actions_total."""
-
-    SUCCESS = "success"  # exited 0 (or the signal was delivered)
-    FAILURE = "failure"  # exited non-zero
-    TIMEOUT = "timeout"  # killed after its timeout
-    ERROR = "error"  # could not be started at all (exec failed, no such jail)
-
-
-class EventOutcome(StrEnum):
-    """Values of the `outcome` label of rctlpolicy_events_total."""
-
-    ACTED = "acted"  # an on_match action was started
-    NO_ACTION = "no_action"  # the rule is known but has no on_match
-    UNKNOWN_RULE = "unknown_rule"  # the rule is not in the policy (someone else's devctl rule)
-    COOLDOWN = "cooldown"  # suppressed: the action ran less than `cooldown` ago
-    EXHAUSTED = "exhausted"  # suppressed: max_runs reached
-    MALFORMED = "malformed"  # the devctl line could not be parsed
 
 
 # Label names shared by several families.
@@ -294,7 +278,8 @@ def _specs() -> tuple[MetricSpec, ...]:
             MetricSpec(
                 m.limit,
                 _G,
-                f"Amount of the jail's {m.resource} rule in force, in the usage's unit.",
+                f"Amount of the jail rule on {m.resource} in force, in the usage's unit "
+                "(the strictest of rules that differ only by amount).",
                 LIMIT_LABELS,
             )
         )
@@ -304,7 +289,8 @@ def _specs() -> tuple[MetricSpec, ...]:
         MetricSpec(
             RCTLPOLICY_RULE_INFO,
             _G,
-            "One series, value 1, per RCTL rule the policy keeps in force.",
+            "Always 1: an RCTL rule in force on a user, login class or process "
+            "(jail rules are the jail_*_limit families).",
             ("subject", "subject_id", "resource", "action", "per"),
         ),
         MetricSpec(
@@ -341,14 +327,13 @@ def _specs() -> tuple[MetricSpec, ...]:
         MetricSpec(
             RCTLPOLICY_ACTIONS_TOTAL,
             _C,
-            "on_match actions run, by policy rule name, resource and outcome.",
+            "on_match actions by policy rule name, resource and outcome (run or not).",
             ("name", "resource", "outcome"),
         ),
         MetricSpec(
             RCTLPOLICY_ACTION_DURATION_SECONDS,
             MetricType.HISTOGRAM,
-            "Wall time of on_match actions, from start to exit.",
-            ("name",),
+            "Wall time of on_match actions, from start to exit, all actions together.",
         ),
         MetricSpec(
             RCTLPOLICY_EXHAUSTED_ACTIONS,
@@ -390,6 +375,20 @@ def metric_spec(name: str) -> MetricSpec:
 
 
 _SPECS_BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in METRIC_SPECS}
+_SPECS_BY_SAMPLE: dict[str, MetricSpec] = {
+    sample: spec for spec in METRIC_SPECS for sample in spec.sample_names
+}
+
+
+def sample_labels(sample_name: str) -> frozenset[str]:
+    """The label names rctlpolicy puts on a series of this name (`le` on a histogram bucket).
+
+    Prometheus adds its target labels (`instance`, `job`) on top. KeyError if rctlpolicy
+    exports no such series.
+    """
+    spec = _SPECS_BY_SAMPLE[sample_name]
+    extra = ("le",) if sample_name == f"{spec.name}_bucket" else ()
+    return frozenset((*spec.labels, *extra))
 
 
 # PromQL as far as telling metric names apart from functions, keywords and label names.
@@ -496,11 +495,11 @@ def promql_selectors(expr: str) -> tuple[tuple[str, frozenset[str]], ...]:
             continue
         if text in _PROMQL_AGGREGATIONS and following.lower() in ("(", "by", "without"):
             continue  # `sum (...)`, `sum by (x) (...)`
+        if lowered in _PROMQL_KEYWORDS:
+            continue  # `or (...)` is not a call
         if following == "(":
             if text not in _PROMQL_FUNCTIONS:
                 raise ValueError(f"unknown PromQL function {text!r} in {expr!r}")
-            continue
-        if lowered in _PROMQL_KEYWORDS:
             continue
         labels: set[str] = set()
         selectors.append((text, labels))

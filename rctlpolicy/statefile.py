@@ -59,7 +59,7 @@ class JsonStateFile:
                                     dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, indent=1, sort_keys=True)
+                json.dump(data, handle, separators=(",", ":"))  # the C encoder: states can be big
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, self.path)

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 from rctlpolicy.amounts import humanize_number
 from rctlpolicy.kernel.base import Kernel
-from rctlpolicy.model import Action, Filter, Resource, SubjectType
+from rctlpolicy.model import Action, Filter, Resource, SubjectType, Unit
+
+_BYTE_UNITS = (Unit.BYTES, Unit.BYTES_PER_SECOND)
 
 
 def usage_lines(usage: Mapping[Resource, int], human: bool = True) -> str:
@@ -62,8 +64,11 @@ class JailTable:
         }
 
     def render(self, human: bool = True) -> str:
-        def show(value: int) -> str:
-            return humanize_number(value) if human else str(value)
+        def show(value: int, resource: Resource | None = None) -> str:
+            # Only byte amounts read better humanized: 86400 s of cputime is not "84K".
+            if human and (resource is None or resource.info.unit in _BYTE_UNITS):
+                return humanize_number(value)
+            return str(value)
 
         lines = [f"{'JAIL':<16} {'JID':>5}  {'RESOURCE':<16} {'USAGE':>12} {'DENY':>12} "
                  f"{'USED':>6}  OTHER LIMITS"]
@@ -78,11 +83,12 @@ class JailTable:
                 jid = str(row.jid) if index == 0 else ""
                 deny = row.deny.get(resource)
                 percent = row.percent(resource)
-                others = ", ".join(f"{a}={show(v)}" for a, v in row.other.get(resource, []))
+                others = ", ".join(f"{a}={show(v, resource)}"
+                                   for a, v in row.other.get(resource, []))
                 lines.append(
                     f"{name:<16} {jid:>5}  {resource!s:<16} "
-                    f"{show(row.usage.get(resource, 0)):>12} "
-                    f"{show(deny) if deny is not None else '-':>12} "
+                    f"{show(row.usage.get(resource, 0), resource):>12} "
+                    f"{show(deny, resource) if deny is not None else '-':>12} "
                     f"{f'{percent:.0f}%' if percent is not None else '-':>6}  {others}".rstrip()
                 )
         return "\n".join(lines) + "\n"

@@ -48,12 +48,8 @@ def expressions(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def labels_of(series_name: str) -> frozenset[str]:
-    """The label names a series of this name carries (its family's, plus instance and job)."""
-    for spec in metric_names.METRIC_SPECS:
-        if series_name in spec.sample_names:
-            extra = {"le"} if series_name.endswith("_bucket") else set()
-            return frozenset(spec.labels) | TARGET_LABELS | extra
-    raise KeyError(series_name)
+    """The label names a scraped series of this name carries."""
+    return metric_names.sample_labels(series_name) | TARGET_LABELS
 
 
 def check_expression(expr: str) -> list[str]:

@@ -237,7 +237,7 @@ GOOD = [
     'notify 0 {\n\tmatch "type" "matched";\n\taction "logger a \\\n\t\tb $rule";\n};',
     'attach 5 { device-name "em[0-9]+"; action "echo $device-name"; };',
     'options {\n\tset nic-regex\n\t\t"(em|igb|\\\n\t\tix)[0-9]+";\n};',
-    "nomatch 0 {\n#\taction \"logger $bus\";\n};",
+    'nomatch 0 {\n#\taction "logger $bus";\n};',
     'notify 0 { match "type" "LINK_UP"; media-type "ethernet"; action "true"; };',
 ]
 

@@ -50,7 +50,8 @@ def test_deny_with_new_amount_replaces_old_in_kernel() -> None:
     assert plan.to_remove == ()  # the kernel removes it on add
     assert plan.replaced == ((old, new),)
     assert "- jail:db1:memoryuse:deny=100  (replaced by jail:db1:memoryuse:deny=200)" in (
-        plan.lines())
+        plan.lines()
+    )
 
 
 def test_log_rules_with_other_amounts_coexist() -> None:
@@ -66,10 +67,14 @@ def test_log_rules_with_other_amounts_coexist() -> None:
     ("texts", "expected"),
     [
         (("jail:a:maxproc:deny=1", "jail:a:maxproc:deny=2"), ["jail:a:maxproc:deny=2"]),
-        (("jail:a:maxproc:deny=1", "jail:a:maxproc:deny=1/process"),
-         ["jail:a:maxproc:deny=1", "jail:a:maxproc:deny=1/process"]),
-        (("jail:a:maxproc:log=1", "jail:a:maxproc:log=2", "jail:a:maxproc:log=1"),
-         ["jail:a:maxproc:log=2", "jail:a:maxproc:log=1"]),
+        (
+            ("jail:a:maxproc:deny=1", "jail:a:maxproc:deny=1/process"),
+            ["jail:a:maxproc:deny=1", "jail:a:maxproc:deny=1/process"],
+        ),
+        (
+            ("jail:a:maxproc:log=1", "jail:a:maxproc:log=2", "jail:a:maxproc:log=1"),
+            ["jail:a:maxproc:log=2", "jail:a:maxproc:log=1"],
+        ),
     ],
 )
 def test_normalize_desired_mirrors_kernel_add(texts: tuple[str, ...], expected: list[str]) -> None:

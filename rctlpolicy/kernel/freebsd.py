@@ -101,6 +101,7 @@ class SubprocessRunner:
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
+            encoding="utf-8",
             errors="surrogateescape",
             timeout=self._timeout,
             env=self._env,
@@ -129,6 +130,8 @@ def parse_rules(output: str) -> list[Rule]:
         return rules
     pending: str | None = None
     for piece in output.split(","):
+        if pending is None and not piece:
+            continue  # rctl(8) ignores empty pieces too (print_rules stops at one)
         text = piece if pending is None else f"{pending},{piece}"
         if text.count(":") < 3:
             pending = text
@@ -136,9 +139,7 @@ def parse_rules(output: str) -> list[Rule]:
         pending = None
         rule = _kernel_rule(text)
         if rule is None:
-            raise KernelError(
-                UNREADABLE, text, "the kernel listed a rule rctlpolicy cannot read"
-            )
+            raise KernelError(UNREADABLE, text, "the kernel listed a rule rctlpolicy cannot read")
         rules.append(rule)
     if pending is not None:
         raise KernelError(UNREADABLE, pending, "the kernel listed a rule rctlpolicy cannot read")
@@ -216,7 +217,11 @@ class FreeBSDKernel:
 
     def racct_status(self) -> RacctStatus:
         """Whether RACCT/RCTL is usable, from kern.racct.enable."""
-        return racct_status_of(self._racct_probe())
+        try:
+            enabled = self._racct_probe()
+        except OSError as error:
+            return RacctStatus(False, f"cannot read kern.racct.enable: {error}")
+        return racct_status_of(enabled)
 
     def _call_growing(self, call: RctlCall, text: str) -> str:
         """A listing call with rctl(8)'s buffer growth: 128 KiB, then x4 on each ERANGE."""
@@ -241,7 +246,12 @@ class FreeBSDKernel:
 
     def _enosys(self, text: str) -> KernelError:
         """rctl(8)'s reading of ENOSYS: RACCT missing, disabled, or present without RCTL."""
-        enabled = self._racct_probe()
+        try:
+            enabled = self._racct_probe()
+        except OSError as error:
+            return KernelError(
+                "ENOSYS", text, f"{STRERROR['ENOSYS']} (cannot read kern.racct.enable: {error})"
+            )
         if enabled is None:
             return RacctDisabledError("ENOSYS", text, f"{RACCT_MISSING}: {MISSING_ADVICE}")
         if not enabled:
@@ -335,16 +345,19 @@ class RctlCommandSyscalls:
         argv = [self._rctl_path, *_RCTL8_FLAGS[call], "--", operand]
         try:
             result = self._runner.run(argv)
-        except OSError as error:
+        except (OSError, subprocess.SubprocessError) as error:  # not started, or timed out
             raise KernelError(
-                UNREADABLE, operand, f"cannot run {self._rctl_path}: {error.strerror or error}"
+                UNREADABLE, operand, f"cannot run {self._rctl_path}: {error}"
             ) from error
         if result.returncode != 0:
             raise SyscallError(_errno_of_messages(result.stderr, operand))
         if call in (RctlCall.ADD_RULE, RctlCall.REMOVE_RULE):
             return b""
         # rctl(8) printed the kernel's comma-joined output one piece per line.
-        output = ",".join(result.stdout.splitlines()).encode("utf-8", "surrogateescape")
+        lines = result.stdout.split("\n")
+        if lines[-1] == "":
+            lines.pop()
+        output = ",".join(lines).encode("utf-8", "surrogateescape")
         # The kernel's sbuf keeps a byte for a trailing ',' in rule listings, one for the NUL.
         needed = len(output) + (1 if call is RctlCall.GET_RACCT else 2)
         if output and needed > outbuflen:
@@ -416,24 +429,3 @@ def open_freebsd_kernel(
         probe = sysctl_command_probe(command_runner)
     lister = jail_lister if jail_lister is not None else jls_lister(command_runner)
     return FreeBSDKernel(syscalls, lister, probe)
-
-
-__all__ = [
-    "BUFFER_GROWTH",
-    "RACCT_DISABLED",
-    "RACCT_MISSING",
-    "RCTL_DEFAULT_BUFSIZE",
-    "CommandResult",
-    "CommandRunner",
-    "FreeBSDKernel",
-    "JailLister",
-    "RacctProbe",
-    "RctlCommandSyscalls",
-    "SubprocessRunner",
-    "open_freebsd_kernel",
-    "parse_rules",
-    "parse_usage",
-    "racct_status_of",
-    "rctl8_operand",
-    "sysctl_command_probe",
-]

@@ -1,0 +1,798 @@
+"""The simulated FreeBSD host: its description (a YAML file) and its kernel's rule state.
+
+A host file says what a FreeBSD machine would answer to rctl: its users and groups, its login
+classes, its processes, its jails and what each subject uses::
+
+    users: {root: 0, www: 80, pgsql: 770}
+    groups: {wheel: 0}                      # optional
+    loginclasses: [default, daemon]         # optional
+    processes:                              # optional; absent: only pid 1 (init, root) exists
+      1: {comm: init, uid: 0}
+      4242: {comm: postgres, uid: 770, jail: db1}   # also: euid (default uid),
+                                                    # loginclass (default "default")
+    jails:
+      db1: {jid: 3}
+      web1: {jid: 4}                        # also: parent: <jail name> for a child jail
+    racct_enable: true                      # false: every rctl call fails with ENOSYS
+    privileged: true                        # false: the caller is not root (EPERM)
+    devctl_rate_limit: 10                   # kern.racct.rctl.devctl_rate_limit
+    log_rate_limit: 10                      # kern.racct.rctl.log_rate_limit
+    maxbufsize: 16777216                    # kern.racct.rctl.maxbufsize
+    usage:                                  # what `rctl -u` reports, in rctl -u units
+      "jail:db1": {memoryuse: 1073741824, maxproc: 12}
+      "user:www": {maxproc: 40}             # users by name or uid
+      "process:4242": {memoryuse: 524288000}
+
+`load_host` reads the file on every call and parses it again when its bytes changed, so an edit
+takes effect on the next rctl call. Any problem in the file is a `HostFileError` naming the file
+and the key.
+
+The kernel's rules live in a state file beside the host file (`<host file>.state.json`), changed
+under an exclusive flock(2) and replaced atomically (`rctlpolicy.statefile`), so the daemon,
+`show` and `apply` running as separate processes all see one kernel.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from rctlpolicy.model import (
+    IN_MILLIONS_MAX,
+    INT64_MAX,
+    Action,
+    Resource,
+    Rule,
+    SubjectType,
+    format_subject_id,
+)
+from rctlpolicy.statefile import JsonStateFile
+
+log = logging.getLogger("rctlpolicy.kernel.host")
+
+PID_MAX = 99999  # sys/sys/proc.h: FreeBSD never hands out a larger pid
+MAXCOMLEN = 19  # p_comm holds at most this many bytes
+LOGINCLASS_NAME_MAX = 32
+JAIL_NAME_MAX = 255
+HOST_JAIL = "0"  # prison0's racct name: the host itself, parent of every jail
+DEFAULT_LOGINCLASS = "default"
+UID_MAX = 2**32 - 1
+
+#: Sysctl defaults (spec section 9.3).
+DEFAULT_RATE_LIMIT = 10
+DEFAULT_MAXBUFSIZE = 16 * 1024 * 1024
+
+_TOP_LEVEL_KEYS = (
+    "users",
+    "groups",
+    "loginclasses",
+    "processes",
+    "jails",
+    "racct_enable",
+    "privileged",
+    "devctl_rate_limit",
+    "log_rate_limit",
+    "maxbufsize",
+    "usage",
+)
+_PROCESS_KEYS = ("comm", "uid", "euid", "jail", "loginclass")
+_JAIL_KEYS = ("jid", "parent")
+
+
+class HostFileError(OSError):
+    """The host file cannot be used: says which file and what is wrong in it.
+
+    An OSError, so that every caller that already survives an unreadable file (the daemon's
+    loops, the CLI) survives a broken host file the same way.
+    """
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class HostProcess:
+    """A process of the simulated host, with the credentials RCTL looks at."""
+
+    pid: int
+    comm: str
+    #: Real uid (`cr_ruid`: devctl reports it, `per=user` sums it) and effective uid
+    #: (`cr_uid`: the log action reports it).
+    ruid: int
+    euid: int
+    #: The racct name of the process's own prison ("0" on the host).
+    jail: str
+    loginclass: str
+
+
+@dataclass(frozen=True, slots=True)
+class HostJail:
+    name: str
+    jid: int
+    #: The parent prison's name ("0": a jail of the host).
+    parent: str = HOST_JAIL
+
+
+@dataclass(frozen=True, slots=True)
+class HostSpec:
+    """A simulated host; also the `semantics.Resolver` the simulated kernel parses rules with."""
+
+    path: Path
+    users: Mapping[str, int]
+    groups: Mapping[str, int]
+    loginclasses: tuple[str, ...]
+    processes: Mapping[int, HostProcess]
+    jails: tuple[HostJail, ...]
+    #: Usage per container, keyed by `container_key`, in `rctl -u` units.
+    usage: Mapping[str, Mapping[Resource, int]]
+    racct_enable: bool = True
+    privileged: bool = True
+    devctl_rate_limit: int = DEFAULT_RATE_LIMIT
+    log_rate_limit: int = DEFAULT_RATE_LIMIT
+    maxbufsize: int = DEFAULT_MAXBUFSIZE
+
+    # --- semantics.Resolver ------------------------------------------------------------------
+
+    @property
+    def checks_names(self) -> bool:
+        return True
+
+    def uid_of(self, name: str) -> int | None:
+        return self.users.get(name)
+
+    def gid_of(self, name: str) -> int | None:
+        return self.groups.get(name)
+
+    def process_exists(self, pid: int) -> bool | None:
+        return pid in self.processes
+
+    def name_of_uid(self, uid: int) -> str | None:
+        """getpwuid(3) on this host: the first user name with that uid."""
+        for name, number in self.users.items():
+            if number == uid & UID_MAX:
+                return name
+        return None
+
+    # --- what the kernel derives from the processes and jails ---------------------------------
+
+    def jail_chain(self, name: str) -> tuple[str, ...]:
+        """A prison's racct name and those of its ancestors, ending with the host's "0"."""
+        parents = {jail.name: jail.parent for jail in self.jails}
+        chain = [name]
+        while chain[-1] != HOST_JAIL:
+            chain.append(parents.get(chain[-1], HOST_JAIL))
+        return tuple(chain)
+
+    def applies_to(self, rule: Rule, process: HostProcess) -> bool:
+        """Whether `rctl_rule_add` links the rule to the process (spec section 11.2).
+
+        The simulated processes existed before any rule was added, so the add-time walk
+        decides: a user rule reaches processes whose real or effective uid matches, a jail rule
+        the processes of that jail and of all its child jails.
+        """
+        subject_id = rule.subject_id
+        if rule.subject is SubjectType.PROCESS:
+            return subject_id == str(process.pid)
+        if rule.subject is SubjectType.USER:
+            return subject_id in (
+                format_subject_id(SubjectType.USER, str(process.ruid)),
+                format_subject_id(SubjectType.USER, str(process.euid)),
+            )
+        if rule.subject is SubjectType.LOGINCLASS:
+            return subject_id == process.loginclass
+        return subject_id in self.jail_chain(process.jail)
+
+    def linked_processes(self, rule: Rule) -> list[HostProcess]:
+        """The host's processes a rule is linked to, by pid."""
+        return [
+            self.processes[pid]
+            for pid in sorted(self.processes)
+            if self.applies_to(rule, self.processes[pid])
+        ]
+
+    def usage_of(self, subject: SubjectType, subject_id: str) -> Mapping[Resource, int]:
+        """A container's usage as the host file gives it (resources it omits are 0)."""
+        return self.usage.get(container_key(subject, subject_id), {})
+
+    def per_container(self, per: SubjectType, process: HostProcess) -> tuple[SubjectType, str]:
+        """The container whose usage a rule with this `per` compares for the process
+        (`rctl_proc_rule_to_racct`): the process, its real uid, its class, its own prison."""
+        if per is SubjectType.PROCESS:
+            return per, str(process.pid)
+        if per is SubjectType.USER:
+            return per, format_subject_id(per, str(process.ruid))
+        if per is SubjectType.LOGINCLASS:
+            return per, process.loginclass
+        return per, process.jail
+
+
+def container_key(subject: SubjectType, subject_id: str) -> str:
+    """ "jail:db1", "user:80", "process:4242": how usage and state name a container."""
+    return f"{subject}:{format_subject_id(subject, subject_id)}"
+
+
+# --- reading the host file ---------------------------------------------------------------------
+
+
+_cache_lock = threading.Lock()
+_cache: dict[Path, tuple[bytes, HostSpec]] = {}
+
+
+def load_host(path: Path | str) -> HostSpec:
+    """The host described by a file, re-read on every call: a changed file is parsed again.
+
+    Reading a few hundred bytes costs microseconds, and comparing the bytes (not mtime and
+    size, whose granularity can hide a quick same-size edit) makes every edit count.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise HostFileError(path, f"cannot read the host file: {error.strerror or error}") from None
+    key = path.absolute()
+    with _cache_lock:
+        cached = _cache.get(key)
+    if cached is not None and cached[0] == data:
+        return cached[1]
+    spec = parse_host(data, path)
+    with _cache_lock:
+        _cache[key] = (data, spec)
+    return spec
+
+
+def default_host_path() -> Path:
+    """The bundled example host (package data): a few users and jails with usage."""
+    return Path(__file__).resolve().parent.parent / "data" / "default-host.yaml"
+
+
+def parse_host(data: bytes | str, path: Path | str = "<host>") -> HostSpec:
+    """Parse host-file text; raises HostFileError naming the key that is wrong."""
+    path = Path(path)
+    try:
+        document = yaml.load(data, Loader=_HostLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise HostFileError(path, "not valid YAML: nested too deeply") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise HostFileError(path, f"not valid YAML: {where}{problem}") from None
+    if document is None:
+        document = {}
+    reader = _Reader(path)
+    top = reader.mapping(document, "the host file")
+    reader.known_keys(top, _TOP_LEVEL_KEYS, "")
+    users = reader.name_table(top.get("users", {}), "users")
+    groups = reader.name_table(top.get("groups", {}), "groups")
+    loginclasses = reader.loginclasses(top.get("loginclasses", []))
+    jails = reader.jails(top.get("jails", {}))
+    jail_names = {jail.name for jail in jails}
+    if "processes" in top:
+        processes = reader.processes(top["processes"], users, jail_names, loginclasses)
+    else:
+        # No process table: the host runs only init, so `process:1` rules work and others ESRCH.
+        processes = {1: HostProcess(1, "init", 0, 0, HOST_JAIL, DEFAULT_LOGINCLASS)}
+    usage = reader.usage(top.get("usage", {}), users, processes)
+    return HostSpec(
+        path=path,
+        users=users,
+        groups=groups,
+        loginclasses=loginclasses,
+        processes=processes,
+        jails=jails,
+        usage=usage,
+        racct_enable=reader.boolean(top.get("racct_enable", True), "racct_enable"),
+        privileged=reader.boolean(top.get("privileged", True), "privileged"),
+        devctl_rate_limit=reader.integer(
+            top.get("devctl_rate_limit", DEFAULT_RATE_LIMIT),
+            "devctl_rate_limit",
+            -(2**31),
+            2**31 - 1,
+        ),
+        log_rate_limit=reader.integer(
+            top.get("log_rate_limit", DEFAULT_RATE_LIMIT), "log_rate_limit", -(2**31), 2**31 - 1
+        ),
+        maxbufsize=reader.integer(
+            top.get("maxbufsize", DEFAULT_MAXBUFSIZE), "maxbufsize", 0, 2**32 - 1
+        ),
+    )
+
+
+class _HostLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice (PyYAML would keep the last one silently, so a
+    second `usage:` block would hide the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may override keys
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"'{key}' is given twice", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep)
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    """Checks of the decoded YAML; every failure names the key it is about."""
+
+    path: Path
+
+    def fail(self, where: str, what: str) -> HostFileError:
+        return HostFileError(self.path, f"{where}: {what}" if where else what)
+
+    def mapping(self, value: object, where: str) -> dict[Any, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected a mapping, found {_kind(value)}")
+        return value
+
+    def known_keys(self, table: dict[Any, Any], known: tuple[str, ...], where: str) -> None:
+        for key in table:
+            if key not in known:
+                raise self.fail(
+                    where or str(key),
+                    f"unknown key '{key}'{_suggest(str(key), known)}; "
+                    f"known keys: {', '.join(known)}",
+                )
+
+    def boolean(self, value: object, where: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(where, f"expected true or false, found {_kind(value)}")
+        return value
+
+    def integer(self, value: object, where: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(where, f"expected a whole number, found {_kind(value)}")
+        if not low <= value <= high:
+            raise self.fail(where, f"{value} is out of range ({low} to {high})")
+        return value
+
+    def name(self, value: object, where: str) -> str:
+        # YAML reads unquoted `3` as a number; jail and class names are strings either way.
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not value:
+            raise self.fail(where, f"expected a non-empty name, found {_kind(value)}")
+        if ":" in value or "," in value:
+            raise self.fail(where, f"'{value}' contains ':' or ',', which break rule text")
+        return value
+
+    def name_table(self, value: object, where: str) -> dict[str, int]:
+        table: dict[str, int] = {}
+        for name, number in self.mapping(value, where).items():
+            key = self.name(name, where)
+            table[key] = self.integer(number, f"{where}: {key}", 0, UID_MAX)
+        return table
+
+    def loginclasses(self, value: object) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.fail("loginclasses", f"expected a list of names, found {_kind(value)}")
+        names: list[str] = []
+        for item in value:
+            name = self.name(item, "loginclasses")
+            if len(name.encode()) > LOGINCLASS_NAME_MAX:
+                raise self.fail("loginclasses", f"'{name}' is longer than 32 bytes")
+            names.append(name)
+        return tuple(names)
+
+    def jails(self, value: object) -> tuple[HostJail, ...]:
+        jails: list[HostJail] = []
+        jids: dict[int, str] = {}
+        for raw_name, raw in self.mapping(value, "jails").items():
+            name = self.name(raw_name, "jails")
+            where = f"jails: {name}"
+            if name == HOST_JAIL:
+                raise self.fail(where, "'0' is the host itself (prison0), not a jail")
+            if len(name.encode()) > JAIL_NAME_MAX:
+                raise self.fail(where, "jail names are at most 255 bytes")
+            entry = self.mapping(raw, where)
+            self.known_keys(entry, _JAIL_KEYS, where)
+            if "jid" not in entry:
+                raise self.fail(where, "missing 'jid'")
+            jid = self.integer(entry["jid"], f"{where}: jid", 1, 2**31 - 1)
+            if jid in jids:
+                raise self.fail(where, f"jid {jid} is already jail '{jids[jid]}'")
+            jids[jid] = name
+            parent = self.name(entry.get("parent", HOST_JAIL), f"{where}: parent")
+            jails.append(HostJail(name, jid, parent))
+        names = {jail.name for jail in jails}
+        for jail in jails:
+            seen = {jail.name}
+            parent = jail.parent
+            while parent != HOST_JAIL:
+                if parent not in names:
+                    raise self.fail(
+                        f"jails: {jail.name}: parent",
+                        f"no jail named '{parent}'{_suggest(parent, names)}",
+                    )
+                if parent in seen:
+                    raise self.fail(f"jails: {jail.name}: parent", "jails form a cycle")
+                seen.add(parent)
+                parent = next(j.parent for j in jails if j.name == parent)
+        return tuple(jails)
+
+    def uid(self, value: object, where: str, users: Mapping[str, int]) -> int:
+        if isinstance(value, str) and not value.isdigit():
+            if value not in users:
+                raise self.fail(where, f"unknown user '{value}'{_suggest(value, users)}")
+            return users[value]
+        if isinstance(value, str):
+            value = int(value)
+        return self.integer(value, where, 0, UID_MAX)
+
+    def processes(
+        self,
+        value: object,
+        users: Mapping[str, int],
+        jail_names: set[str],
+        loginclasses: tuple[str, ...],
+    ) -> dict[int, HostProcess]:
+        processes: dict[int, HostProcess] = {}
+        for raw_pid, raw in self.mapping(value, "processes").items():
+            number = int(raw_pid) if isinstance(raw_pid, str) and raw_pid.isdigit() else raw_pid
+            pid = self.integer(number, "processes", 1, PID_MAX)
+            where = f"processes: {pid}"
+            entry = self.mapping(raw, where)
+            self.known_keys(entry, _PROCESS_KEYS, where)
+            for required in ("comm", "uid"):
+                if required not in entry:
+                    raise self.fail(where, f"missing '{required}'")
+            comm = entry["comm"]
+            if not isinstance(comm, str) or not comm:
+                raise self.fail(f"{where}: comm", "expected the command name")
+            # p_comm keeps MAXCOMLEN bytes of the name, as the kernel's log line shows it.
+            comm = comm.encode()[:MAXCOMLEN].decode(errors="ignore")
+            ruid = self.uid(entry["uid"], f"{where}: uid", users)
+            euid = self.uid(entry.get("euid", ruid), f"{where}: euid", users)
+            jail = self.name(entry.get("jail", HOST_JAIL), f"{where}: jail")
+            if jail != HOST_JAIL and jail not in jail_names:
+                raise self.fail(
+                    f"{where}: jail",
+                    f"no jail named '{jail}'{_suggest(jail, jail_names)} "
+                    '(processes name their jail by name; "0" is the host)',
+                )
+            loginclass = self.name(
+                entry.get("loginclass", DEFAULT_LOGINCLASS), f"{where}: loginclass"
+            )
+            if loginclasses and loginclass not in (*loginclasses, DEFAULT_LOGINCLASS):
+                raise self.fail(
+                    f"{where}: loginclass",
+                    f"'{loginclass}' is not in loginclasses{_suggest(loginclass, loginclasses)}",
+                )
+            processes[pid] = HostProcess(pid, comm, ruid, euid, jail, loginclass)
+        return processes
+
+    def usage(
+        self, value: object, users: Mapping[str, int], processes: Mapping[int, HostProcess]
+    ) -> dict[str, dict[Resource, int]]:
+        usage: dict[str, dict[Resource, int]] = {}
+        for raw_key, raw in self.mapping(value, "usage").items():
+            where = f"usage: {raw_key}"
+            key = self.usage_key(raw_key, where, users, processes)
+            if key in usage:
+                raise self.fail(where, f"the same container as another key ({key})")
+            values: dict[Resource, int] = {}
+            for name, amount in self.mapping(raw, where).items():
+                try:
+                    resource = Resource(str(name).lower())
+                except ValueError:
+                    raise self.fail(
+                        where,
+                        f"unknown resource '{name}'{_suggest(str(name), list(Resource))}",
+                    ) from None
+                high = IN_MILLIONS_MAX if resource.in_millions else INT64_MAX
+                values[resource] = self.integer(amount, f"{where}: {name}", 0, high)
+            usage[key] = values
+        return usage
+
+    def usage_key(
+        self,
+        raw_key: object,
+        where: str,
+        users: Mapping[str, int],
+        processes: Mapping[int, HostProcess],
+    ) -> str:
+        if not isinstance(raw_key, str) or raw_key.count(":") != 1:
+            raise self.fail(where, 'keys are subject:id, e.g. "jail:db1" or "user:www"')
+        subject_text, subject_id = raw_key.split(":")
+        try:
+            subject = SubjectType(subject_text)
+        except ValueError:
+            raise self.fail(
+                where,
+                f"unknown subject '{subject_text}'{_suggest(subject_text, list(SubjectType))}",
+            ) from None
+        if not subject_id:
+            raise self.fail(where, "missing the id after ':'")
+        if subject is SubjectType.USER:
+            return container_key(subject, str(self.uid(subject_id, where, users)))
+        if subject is SubjectType.PROCESS:
+            if not subject_id.isdigit() or int(subject_id) not in processes:
+                raise self.fail(where, f"no process {subject_id} in processes")
+            return container_key(subject, str(int(subject_id)))
+        limit = LOGINCLASS_NAME_MAX if subject is SubjectType.LOGINCLASS else JAIL_NAME_MAX
+        if len(subject_id.encode()) > limit:
+            raise self.fail(where, f"{subject} names are at most {limit} bytes")
+        return container_key(subject, subject_id)
+
+
+def _kind(value: object) -> str:
+    """What was found instead, in words for the error message."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return f"'{value}'"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+# --- the simulated kernel's state --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRule:
+    """A rule in the simulated kernel; `seq` grows with every add (newest rule: largest)."""
+
+    rule: Rule
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateWindow:
+    """One ppsratecheck(9) counter: the start of the current 1-second window and its count."""
+
+    start: float | None = None
+    count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KernelState:
+    """Everything the simulated kernel remembers between calls."""
+
+    #: The rules, oldest first.
+    rules: tuple[StoredRule, ...] = ()
+    #: When each rule-holding container was created (a seq), for the listing order.
+    containers: Mapping[str, int] = field(default_factory=dict)
+    next_seq: int = 1
+    #: Canonical texts of the log/devctl rules whose current episode has been reported.
+    exceeded: frozenset[str] = frozenset()
+    #: The log and devctl rate limiters ("log", "devctl").
+    rate_windows: Mapping[str, RateWindow] = field(default_factory=dict)
+
+    def live(self, host: HostSpec) -> KernelState:
+        """Without the process rules of processes that are gone (they die with the process)."""
+        kept = tuple(
+            stored
+            for stored in self.rules
+            if stored.rule.subject is not SubjectType.PROCESS
+            or host.process_exists(int(stored.rule.subject_id))
+        )
+        return self if len(kept) == len(self.rules) else self._with_rules(kept)
+
+    def added(self, rule: Rule) -> KernelState:
+        """After `rctl_rule_add`: a deny replaces the deny of the same subject, resource and per
+        whatever its amount; any other rule replaces only an identical one."""
+
+        def replaced(old: Rule) -> bool:
+            if rule.action is Action.DENY:
+                return (old.subject, old.subject_id, old.resource, old.action, old.per) == (
+                    rule.subject,
+                    rule.subject_id,
+                    rule.resource,
+                    rule.action,
+                    rule.per,
+                )
+            return old == rule
+
+        kept = self._rules_without(replaced)
+        key = container_key(rule.subject, rule.subject_id)
+        containers = dict(self.containers)
+        containers.setdefault(key, self.next_seq)
+        state = KernelState(
+            (*kept, StoredRule(rule, self.next_seq)),
+            containers,
+            self.next_seq + 1,
+            self.exceeded,
+            self.rate_windows,
+        )
+        return state._forget_unused(removed={r.rule for r in self.rules} - {r.rule for r in kept})
+
+    def removed(self, matches: Callable[[Rule], bool]) -> tuple[KernelState, int]:
+        """Without the rules `matches` selects; also returns how many there were."""
+        kept = self._rules_without(matches)
+        count = len(self.rules) - len(kept)
+        if count == 0:
+            return self, 0
+        return self._with_rules(kept), count
+
+    def _rules_without(self, matches: Callable[[Rule], bool]) -> tuple[StoredRule, ...]:
+        return tuple(stored for stored in self.rules if not matches(stored.rule))
+
+    def _with_rules(self, rules: tuple[StoredRule, ...]) -> KernelState:
+        gone = {stored.rule for stored in self.rules} - {stored.rule for stored in rules}
+        state = KernelState(rules, self.containers, self.next_seq, self.exceeded, self.rate_windows)
+        return state._forget_unused(gone)
+
+    def _forget_unused(self, removed: set[Rule]) -> KernelState:
+        # A removed rule's episode ends with it (a re-added rule is a new link, flag clear), and
+        # a container without rules is freed; a later rule creates it anew.
+        used = {container_key(s.rule.subject, s.rule.subject_id) for s in self.rules}
+        containers = {key: seq for key, seq in self.containers.items() if key in used}
+        exceeded = self.exceeded - {rule.canonical for rule in removed}
+        if containers == self.containers and exceeded == self.exceeded:
+            return self
+        return KernelState(self.rules, containers, self.next_seq, exceeded, self.rate_windows)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "next_seq": self.next_seq,
+            # One string per rule ("<seq> <rule with its per spelt out>"): the state is rewritten
+            # on every add, and a string encodes many times faster than a mapping.
+            "rules": [_rule_entry(stored) for stored in self.rules],
+            "containers": dict(self.containers),
+            "exceeded": sorted(self.exceeded),
+            "rate_windows": {
+                kind: {"start": window.start, "count": window.count}
+                for kind, window in self.rate_windows.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = "state") -> KernelState:
+        """Decode a state file; malformed parts are dropped with a warning, never fatal."""
+        if not data:
+            return cls()
+        try:
+            raw_rules = data.get("rules", [])
+            rules: list[StoredRule] = []
+            for raw in raw_rules if isinstance(raw_rules, list) else []:
+                stored = _stored_rule(raw)
+                if stored is None:
+                    log.warning("%s: dropping a malformed rule entry: %r", where, raw)
+                    continue
+                rules.append(stored)
+            rules.sort(key=lambda stored: stored.seq)
+            highest = max((stored.seq for stored in rules), default=0)
+            next_seq = data.get("next_seq", highest + 1)
+            if isinstance(next_seq, bool) or not isinstance(next_seq, int):
+                next_seq = highest + 1
+            raw_containers = data.get("containers", {})
+            containers = {
+                str(key): seq
+                for key, seq in (raw_containers.items() if isinstance(raw_containers, dict) else ())
+                if isinstance(seq, int) and not isinstance(seq, bool)
+            }
+            raw_exceeded = data.get("exceeded", [])
+            exceeded = frozenset(
+                item
+                for item in (raw_exceeded if isinstance(raw_exceeded, list) else ())
+                if isinstance(item, str)
+            )
+            windows: dict[str, RateWindow] = {}
+            raw_windows = data.get("rate_windows", {})
+            for kind, raw in raw_windows.items() if isinstance(raw_windows, dict) else ():
+                if isinstance(raw, dict):
+                    start, count = raw.get("start"), raw.get("count", 0)
+                    if (start is None or isinstance(start, int | float)) and isinstance(count, int):
+                        windows[str(kind)] = RateWindow(
+                            None if start is None else float(start), count
+                        )
+        except (AttributeError, TypeError, ValueError) as error:
+            log.warning("%s is malformed (%s); starting from an empty kernel", where, error)
+            return cls()
+        return cls(tuple(rules), containers, max(next_seq, highest + 1), exceeded, windows)
+
+
+# Both directions are memoized: every call re-reads and rewrites the whole state, whose entries
+# rarely change between calls.
+@functools.lru_cache(maxsize=1 << 16)
+def _rule_entry(stored: StoredRule) -> str:
+    rule = stored.rule
+    return (
+        f"{stored.seq} {rule.subject}:{rule.subject_id}:{rule.resource}:{rule.action}="
+        f"{rule.amount}/{rule.per}"
+    )
+
+
+def _stored_rule(raw: object) -> StoredRule | None:
+    """Decode `_rule_entry`; None when it is not one."""
+    return _decode_rule_entry(raw) if isinstance(raw, str) else None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _decode_rule_entry(raw: str) -> StoredRule | None:
+    # The id is the only free-text field and cannot hold ':', so the cuts are unambiguous.
+    seq_text, _, text = raw.partition(" ")
+    parts = text.split(":", 2)
+    if not seq_text.isdigit() or len(parts) != 3:
+        return None
+    subject_text, subject_id, rest = parts
+    resource_text, _, rest = rest.partition(":")
+    action_text, _, rest = rest.partition("=")
+    amount_text, _, per_text = rest.partition("/")
+    try:
+        subject = SubjectType(subject_text)
+        rule = Rule(
+            subject,
+            subject_id,
+            Resource(resource_text),
+            Action(action_text),
+            int(amount_text),
+            SubjectType(per_text),
+        )
+    except ValueError:
+        return None
+    if not subject_id or (subject is SubjectType.PROCESS and not subject_id.isdigit()):
+        return None
+    if not amount_text.isdigit():
+        return None
+    return StoredRule(rule, int(seq_text))
+
+
+_T = TypeVar("_T")
+
+
+class StateStore:
+    """The simulated kernel's state file: read and changed under an exclusive flock(2),
+    replaced atomically (temp file, fsync, rename). A corrupt file reads as an empty kernel,
+    with a warning."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = JsonStateFile(path)
+
+    @staticmethod
+    def path_beside(host_path: Path) -> Path:
+        """`<host file>.state.json`, in the host file's directory."""
+        return host_path.with_name(host_path.name + ".state.json")
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
+
+    def read(self) -> KernelState:
+        """The state as it is now (a consistent snapshot)."""
+        return KernelState.from_json(self.file.read(), str(self.path))
+
+    def modify(self, change: Callable[[KernelState], tuple[KernelState, _T]]) -> _T:
+        """Run `change` on the current state under the lock and save what it returns.
+
+        An exception from `change` leaves the file untouched. The file is written only when
+        the state changed.
+        """
+        with self.file.locked():
+            old = KernelState.from_json(self.file.load(), str(self.path))
+            new, result = change(old)
+            if new != old:
+                self.file.save(new.to_json())
+        return result

@@ -1,0 +1,429 @@
+"""A simulated FreeBSD kernel: the five rctl_*(2) system calls, byte for byte.
+
+`SimulatedKernel.call` takes what a program would pass to the system calls (the input bytes,
+whose length is `inbuflen`, and `outbuflen`) and answers what FreeBSD answers: the output text,
+or `SyscallError` with the errno FreeBSD returns, in the order FreeBSD checks (spec rctl.md
+section 8, `sys/kern/kern_rctl.c`). Rule text is parsed by `rctlpolicy.grammar` and checked by
+`rctlpolicy.semantics` at the kernel layer, which gives the kernel's errno for every refusal.
+
+The host (users, processes, jails, usage) comes from a host file (`rctlpolicy.kernel.host`),
+read again on every call; the rules live in a state file beside it, so several processes share
+one simulated kernel.
+
+The simulation also plays the kernel's log/devctl side: `events_due` decides, from the host's
+usage, which `log` and `devctl` rules fire now (once per exceeded episode, rate-limited like
+ppsratecheck(9)), and `SimulatedKernel.evaluate_events` does that against the shared state.
+
+Where the simulation is simpler than FreeBSD:
+* the host's processes are taken to have existed before every rule, so a rule's links are
+  those `rctl_rule_add` makes (a user rule reaches real and effective uids; a jail rule the
+  jail's processes and those of its child jails), and process rules of a pid that left the host
+  file are gone (the process exited);
+* newer processes are those with larger pids (the listing walks newest first);
+* input bytes must be UTF-8 (anything else is EINVAL; FreeBSD would take any bytes);
+* EFAULT cannot happen (no user addresses), and `privileged: false` in the host file stands for
+  both non-root callers and root inside a jail (EPERM);
+* an event is one per rule and episode (FreeBSD flags each process's link, so with several
+  processes over the limit it may report once per process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rctlpolicy.grammar import parse_rule_syntax
+from rctlpolicy.kernel.base import Jail, RctlCall, SyscallError
+from rctlpolicy.kernel.host import (
+    HOST_JAIL,
+    HostProcess,
+    HostSpec,
+    KernelState,
+    RateWindow,
+    StateStore,
+    container_key,
+    load_host,
+)
+from rctlpolicy.model import (
+    PROCESS_USAGE_RESOURCES,
+    Action,
+    Filter,
+    Resource,
+    Rule,
+    SubjectType,
+    format_subject_id,
+)
+from rctlpolicy.semantics import FilterCheck, Layer, RuleCheck, check_filter, check_rule
+
+#: RCTL_MAX_INBUFSIZE: the rule text and its NUL must fit.
+MAX_INBUFSIZE = 4096
+#: RCTL_LOG_BUFSIZE - 1: how much of a rule the log line keeps.
+LOG_RULE_MAX = 127
+#: The uid hash mask (`hashinit(maxproc / 16)`); 255 for the default maxproc of a small host.
+#: Only the order in which user rules are listed depends on it.
+UIHASH_MASK = 255
+#: p_comm of pid 0, the kernel's own process: the "offender" when no host process is in a rule's
+#: subject.
+KERNEL_COMM = "kernel"
+
+EventKind = Literal["devctl", "log"]
+
+
+class SimulatedKernel:
+    """The `RctlSyscalls` of a simulated host described by `host_path`.
+
+    The rules persist in `state_path` (default: beside the host file, `<host>.state.json`).
+    """
+
+    def __init__(self, host_path: Path | str, state_path: Path | str | None = None) -> None:
+        self.host_path = Path(host_path)
+        self.store = StateStore(
+            Path(state_path) if state_path is not None else StateStore.path_beside(self.host_path)
+        )
+
+    @property
+    def state_path(self) -> Path:
+        return self.store.path
+
+    def host(self) -> HostSpec:
+        """The host as its file says now (raises HostFileError)."""
+        return load_host(self.host_path)
+
+    def racct_enabled(self) -> bool:
+        """kern.racct.enable."""
+        return self.host().racct_enable
+
+    def jails(self) -> list[Jail]:
+        """The host's jails, by jid (as jls(8) lists them)."""
+        return [
+            Jail(jail.jid, jail.name) for jail in sorted(self.host().jails, key=lambda j: j.jid)
+        ]
+
+    def call(self, call: RctlCall, inbuf: bytes, outbuflen: int) -> bytes:
+        """One rctl_*(2) call: `len(inbuf)` is inbuflen. Returns the output up to its NUL.
+
+        Raises SyscallError with FreeBSD's errno, HostFileError for a broken host file.
+        """
+        if outbuflen < 0:
+            raise ValueError(f"outbuflen is a size_t: {outbuflen}")
+        host = self.host()
+        if not host.racct_enable:
+            raise SyscallError("ENOSYS")
+        if not host.privileged:
+            raise SyscallError("EPERM")
+        text = read_inbuf(inbuf)
+        handlers: dict[RctlCall, Callable[[HostSpec, str, int], bytes]] = {
+            RctlCall.ADD_RULE: self._add_rule,
+            RctlCall.REMOVE_RULE: self._remove_rule,
+            RctlCall.GET_RULES: self._get_rules,
+            RctlCall.GET_LIMITS: self._get_limits,
+            RctlCall.GET_RACCT: self._get_racct,
+        }
+        return handlers[RctlCall(call)](host, text, outbuflen)
+
+    # --- the five calls --------------------------------------------------------------------
+
+    def _add_rule(self, host: HostSpec, text: str, outbuflen: int) -> bytes:
+        check = check_rule(parse_rule_syntax(text), Layer.KERNEL, host, notes=False)
+        if check.rule is None:
+            raise SyscallError(_errno(check))
+        rule = check.rule
+        self.store.modify(lambda state: (state.live(host).added(rule), None))
+        return b""
+
+    def _remove_rule(self, host: HostSpec, text: str, outbuflen: int) -> bytes:
+        rule_filter = _parse_filter(host, text)
+
+        def remove(state: KernelState) -> tuple[KernelState, None]:
+            # A process filter searches only that process's rules: the same rules a match on
+            # subject and pid selects, so one matching pass serves both kernel paths.
+            new, count = state.live(host).removed(rule_filter.matches)
+            if count == 0:
+                raise SyscallError("ESRCH")
+            return new, None
+
+        self.store.modify(remove)
+        return b""
+
+    def _get_rules(self, host: HostSpec, text: str, outbuflen: int) -> bytes:
+        rule_filter = _parse_filter(host, text)
+        if outbuflen > host.maxbufsize:
+            raise SyscallError("E2BIG")
+        rules = kernel_order(host, self.store.read().live(host))
+        return _rule_list([rule for rule in rules if rule_filter.matches(rule)], outbuflen)
+
+    def _get_limits(self, host: HostSpec, text: str, outbuflen: int) -> bytes:
+        rule_filter = _parse_filter(host, text)
+        if rule_filter.subject is None:
+            raise SyscallError("EINVAL")
+        if rule_filter.subject is not SubjectType.PROCESS:
+            raise SyscallError("EOPNOTSUPP")
+        if rule_filter.subject_id is None:
+            raise SyscallError("EINVAL")
+        if outbuflen > host.maxbufsize:
+            raise SyscallError("E2BIG")
+        process = host.processes[int(rule_filter.subject_id)]
+        return _rule_list(process_links(host, self.store.read().live(host), process), outbuflen)
+
+    def _get_racct(self, host: HostSpec, text: str, outbuflen: int) -> bytes:
+        rule_filter = _parse_filter(host, text)
+        if rule_filter.subject is None or rule_filter.subject_id is None:
+            raise SyscallError("EINVAL")
+        output = usage_text(host, rule_filter.subject, rule_filter.subject_id).encode()
+        if len(output) + 1 > outbuflen:
+            raise SyscallError("ERANGE")
+        return output
+
+    # --- events ----------------------------------------------------------------------------
+
+    def evaluate_events(self, now: float) -> list[SimEvent]:
+        """The log/devctl messages the kernel sends now, remembered in the shared state so
+        that two evaluators never report one episode twice.
+
+        `now` is wall-clock seconds (`Clock.time()`): the rate limiter's window is shared with
+        other processes through the state file.
+        """
+        host = self.host()
+        if not host.racct_enable:
+            return []
+
+        def evaluate(state: KernelState) -> tuple[KernelState, list[SimEvent]]:
+            state = state.live(host)
+            outcome = events_due(
+                host, kernel_order(host, state), state.exceeded, state.rate_windows, now
+            )
+            new = KernelState(
+                state.rules,
+                state.containers,
+                state.next_seq,
+                outcome.exceeded,
+                outcome.rate_windows,
+            )
+            return new, outcome.events
+
+        return self.store.modify(evaluate)
+
+
+def read_inbuf(inbuf: bytes) -> str:
+    """`rctl_read_inbuf` + copyinstr(9): the text before the first NUL within inbuflen."""
+    if len(inbuf) == 0:
+        raise SyscallError("EINVAL")
+    if len(inbuf) > MAX_INBUFSIZE:
+        raise SyscallError("E2BIG")
+    end = inbuf.find(b"\0")
+    if end < 0:
+        raise SyscallError("ENAMETOOLONG")
+    try:
+        return inbuf[:end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise SyscallError("EINVAL") from None
+
+
+def _errno(check: RuleCheck | FilterCheck) -> str:
+    error = check.error
+    return error.errno if error is not None and error.errno else "EINVAL"
+
+
+def _parse_filter(host: HostSpec, text: str) -> Filter:
+    check = check_filter(parse_rule_syntax(text), Layer.KERNEL, host)
+    if check.filter is None:
+        raise SyscallError(_errno(check))
+    return check.filter
+
+
+def _rule_list(rules: Sequence[Rule], outbuflen: int) -> bytes:
+    """Rules comma-joined into a fixed sbuf of `outbuflen` bytes, as get_rules/get_limits do.
+
+    Each rule goes in with a trailing comma and the sbuf keeps a byte for the NUL, so the
+    joined text needs len + 2 bytes; an empty answer still needs its NUL. ERANGE, never a
+    partial answer, when it does not fit.
+    """
+    output = ",".join(rule.canonical for rule in rules).encode()
+    needed = len(output) + 2 if output else 1
+    if needed > outbuflen:
+        raise SyscallError("ERANGE")
+    return output
+
+
+def usage_text(host: HostSpec, subject: SubjectType, subject_id: str) -> str:
+    """`rctl_racct_to_sbuf`: name=value for each resource in id order; the sloppy resources are
+    left out for a process."""
+    usage = host.usage_of(subject, subject_id)
+    resources = PROCESS_USAGE_RESOURCES if subject is SubjectType.PROCESS else tuple(Resource)
+    return ",".join(f"{resource}={usage.get(resource, 0)}" for resource in resources)
+
+
+def process_links(host: HostSpec, state: KernelState, process: HostProcess) -> list[Rule]:
+    """Every rule linked to a process (rctl -l), newest first."""
+    newest_first = sorted(state.rules, key=lambda stored: stored.seq, reverse=True)
+    return [stored.rule for stored in newest_first if host.applies_to(stored.rule, process)]
+
+
+def kernel_order(host: HostSpec, state: KernelState) -> list[Rule]:
+    """All rules in the order `rctl_get_rules` walks them (spec section 6, "Listing order").
+
+    Process rules first (newest process first), then the loginclass, user and jail containers
+    (users by descending uid-hash bucket), newest container first; within a container the
+    newest rule first. Containers the host already had (its jails, login classes, the users
+    of its processes) are older than those rules created.
+    """
+    newest_first = sorted(state.rules, key=lambda stored: stored.seq, reverse=True)
+    by_container: dict[str, list[Rule]] = {}
+    for stored in newest_first:
+        key = container_key(stored.rule.subject, stored.rule.subject_id)
+        by_container.setdefault(key, []).append(stored.rule)
+    age = _container_ages(host, state)
+
+    def key_age(key: str) -> int:
+        return age.get(key, state.containers.get(key, 0))
+
+    ordered: list[Rule] = []
+    for pid in sorted(host.processes, reverse=True):
+        ordered.extend(by_container.pop(container_key(SubjectType.PROCESS, str(pid)), []))
+    for subject in (SubjectType.LOGINCLASS, SubjectType.USER, SubjectType.JAIL):
+        prefix = f"{subject}:"
+        keys = [key for key in by_container if key.startswith(prefix)]
+        if subject is SubjectType.USER:
+            keys.sort(key=lambda key: (_uid_bucket(key[len(prefix) :]), key_age(key)), reverse=True)
+        else:
+            keys.sort(key=key_age, reverse=True)
+        for key in keys:
+            ordered.extend(by_container.pop(key))
+    return ordered
+
+
+def _uid_bucket(uid_text: str) -> int:
+    return (int(uid_text) & 0xFFFFFFFF) & UIHASH_MASK
+
+
+def _container_ages(host: HostSpec, state: KernelState) -> dict[str, int]:
+    """Creation ranks of the containers the host had before any rule: below every rule seq,
+    later entries of the host file newer."""
+    base = -(10**9)
+    ages: dict[str, int] = {
+        container_key(SubjectType.JAIL, HOST_JAIL): base,
+        container_key(SubjectType.LOGINCLASS, "default"): base,
+    }
+    for index, jail in enumerate(host.jails, start=1):
+        ages.setdefault(container_key(SubjectType.JAIL, jail.name), base + index)
+    for index, name in enumerate(host.loginclasses, start=1):
+        ages.setdefault(container_key(SubjectType.LOGINCLASS, name), base + index)
+    for pid in sorted(host.processes):
+        process = host.processes[pid]
+        offset = len(host.loginclasses) + pid
+        ages.setdefault(container_key(SubjectType.LOGINCLASS, process.loginclass), base + offset)
+        for uid in (process.ruid, process.euid):
+            ages.setdefault(container_key(SubjectType.USER, str(uid)), base + pid)
+    return ages
+
+
+# --- log and devctl ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SimEvent:
+    """A log or devctl message of the simulated kernel: the rule and the offending process."""
+
+    kind: EventKind
+    rule: Rule
+    pid: int
+    #: Real uid (the devctl message's `ruid`), unsigned.
+    ruid: int
+    #: The racct name of the process's own prison ("0": the host).
+    jail: str
+    #: Effective uid (the log line's `uid`), unsigned.
+    euid: int
+    comm: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventOutcome:
+    events: list[SimEvent]
+    exceeded: frozenset[str]
+    rate_windows: Mapping[str, RateWindow]
+
+
+_ACTION_KINDS: dict[Action, EventKind] = {Action.DEVCTL: "devctl", Action.LOG: "log"}
+
+
+def ratecheck(window: RateWindow, limit: int, now: float) -> tuple[bool, RateWindow]:
+    """ppsratecheck(9) with a 1-second window: at most `limit` per window, 0 = never,
+    negative = no limit. A clock that went back starts a new window."""
+    if window.start is None or not 0 <= now - window.start < 1.0:
+        return limit != 0, RateWindow(now, 1)
+    count = window.count + 1
+    return limit < 0 or count <= limit, RateWindow(window.start, count)
+
+
+def _offender(host: HostSpec, rule: Rule) -> HostProcess | None:
+    """The process through which the rule fires now, or None when none is over the limit."""
+    links = host.linked_processes(rule)
+    for process in links:
+        per_subject, per_id = host.per_container(rule.per, process)
+        used = host.usage_of(per_subject, per_id).get(rule.resource, 0)
+        if used > rule.amount:
+            return process
+    if links or rule.per is not rule.subject:
+        return None
+    # No process of the host file is in the subject: the subject's own usage decides, and the
+    # message names pid 0 (the kernel), uid 0 and the rule's jail (the host for other subjects).
+    used = host.usage_of(rule.subject, rule.subject_id).get(rule.resource, 0)
+    if used <= rule.amount:
+        return None
+    jail = rule.subject_id if rule.subject is SubjectType.JAIL else HOST_JAIL
+    return HostProcess(0, KERNEL_COMM, 0, 0, jail, "default")
+
+
+def events_due(
+    host: HostSpec,
+    rules: Sequence[Rule],
+    exceeded: frozenset[str],
+    rate_windows: Mapping[str, RateWindow],
+    now: float,
+) -> EventOutcome:
+    """Which log/devctl rules fire at `now`, from the host's usage (pure).
+
+    A rule fires when a linked process's usage (summed over the rule's `per`) exceeds the
+    amount, once per episode: the rule is flagged when its message goes out and unflagged
+    once no process is over the limit. A message the rate limiter drops leaves the flag clear,
+    so it is tried again next time.
+    """
+    events: list[SimEvent] = []
+    flags = set(exceeded)
+    windows = dict(rate_windows)
+    limits = {"devctl": host.devctl_rate_limit, "log": host.log_rate_limit}
+    current: set[str] = set()
+    for rule in rules:
+        kind = _ACTION_KINDS.get(rule.action)
+        if kind is None:
+            continue
+        key = rule.canonical
+        current.add(key)
+        process = _offender(host, rule)
+        if process is None:
+            flags.discard(key)
+            continue
+        if key in flags:
+            continue
+        allowed, windows[kind] = ratecheck(windows.get(kind, RateWindow()), limits[kind], now)
+        if not allowed:
+            continue
+        flags.add(key)
+        events.append(
+            SimEvent(
+                kind, rule, process.pid, process.ruid, process.jail, process.euid, process.comm
+            )
+        )
+    return EventOutcome(events, frozenset(flags & current), windows)
+
+
+def format_log_line(event: SimEvent) -> str:
+    """The kernel's console line for a fired `log` rule (the rule cut to 127 bytes)."""
+    rule_text = event.rule.canonical.encode()[:LOG_RULE_MAX].decode(errors="ignore")
+    uid = format_subject_id(SubjectType.USER, str(event.euid))
+    return (
+        f'rctl: rule "{rule_text}" matched by pid {event.pid} ({event.comm}), '
+        f"uid {uid}, jail {event.jail}"
+    )

@@ -1,0 +1,33 @@
+"""Fixtures every test gets, and the markers the suite uses.
+
+Keep this file small: a fixture belongs here only if every test module wants it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+#: How long a thread started by a test may take to finish after the test returns.
+THREAD_GRACE_SECONDS = 2.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered so that `-W error` does not turn the marker into an unknown-mark error.
+    config.addinivalue_line("markers", "slow: runs real external tools; takes seconds to minutes")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves a thread running (it would disturb the tests after it)."""
+    before = set(threading.enumerate())
+    yield
+    # A thread told to stop may need a moment to notice: join with one deadline, never sleep.
+    deadline = time.monotonic() + THREAD_GRACE_SECONDS
+    for thread in set(threading.enumerate()) - before:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    assert not leaked, f"threads left running: {leaked}"
