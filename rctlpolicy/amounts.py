@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 UINT64_MAX = 2**64 - 1
 INT64_MAX = 2**63 - 1
@@ -35,8 +35,7 @@ class AmountError(ValueError):
         self.offset = offset
 
 
-@dataclass(frozen=True, slots=True)
-class ExpandedNumber:
+class ExpandedNumber(NamedTuple):
     """A parsed expand_number(3) value, with how it was written (for lint's warnings)."""
 
     value: int
@@ -48,6 +47,9 @@ class ExpandedNumber:
 _STRTOUMAX_BASE0 = re.compile(r"(0[xX](?=[0-9a-fA-F])[0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
 
 
+_PLAIN_DECIMAL = re.compile(r"([1-9][0-9]{0,17}|0)([kmgtpeKMGTPE]?)[bB]?\Z")
+
+
 def expand_number(text: str) -> ExpandedNumber:
     """libutil's expand_number(3) as current FreeBSD has it (expand_unsigned generation).
 
@@ -55,6 +57,17 @@ def expand_number(text: str) -> ExpandedNumber:
     strtoumax(3) in base 0 (so `0x10` is 16 and `010` is 8), then an optional unit letter
     k/m/g/t/p/e (powers of 1024, any case), an optional single `b`/`B`, and the end.
     """
+    plain = _PLAIN_DECIMAL.match(text)
+    if plain is not None:
+        # The common case (`512m`, `100`): at most 18 digits, so the shift cannot overflow
+        # unless a unit makes it; checked below like the general path does.
+        value = int(plain.group(1))
+        suffix = plain.group(2)
+        if suffix:
+            value <<= _SUFFIX_SHIFT[suffix.lower()]
+            if value > UINT64_MAX:
+                raise AmountError(AmountProblem.OVERFLOW, 0)
+        return ExpandedNumber(value, 10, suffix, "")
     i = 0
     n = len(text)
     while i < n and text[i] in _C_SPACE:
@@ -103,6 +116,9 @@ def kernel_strtoul(text: str) -> int | None:
     Returns the unsigned 64-bit result (ULONG_MAX on overflow, negation modulo 2^64 for a
     leading '-'), or None when the string is not entirely a decimal number.
     """
+    if text.isascii() and text.isdigit():  # the common case, without the regular expression
+        value = int(text)
+        return UINT64_MAX if value > UINT64_MAX else value
     match = _KERNEL_DECIMAL.match(text)
     if match is None:
         return None

@@ -43,8 +43,14 @@ from rctlpolicy.actions import (
 from rctlpolicy.apply import AppliedRules, apply_rules
 from rctlpolicy.clock import Clock, SystemClock
 from rctlpolicy.config import DaemonConfig, split_address
-from rctlpolicy.devd import Connected, DevdClient, Disconnected, MalformedEvent, RctlEvent
-from rctlpolicy.devd import parse_rctl_event
+from rctlpolicy.devd import (
+    Connected,
+    DevdClient,
+    Disconnected,
+    MalformedEvent,
+    RctlEvent,
+    parse_rctl_event,
+)
 from rctlpolicy.diagnostics import Diagnostic
 from rctlpolicy.exporter import (
     DaemonCollector,
@@ -54,8 +60,12 @@ from rctlpolicy.exporter import (
     renderer,
     write_textfile,
 )
-from rctlpolicy.files import PolicyReadError, UnsafeFileError, check_safe_ownership
-from rctlpolicy.files import read_policy_files
+from rctlpolicy.files import (
+    PolicyReadError,
+    UnsafeFileError,
+    check_safe_ownership,
+    read_policy_files,
+)
 from rctlpolicy.formats import format_text
 from rctlpolicy.kernel.base import Kernel, KernelError
 from rctlpolicy.lint import lint_files
@@ -663,7 +673,7 @@ def setup_logging(config: DaemonConfig) -> None:
     if config.syslog:
 
         class _SysLog(logging.handlers.SysLogHandler):
-            def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802
+            def handleError(self, record: logging.LogRecord) -> None:
                 # syslogd restarting must not lose the message or raise: stderr catches it.
                 import sys
 

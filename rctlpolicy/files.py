@@ -74,7 +74,9 @@ def read_policy_files(paths: Sequence[str | Path]) -> list[PolicyFile]:
         targets = policy_paths(path) if path.is_dir() else [path]
         for target in targets:
             try:
-                text = target.read_text(encoding="utf-8")
+                # Bytes, not read_text(): universal newlines would hide the CR of a CRLF file,
+                # which rc.d/rctl keeps in the rule (and FreeBSD then refuses it).
+                text = target.read_bytes().decode("utf-8")
             except UnicodeDecodeError as error:
                 raise PolicyReadError(str(target), f"not UTF-8 text ({error.reason})") from error
             except OSError as error:

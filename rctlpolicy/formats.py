@@ -17,22 +17,30 @@ _COLOURS = {
 _BOLD, _BLUE, _RESET = "\033[1m", "\033[1;34m", "\033[0m"
 
 
+def _clean(text: str) -> str:
+    """Control characters from a policy file never reach the terminal (or split a line)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def format_text(diagnostics: Sequence[Diagnostic], colour: bool = False) -> str:
     """Compiler style: `path:line:col: error[code]: message`, the line, a caret, `help:`."""
     out: list[str] = []
     for d in diagnostics:
         level = d.severity.value
+        message = _clean(d.message)
         if colour:
             head = (
                 f"{_BOLD}{d.path}:{d.line}:{d.column}:{_RESET} "
-                f"{_COLOURS[d.severity]}{level}[{d.code}]{_RESET}{_BOLD}: {d.message}{_RESET}"
+                f"{_COLOURS[d.severity]}{level}[{d.code}]{_RESET}{_BOLD}: {message}{_RESET}"
             )
         else:
-            head = f"{d.path}:{d.line}:{d.column}: {level}[{d.code}]: {d.message}"
+            head = f"{d.path}:{d.line}:{d.column}: {level}[{d.code}]: {message}"
         out.append(head)
         gutter = " " * len(str(d.line))
         if d.source_line is not None:
-            source = d.source_line.replace("\t", " ")
+            source = _clean(d.source_line.replace("\t", " "))
             caret = " " * max(0, d.column - 1) + "^" + "~" * max(0, d.width - 1)
             bar = f"{_BLUE}|{_RESET}" if colour else "|"
             if colour:
@@ -41,14 +49,14 @@ def format_text(diagnostics: Sequence[Diagnostic], colour: bool = False) -> str:
             out.append(f" {gutter} {bar} {caret}")
         if d.suggestion:
             help_word = f"{_BOLD}help{_RESET}" if colour else "help"
-            out.append(f" {gutter} = {help_word}: {d.suggestion}")
+            out.append(f" {gutter} = {help_word}: {_clean(d.suggestion)}")
     return "\n".join(out) + ("\n" if out else "")
 
 
 def format_parsable(diagnostics: Sequence[Diagnostic]) -> str:
     """yamllint's parsable format: `file:line:col: [level] message (code)`."""
     return "".join(
-        f"{d.path}:{d.line}:{d.column}: [{d.severity.value}] {d.message} ({d.code})\n"
+        f"{d.path}:{d.line}:{d.column}: [{d.severity.value}] {_clean(d.message)} ({d.code})\n"
         for d in diagnostics
     )
 

@@ -186,32 +186,39 @@ class Resource(StrEnum):
     READIOPS = "readiops"
     WRITEIOPS = "writeiops"
 
+    # Properties read precomputed sets: enum `.value` goes through a descriptor, and these are
+    # asked for every rule lint checks.
     @property
     def info(self) -> ResourceInfo:
-        return _RESOURCE_TABLE[self.value]
+        return _RESOURCE_TABLE[self]
 
     @property
     def in_millions(self) -> bool:
-        return ResourceFlag.IN_MILLIONS in _RESOURCE_TABLE[self.value].flags
+        return self in _IN_MILLIONS
 
     @property
     def sloppy(self) -> bool:
-        return ResourceFlag.SLOPPY in _RESOURCE_TABLE[self.value].flags
+        return self in _SLOPPY
 
     @property
     def deny_allowed(self) -> bool:
         """kern_rctl.c:rctl_rule_add: DENIABLE, plus memoryuse and pcpu as special cases."""
-        return (
-            ResourceFlag.DENIABLE in _RESOURCE_TABLE[self.value].flags or self is Resource.MEMORYUSE
-        )
+        return self in _DENY_ALLOWED
 
     @property
     def throttle_allowed(self) -> bool:
         """Only the decaying resources, and not pcpu: the four I/O rates."""
-        return ResourceFlag.DECAYING in _RESOURCE_TABLE[self.value].flags and self is not (
-            Resource.PCPU
-        )
+        return self in _THROTTLE_ALLOWED
 
+
+_IN_MILLIONS = frozenset(Resource(n) for n, i in _RESOURCE_TABLE.items()
+                         if ResourceFlag.IN_MILLIONS in i.flags)
+_SLOPPY = frozenset(Resource(n) for n, i in _RESOURCE_TABLE.items()
+                    if ResourceFlag.SLOPPY in i.flags)
+_DENY_ALLOWED = frozenset(Resource(n) for n, i in _RESOURCE_TABLE.items()
+                          if ResourceFlag.DENIABLE in i.flags) | {Resource.MEMORYUSE}
+_THROTTLE_ALLOWED = frozenset(Resource(n) for n, i in _RESOURCE_TABLE.items()
+                              if ResourceFlag.DECAYING in i.flags) - {Resource.PCPU}
 
 #: Amounts above this are refused (ERANGE) for in-millions resources: INT64_MAX / 10^6.
 IN_MILLIONS_MAX = 9223372036854
@@ -401,4 +408,7 @@ class Severity(Enum):
 
     @property
     def rank(self) -> int:
-        return {"error": 0, "warning": 1, "info": 2}[self.value]
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -122,44 +123,53 @@ def _load_conf(
         syntax = line.rule
         if syntax is None:
             continue
-        check = check_rule(syntax, Layer.RCTL8, resolver)
-        for problem in check.problems:
+        checked, precise, loads = syntax, True, True
+        if syntax.text.endswith("\r"):
+            # IFS has no carriage return: rc.d/rctl hands it to rctl(8) inside the rule.
             diagnostics.append(
-                _problem_diagnostic(problem, syntax, path, line.number, line.column, line.text)
+                Diagnostic(path, line.number, line.column + len(syntax.text), Severity.ERROR,
+                           "carriage-return", "the line ends with a carriage return, which "
+                           "becomes part of the rule and makes FreeBSD refuse it",
+                           "convert the file to Unix line endings", _printable(line.text))
             )
+            checked, loads = parse_rule_syntax(syntax.text.rstrip("\r")), False
+        if any(c in checked.text for c in "\"'\\"):
+            unquoted = _rc_unquote(checked.text)
+            if unquoted is None:
+                diagnostics.append(
+                    Diagnostic(path, line.number, line.column + 1, Severity.ERROR,
+                               "conf-unbalanced-quote", "unbalanced quote: xargs(1) in "
+                               "rc.d/rctl stops here, so this rule and every rule after it "
+                               "fail to load at boot", "remove the quote",
+                               _printable(line.text), len(syntax.text))
+                )
+                continue
+            diagnostics.append(
+                Diagnostic(path, line.number, line.column + 1, Severity.WARNING,
+                           "conf-quoting", "rc.d/rctl removes quotes and backslashes (read "
+                           "and xargs) before rctl(8) sees the rule; FreeBSD versions that "
+                           "ran rctl -a on each line kept them", "write the rule without "
+                           "quotes or backslashes", _printable(line.text), len(syntax.text))
+            )
+            checked, precise = parse_rule_syntax(unquoted), False
+        check = check_rule(checked, Layer.RCTL8, resolver)
+        for problem in check.problems:
+            if precise:
+                diagnostics.append(_problem_diagnostic(problem, checked, path, line.number,
+                                                       line.column, line.text))
+            else:
+                diagnostics.append(
+                    Diagnostic(path, line.number, line.column + 1, problem.severity,
+                               problem.code, f"{problem.message} (in '{checked.text}')",
+                               problem.suggestion, _printable(line.text), len(syntax.text))
+                )
         if line.rest is not None:
             cut = check.error is not None and check.error.code == "missing-field"
             diagnostics.append(
                 _trailing_text(line.text, line.rest, line.rest_column, path, line.number, cut)
             )
-        if "\\" in syntax.text or '"' in syntax.text or "'" in syntax.text:
-            diagnostics.append(
-                Diagnostic(
-                    path,
-                    line.number,
-                    line.column + 1,
-                    Severity.WARNING,
-                    "conf-quoting",
-                    "rc.d/rctl passes rules through read(1) and xargs(1), which "
-                    "remove backslashes and quotes",
-                    "avoid backslashes and quotes in rctl.conf rules",
-                    line.text,
-                    len(syntax.text),
-                )
-            )
-        if syntax.text.endswith("\r"):
-            diagnostics.append(
-                Diagnostic(
-                    path,
-                    line.number,
-                    line.column + len(syntax.text),
-                    Severity.ERROR,
-                    "carriage-return",
-                    "the line ends with a carriage return, which becomes part of the rule",
-                    "convert the file to Unix line endings",
-                    line.text,
-                )
-            )
+        if not loads:
+            continue
         if check.rule is None:
             continue
         if _glob_subject(syntax):
@@ -182,6 +192,38 @@ def _load_conf(
             PolicyRule(check.rule, SourceLocation(path, line.number, line.column + 1), syntax.text)
         )
     return rules, diagnostics
+
+
+def _rc_unquote(word: str) -> str | None:
+    """What rc.d/rctl's `read` (no -r: backslashes removed) and xargs (quotes) make of a word;
+    None for an unbalanced quote, where xargs gives up."""
+    after_read = re.sub(r"\\(.?)", r"\1", word)
+    out: list[str] = []
+    quote: str | None = None
+    escaped = False
+    for char in after_read:
+        if escaped:
+            out.append(char)
+            escaped = False
+        elif quote is not None:
+            if char == quote:
+                quote = None
+            else:
+                out.append(char)
+        elif char in "\"'":
+            quote = char
+        elif char == "\\":
+            escaped = True
+        else:
+            out.append(char)
+    return None if quote is not None else "".join(out)
+
+
+def _printable(text: str) -> str:
+    """A source line safe to print: control characters shown as escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
 
 
 def _trailing_text(
@@ -278,10 +320,13 @@ class _YamlReport:
     ) -> None:
         self.at(node, Severity.ERROR, code, message, suggestion)
 
-    def unknown_keys(self, mapping: yaml.MappingNode, allowed: Sequence[str], where: str) -> None:
+    def unknown_keys(self, mapping: yaml.MappingNode, allowed: Sequence[str], where: str) -> bool:
+        """Report keys that are not allowed; True when there were none."""
+        clean = True
         for key_node, _ in mapping.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
             if key not in allowed:
+                clean = False
                 close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
                 hint = (
                     f"did you mean '{close[0]}'?"
@@ -289,12 +334,22 @@ class _YamlReport:
                     else f"{where} keys are: " + (", ".join(allowed))
                 )
                 self.error(key_node, "unknown-key", f"unknown key '{key}' in {where}", hint)
+        return clean
 
 
-def _mapping_items(node: yaml.MappingNode) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+def _mapping_items(
+    node: yaml.MappingNode, report: _YamlReport
+) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    """The mapping's entries by key; a key given twice is an error (PyYAML would silently
+    keep the last one, and the rules under the first would vanish)."""
     items: dict[str, tuple[yaml.Node, yaml.Node]] = {}
     for key_node, value_node in node.value:
         if isinstance(key_node, yaml.ScalarNode):
+            if key_node.value in items:
+                first = items[key_node.value][0].start_mark.line + 1
+                report.error(key_node, "duplicate-key",
+                             f"key '{key_node.value}' is given twice (first on line {first})",
+                             "merge the two into one")
             items[key_node.value] = (key_node, value_node)
     return items
 
@@ -323,6 +378,12 @@ def _load_yaml(
             )
         )
         return [], report.diagnostics
+    except RecursionError:
+        report.diagnostics.append(
+            Diagnostic(report.path, 1, 1, Severity.ERROR, "yaml-syntax",
+                       "the YAML document is nested too deeply to read")
+        )
+        return [], report.diagnostics
     except yaml.YAMLError as error:
         report.diagnostics.append(
             Diagnostic(report.path, 1, 1, Severity.ERROR, "yaml-syntax", f"YAML error: {error}")
@@ -339,7 +400,7 @@ def _load_yaml(
         )
         return [], report.diagnostics
     report.unknown_keys(root, _TOP_KEYS, "the policy file")
-    items = _mapping_items(root)
+    items = _mapping_items(root, report)
     if "rules" not in items:
         report.error(root, "yaml-structure", "no 'rules' list in this policy file")
         return [], report.diagnostics
@@ -369,7 +430,7 @@ def _yaml_rule(entry: yaml.Node, report: _YamlReport, resolver: Resolver) -> Pol
         rule_node = entry
     elif isinstance(entry, yaml.MappingNode):
         report.unknown_keys(entry, _RULE_KEYS, "a rule")
-        items = _mapping_items(entry)
+        items = _mapping_items(entry, report)
         if "rule" not in items:
             report.error(
                 entry,
@@ -436,6 +497,8 @@ def _yaml_rule(entry: yaml.Node, report: _YamlReport, resolver: Resolver) -> Pol
             "devctl rules send events",
             f"change the action to devctl (…:{rule.resource}:devctl={rule.amount})",
         )
+    if on_match_node is not None and on_match is None:
+        return None  # a rule whose action is broken is not half-loaded (the error says why)
     return PolicyRule(
         rule, SourceLocation(report.path, line, column + 1), text, on_match, comment, pattern
     )
@@ -459,9 +522,8 @@ def _on_match(node: yaml.Node, report: _YamlReport) -> OnMatch | None:
             "on_match: {run: [/usr/sbin/service, -j, '{jail}', postgresql, restart]}",
         )
         return None
-    report.unknown_keys(node, _ON_MATCH_KEYS, "on_match")
-    items = _mapping_items(node)
-    ok = True
+    ok = report.unknown_keys(node, _ON_MATCH_KEYS, "on_match")
+    items = _mapping_items(node, report)
     commands = [key for key in ("run", "service", "signal") if key in items]
     if len(commands) != 1:
         report.error(
@@ -590,8 +652,8 @@ def _service(node: yaml.Node, report: _YamlReport) -> tuple[str, str] | None:
             "service: {name: postgresql, command: restart}",
         )
         return None
-    report.unknown_keys(node, _SERVICE_KEYS, "service")
-    items = _mapping_items(node)
+    clean = report.unknown_keys(node, _SERVICE_KEYS, "service")
+    items = _mapping_items(node, report)
     values: list[str] = []
     for key in _SERVICE_KEYS:
         if key not in items:
@@ -612,7 +674,7 @@ def _service(node: yaml.Node, report: _YamlReport) -> tuple[str, str] | None:
             )
             return None
         values.append(value)
-    return values[0], values[1]
+    return (values[0], values[1]) if clean else None
 
 
 def _signal(node: yaml.Node, report: _YamlReport) -> str | None:
@@ -659,8 +721,8 @@ def _max_runs(node: yaml.Node, report: _YamlReport) -> RunLimit | None:
             "max_runs: {count: 3, within: 1h}",
         )
         return None
-    report.unknown_keys(node, _MAX_RUNS_KEYS, "max_runs")
-    items = _mapping_items(node)
+    clean = report.unknown_keys(node, _MAX_RUNS_KEYS, "max_runs")
+    items = _mapping_items(node, report)
     if "count" not in items or "within" not in items:
         report.error(
             node,
@@ -680,7 +742,7 @@ def _max_runs(node: yaml.Node, report: _YamlReport) -> RunLimit | None:
     if within <= 0:
         report.error(items["within"][1], "invalid-duration", "'within' must be positive")
         return None
-    return RunLimit(int(count_text), within)
+    return RunLimit(int(count_text), within) if clean else None
 
 
 def jail_pattern_matches(pattern: str, jail_name: str) -> bool:

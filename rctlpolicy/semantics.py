@@ -14,9 +14,9 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from rctlpolicy.amounts import (
     AmountError,
@@ -95,8 +95,7 @@ class OfflineResolver:
 OFFLINE = OfflineResolver()
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
+class Problem(NamedTuple):
     """One finding about one field (`field` is a grammar field index, None for the whole rule)."""
 
     field: int | None
@@ -111,13 +110,12 @@ class Problem:
     width: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RuleCheck:
+class RuleCheck(NamedTuple):
     syntax: RuleSyntax
     rule: Rule | None
     problems: tuple[Problem, ...]
     #: The fields as rctl(8) sends them to the kernel (aliases expanded, uid, amount).
-    sent_fields: tuple[str | None, ...] = field(default=())
+    sent_fields: tuple[str | None, ...] = ()
 
     @property
     def error(self) -> Problem | None:
@@ -132,12 +130,11 @@ class RuleCheck:
         return self.rule is not None
 
 
-@dataclass(frozen=True, slots=True)
-class FilterCheck:
+class FilterCheck(NamedTuple):
     syntax: RuleSyntax
     filter: Filter | None
     problems: tuple[Problem, ...]
-    sent_fields: tuple[str | None, ...] = field(default=())
+    sent_fields: tuple[str | None, ...] = ()
 
     @property
     def error(self) -> Problem | None:
@@ -860,6 +857,16 @@ def _missing(field_index: int, what: str) -> Problem:
     )
 
 
+_ERROR = Severity.ERROR
+
+
+def _has_error(problems: list[Problem]) -> bool:
+    for problem in problems:  # noqa: SIM110 (a plain loop: this runs for every rule)
+        if problem.severity is _ERROR:
+            return True
+    return False
+
+
 # --- public entry points --------------------------------------------------------------------
 
 
@@ -900,7 +907,7 @@ def check_rule(
     parsed = _kernel_parse(values, syntax, resolver, problems, bad, rewrite.user_name)
     if parsed.per is None and parsed.subject is not None:
         parsed.per = parsed.subject
-    if not any(p.severity is Severity.ERROR for p in problems):
+    if not _has_error(problems):
         for index, value, name in (
             (SUBJECT, parsed.subject, "subject"),
             (SUBJECT_ID, parsed.subject_id, "subject-id"),
@@ -912,9 +919,9 @@ def check_rule(
                 problems.append(_missing(index, name))
                 break
     rule = None
-    if not any(p.severity is Severity.ERROR for p in problems):
+    if not _has_error(problems):
         _add_checks(parsed, problems, syntax)
-    if not any(p.severity is Severity.ERROR for p in problems):
+    if not _has_error(problems):
         assert parsed.subject and parsed.subject_id is not None and parsed.resource
         assert parsed.action and parsed.amount is not None and parsed.per
         rule = Rule(
@@ -958,7 +965,7 @@ def check_filter(
     parsed = _kernel_parse(
         rewrite.fields, syntax, resolver, problems, rewrite.bad_fields, rewrite.user_name
     )
-    if any(p.severity is Severity.ERROR for p in problems):
+    if _has_error(problems):
         return FilterCheck(syntax, None, tuple(problems), tuple(rewrite.fields))
     amount = parsed.amount
     if amount is not None and parsed.resource is not None and parsed.resource.in_millions:

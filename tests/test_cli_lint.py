@@ -372,11 +372,6 @@ def test_lint_stays_light(workdir: Path) -> None:
     assert done.stderr.strip() == f"HEAVY [] {EXIT_FINDINGS}"
 
 
-@pytest.mark.xfail(
-    reason="BUG: field text with control characters (a YAML block scalar's newline, an ESC) "
-    "goes raw into messages and source lines, breaking the one-line-per-finding formats",
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("name", "text"),
     [
@@ -396,11 +391,6 @@ def test_control_characters_are_not_echoed_raw(
     assert not [c for c in out if c != "\n" and not c.isprintable()]
 
 
-@pytest.mark.xfail(
-    reason="BUG: files.py reads with universal newlines, so a CRLF rctl.conf that FreeBSD "
-    "refuses lints clean (stdin keeps the CR and is caught)",
-    strict=True,
-)
 def test_crlf_file_fails_like_crlf_on_stdin(workdir: Path) -> None:
     (workdir / "dos.conf").write_bytes(b"jail:db1:maxproc:deny=10\r\n")
     on_stdin = subprocess.run(

@@ -29,7 +29,14 @@ from rctlpolicy.policy import (
     jail_pattern_matches,
     load_policy,
 )
-from rctlpolicy.policy_model import PLACEHOLDERS, OnMatch, Policy, RunLimit, SourceLocation
+from rctlpolicy.policy_model import (
+    PLACEHOLDERS,
+    OnMatch,
+    Policy,
+    PolicyRule,
+    RunLimit,
+    SourceLocation,
+)
 
 
 def load(path: str, text: str) -> LoadedPolicy:
@@ -318,8 +325,6 @@ def test_expand_jail_patterns() -> None:
 
 def test_expand_keeps_concrete_rules_as_they_are() -> None:
     rule = Rule(SubjectType.JAIL, "db1", Resource.MAXPROC, Action.DENY, 10, SubjectType.JAIL)
-    from rctlpolicy.policy_model import PolicyRule
-
     concrete = PolicyRule(rule, SourceLocation("a.conf", 1, 1), rule.canonical)
     assert expand_jail_patterns(Policy((concrete,)), ["db1", "db2"]) == [concrete]
 
@@ -441,6 +446,24 @@ FINDINGS = [
         Severity.ERROR,
     ),
     Finding(
+        "r.conf",
+        'jail:db1:maxproc:deny="10\n',
+        1,
+        1,
+        "conf-unbalanced-quote",
+        Severity.ERROR,
+        "every rule after it",
+    ),
+    Finding(
+        "p.yaml",
+        "rules:\n  - jail:a:maxproc:deny=1\nrules: []\n",
+        3,
+        1,
+        "duplicate-key",
+        Severity.ERROR,
+        "given twice",
+    ),
+    Finding(
         "p.yaml",
         _rule_with("      signal: TREM\n"),
         4,
@@ -520,11 +543,6 @@ def test_bad_on_match(on_match: str, says: str) -> None:
         assert rule.on_match is None
 
 
-@pytest.mark.xfail(
-    reason="BUG: unknown keys inside on_match are reported but the on_match is kept without "
-    "them, so a misspelt cooldown runs with none",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "on_match",
     [
@@ -537,8 +555,8 @@ def test_bad_on_match(on_match: str, says: str) -> None:
 def test_on_match_with_an_unknown_key_is_not_kept(on_match: str) -> None:
     loaded = load("p.yaml", _rule_with(on_match))
     assert found(loaded, "unknown-key").severity is Severity.ERROR
-    (rule,) = loaded.policy.rules
-    assert rule.on_match is None
+    # The rule is not loaded with half its action: the policy has an error and is never applied.
+    assert all(rule.on_match is None for rule in loaded.policy.rules)
 
 
 @pytest.mark.parametrize(
@@ -571,20 +589,12 @@ def test_yaml_reader_error_is_a_diagnostic() -> None:
     assert found(loaded, "yaml-syntax").severity is Severity.ERROR
 
 
-@pytest.mark.xfail(
-    reason="BUG: yaml.compose recursion on deep nesting escapes load_policy as RecursionError",
-    strict=True,
-)
 @pytest.mark.parametrize("text", ["[" * 2000, "rules:\n  - " + "[" * 2000], ids=["top", "in-rules"])
 def test_deeply_nested_yaml_is_a_diagnostic(text: str) -> None:
     loaded = load("p.yaml", text)
     assert found(loaded, "yaml-syntax").severity is Severity.ERROR
 
 
-@pytest.mark.xfail(
-    reason="BUG: PyYAML keeps the last of duplicate keys, so rules vanish without a word",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "text",
     [
@@ -596,6 +606,7 @@ def test_deeply_nested_yaml_is_a_diagnostic(text: str) -> None:
 def test_duplicate_yaml_keys_are_reported(text: str) -> None:
     loaded = load("p.yaml", text)
     assert not loaded.ok, "a rule was dropped silently"
+    assert found(loaded, "duplicate-key").line == 3
 
 
 def test_several_files_keep_their_own_positions() -> None:
@@ -645,10 +656,6 @@ def test_files_named_explicitly_are_read_whatever_their_name(tmp_path: Path) -> 
     assert [f.path for f in read_policy_files([path])] == [str(path)]
 
 
-@pytest.mark.xfail(
-    reason="BUG: read_text() translates CRLF to LF, hiding the CR that rc.d/rctl keeps",
-    strict=True,
-)
 def test_reading_keeps_carriage_returns(tmp_path: Path) -> None:
     path = tmp_path / "dos.conf"
     path.write_bytes(b"jail:a:maxproc:deny=1\r\n")
