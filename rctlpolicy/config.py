@@ -29,6 +29,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
+    """Everything `rctlpolicy daemon` and `rctlpolicy handle` are told (defaults: FreeBSD's)."""
+
     rules_dir: Path = DEFAULT_RULES_DIR
     kernel: str = "auto"
     sim_host: Path | None = None
@@ -71,8 +73,15 @@ FILE_KEYS: dict[str, str] = {
     "reload-debounce": "reload_debounce",
     "shutdown-timeout": "shutdown_timeout",
 }
-_PATH_FIELDS = {"rules_dir", "sim_host", "devd_socket", "web_config_file", "pidfile",
-                "output_file", "state_dir"}
+_PATH_FIELDS = {
+    "rules_dir",
+    "sim_host",
+    "devd_socket",
+    "web_config_file",
+    "pidfile",
+    "output_file",
+    "state_dir",
+}
 _BOOL_FIELDS = {"syslog", "flush_on_exit"}
 _FLOAT_FIELDS = {"jail_poll_interval", "reload_debounce", "shutdown_timeout"}
 
@@ -94,11 +103,11 @@ def _coerce(field_name: str, value: Any, where: str) -> Any:
 
 
 def validate(config: DaemonConfig) -> DaemonConfig:
+    """Check the settings that are not checked by their type; raise ConfigError."""
     if config.kernel not in ("auto", "freebsd", "sim"):
         raise ConfigError(f"kernel: '{config.kernel}' is not one of auto, freebsd, sim")
     if config.log_level not in LOG_LEVELS:
-        raise ConfigError(f"log-level: '{config.log_level}' is not one of "
-                          + ", ".join(LOG_LEVELS))
+        raise ConfigError(f"log-level: '{config.log_level}' is not one of " + ", ".join(LOG_LEVELS))
     if not config.telemetry_path.startswith("/"):
         raise ConfigError("web.telemetry-path must start with '/'")
     split_address(config.listen_address)
@@ -136,10 +145,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{path}: unknown setting '{key}'{hint}")
         values[field_name] = _coerce(field_name, value, f"{path}: {key}")
-    if "rules_dir" in values and not values["rules_dir"].is_absolute():
-        values["rules_dir"] = (path.parent / values["rules_dir"]).resolve()
-    if "sim_host" in values and not values["sim_host"].is_absolute():
-        values["sim_host"] = (path.parent / values["sim_host"]).resolve()
+    # A relative path in the file is relative to the file, wherever the daemon is started.
+    for field_name in _PATH_FIELDS & values.keys():
+        if not values[field_name].is_absolute():
+            values[field_name] = (path.parent / values[field_name]).resolve()
     return values
 
 

@@ -4,18 +4,22 @@ serve metrics.
 Threads and what they own:
 - the main thread: signals (through a self-pipe, so a handler never takes a lock), reloads and
   reconciles, one at a time, in `run()`;
-- the devd reader (`DevdClient`): only reads the socket and queues lines;
+- the devd reader (`DevdClient`): only reads the socket and queues lines, so devd never waits;
 - the dispatcher: parses queued lines, finds the policy rule, hands it to the action engine
-  (which runs commands on its own workers), and resynchronises after a reconnect;
+  (which runs commands on its own workers), and resynchronises after each (re)connect;
 - the jail watcher: notices jails starting and stopping (jail patterns) and ends episodes;
 - watchdog's observer, debounced into reload requests;
 - the metrics server's accept thread and connection workers.
 Nothing that goes wrong after start-up stops the daemon: it is logged and counted.
+
+The pure decisions (which policy rule a possibly truncated event is about, which jail it came
+from, whether a save is half-way through) are module functions, tested on their own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import logging
 import os
@@ -24,21 +28,26 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from rctlpolicy.actions import (
+    HOST_JAIL,
     ActionContext,
     ActionEngine,
+    ActionError,
     ActionInputError,
     ActionOutcome,
     Decision,
     MemoryState,
+    Outcome,
+    Runner,
     SubprocessRunner,
     action_name,
+    check_template,
 )
 from rctlpolicy.apply import AppliedRules, apply_rules
 from rctlpolicy.clock import Clock, SystemClock
@@ -46,6 +55,7 @@ from rctlpolicy.config import DaemonConfig, split_address
 from rctlpolicy.devd import (
     Connected,
     DevdClient,
+    DevdItem,
     Disconnected,
     MalformedEvent,
     RctlEvent,
@@ -69,12 +79,16 @@ from rctlpolicy.files import (
 from rctlpolicy.formats import format_text
 from rctlpolicy.kernel.base import Kernel, KernelError
 from rctlpolicy.lint import lint_files
-from rctlpolicy.model import Action, Filter, Severity, SubjectType
+from rctlpolicy.model import Action, Filter, Rule, Severity, SubjectType
 from rctlpolicy.policy import expand_jail_patterns
-from rctlpolicy.policy_model import Policy, PolicyRule
+from rctlpolicy.policy_model import OnMatch, Policy, PolicyRule
 from rctlpolicy.semantics import Resolver
 
 log = logging.getLogger("rctlpolicy")
+
+#: Editor backups whose presence beside a vanished policy file means a save is under way
+#: (vim and emacs rename the file to NAME~ and write NAME anew).
+_BACKUP_SUFFIXES = ("~", ".bak")
 
 
 class StartupError(Exception):
@@ -85,41 +99,67 @@ class StartupError(Exception):
         self.diagnostics = tuple(diagnostics)
 
 
+# --- the policy ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyLoad:
+    """The rules directory read and linted: the policy (None when it has errors)."""
+
+    policy: Policy | None
+    diagnostics: tuple[Diagnostic, ...]
+    #: Bytes of each file read, to recognise an editor's save half-way through next time.
+    file_sizes: Mapping[str, int] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedRules:
     """A policy that passed lint, with its rules expanded for the running jails."""
 
     policy: Policy
     expanded: tuple[PolicyRule, ...]
-    by_canonical: dict[str, PolicyRule] = field(hash=False, compare=False)
+    by_canonical: Mapping[str, PolicyRule] = field(hash=False, compare=False)
     jail_names: frozenset[str]
+    file_sizes: Mapping[str, int] = field(default_factory=dict, hash=False, compare=False)
 
 
-def load_rules(rules_dir: Path, resolver: Resolver) -> tuple[Policy | None, list[Diagnostic]]:
-    """Read and lint the rules directory; None when it has errors (or cannot be read)."""
+def load_rules(rules_dir: Path, resolver: Resolver) -> PolicyLoad:
+    """Read and lint the rules directory; the policy is None when it has errors.
+
+    A YAML file that makes the daemon run commands must be safe from other users
+    (`check_safe_ownership`); an unsafe one is an error like any lint error.
+    """
     try:
         files = read_policy_files([rules_dir])
     except PolicyReadError as error:
-        return None, [Diagnostic(error.path, 0, 0, Severity.ERROR, "io-error", error.reason)]
+        problem = Diagnostic(error.path, 0, 0, Severity.ERROR, "io-error", error.reason)
+        return PolicyLoad(None, (problem,))
     result = lint_files(files, resolver)
-    errors = [d for d in result.diagnostics if d.severity is Severity.ERROR]
+    diagnostics = list(result.diagnostics)
     for policy_file in files:
         if not policy_file.is_yaml:
             continue
-        runs_commands = any(r.on_match is not None and r.source.path == policy_file.path
-                            for r in result.policy.rules)
+        runs_commands = any(
+            r.on_match is not None and r.source.path == policy_file.path
+            for r in result.policy.rules
+        )
         if runs_commands:
             try:
                 check_safe_ownership(Path(policy_file.path))
             except UnsafeFileError as error:
-                errors.append(Diagnostic(policy_file.path, 0, 0, Severity.ERROR,
-                                         "unsafe-file", str(error)))
-    if errors:
-        return None, list(result.diagnostics) + [e for e in errors if e.code == "unsafe-file"]
-    return result.policy, list(result.diagnostics)
+                diagnostics.append(
+                    Diagnostic(policy_file.path, 0, 0, Severity.ERROR, "unsafe-file", str(error))
+                )
+    sizes = {f.path: len(f.text.encode("utf-8")) for f in files}
+    if any(d.severity is Severity.ERROR for d in diagnostics):
+        return PolicyLoad(None, tuple(diagnostics), sizes)
+    return PolicyLoad(result.policy, tuple(diagnostics), sizes)
 
 
-def expand(policy: Policy, jail_names: Iterable[str]) -> LoadedRules:
+def expand(
+    policy: Policy, jail_names: Iterable[str], file_sizes: Mapping[str, int] | None = None
+) -> LoadedRules:
+    """The policy's rules for these running jails, indexed by their canonical form."""
     names = frozenset(jail_names)
     expanded = tuple(expand_jail_patterns(policy, names))
     by_canonical: dict[str, PolicyRule] = {}
@@ -128,7 +168,109 @@ def expand(policy: Policy, jail_names: Iterable[str]) -> LoadedRules:
         known = by_canonical.get(policy_rule.canonical)
         if known is None or (known.on_match is None and policy_rule.on_match is not None):
             by_canonical[policy_rule.canonical] = policy_rule
-    return LoadedRules(policy, expanded, by_canonical, names)
+    return LoadedRules(policy, expanded, by_canonical, names, dict(file_sizes or {}))
+
+
+def save_in_progress(previous_sizes: Mapping[str, int]) -> str | None:
+    """Why the rules directory looks like an editor is half-way through saving, or None.
+
+    Two moments of the common save patterns would otherwise load as a smaller policy and
+    unload good rules: vim's backup dance (NAME renamed to NAME~, then NAME written anew) leaves
+    a loaded file missing beside its backup, and truncate-and-write leaves it empty. An atomic
+    rename has no such moment. Only files that held something at the last load count, so a
+    file deliberately emptied is reloaded once the caller stops waiting.
+    """
+    for path_text, size in sorted(previous_sizes.items()):
+        if size == 0:
+            continue
+        path = Path(path_text)
+        try:
+            now = path.stat().st_size
+        except FileNotFoundError:
+            for suffix in _BACKUP_SUFFIXES:
+                if path.with_name(path.name + suffix).exists():
+                    return f"{path} is missing while its backup {path.name}{suffix} exists"
+            continue
+        except OSError:
+            continue  # the load that follows reports it
+        if now == 0:
+            return f"{path} is empty"
+    return None
+
+
+# --- events -> policy rules ------------------------------------------------------------------
+
+
+def rule_text_may_be_cut(event: RctlEvent) -> bool:
+    """Whether the 127-byte cut may have shortened the rule itself (it ends the message)."""
+    if not event.truncated:
+        return False
+    data = event.raw.rstrip("\n").removesuffix("\ufffd")
+    return data.endswith("rule=" + event.rule)
+
+
+def identify_rule(event: RctlEvent, rules: Mapping[str, PolicyRule]) -> PolicyRule | None:
+    """The policy rule an RCTL event reports, or None.
+
+    The rule text is whole unless the kernel's cut reached it: then it is the one policy rule
+    it is a prefix of, and None when it is a prefix of several (or of none).
+    """
+    if not rule_text_may_be_cut(event):
+        return rules.get(event.rule)
+    candidates = [rule for canonical, rule in rules.items() if canonical.startswith(event.rule)]
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def event_jail(event: RctlEvent, rule: Rule, jail_names: Iterable[str]) -> str | None:
+    """The jail the event's process is in ("0": the host), or None when it cannot be told.
+
+    An untruncated event says it. When the cut reached `jail=` (or removed it), a jail rule's
+    subject is taken when the surviving prefix is consistent with it; otherwise the prefix must
+    name exactly one running jail (or the host).
+    """
+    prefix = event.jail
+    if prefix is not None and not event.truncated:
+        return prefix
+    if rule.subject is SubjectType.JAIL and (prefix is None or rule.subject_id.startswith(prefix)):
+        return rule.subject_id
+    if prefix is None:
+        return None
+    matches = sorted(name for name in {HOST_JAIL, *jail_names} if name.startswith(prefix))
+    return matches[0] if len(matches) == 1 else None
+
+
+def resync_candidate(policy_rule: PolicyRule) -> bool:
+    """Whether a resync can tell from usage alone that this rule's episode is on: a devctl
+    rule with an action whose usage is summed over its own subject (not per process or user)."""
+    rule = policy_rule.rule
+    return (
+        rule.action is Action.DEVCTL
+        and policy_rule.on_match is not None
+        and rule.per is rule.subject
+    )
+
+
+def needs_event_fields(on_match: OnMatch) -> bool:
+    """Whether the action needs the pid or ruid that only a kernel event carries."""
+    if on_match.signal is not None:
+        return True
+    if on_match.run is not None:
+        try:
+            used = check_template(on_match.run)
+        except ActionError:
+            return False  # the engine refuses it, and says why
+        return bool(used & {"pid", "ruid"})
+    return False
+
+
+class _Episode(enum.Enum):
+    """Who acted on the episode of a rule that is over its limit now."""
+
+    EVENT = "event"  # the kernel's event
+    RESYNC = "resync"  # the resync after a (re)connect; the kernel's event may still come
+
+
+# --- plumbing --------------------------------------------------------------------------------
 
 
 class _SignalPipe:
@@ -142,10 +284,13 @@ class _SignalPipe:
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.write_fd, False)
         os.set_blocking(self.read_fd, False)
+        self._closed = False
 
     def send(self, what: bytes) -> None:
-        with contextlib.suppress(BlockingIOError):  # a full pipe already holds a request
-            os.write(self.write_fd, what)
+        # A full pipe already holds a request; a closed one means we are past caring.
+        with contextlib.suppress(OSError):
+            if not self._closed:
+                os.write(self.write_fd, what)
 
     def receive(self, timeout: float) -> bytes:
         ready, _, _ = select.select([self.read_fd], [], [], timeout)
@@ -157,8 +302,10 @@ class _SignalPipe:
             return b""
 
     def close(self) -> None:
-        os.close(self.read_fd)
-        os.close(self.write_fd)
+        if not self._closed:
+            self._closed = True
+            os.close(self.read_fd)
+            os.close(self.write_fd)
 
 
 class _ReloadDebouncer:
@@ -197,6 +344,9 @@ def _is_policy_path(path: str) -> bool:
     from rctlpolicy.files import POLICY_SUFFIXES, is_editor_droppings
 
     name = os.path.basename(path)
+    if name.endswith(_BACKUP_SUFFIXES):
+        # A backup appearing or going away is a step of a save: wait for the whole of it.
+        name = name.removesuffix("~").removesuffix(".bak")
     return name.endswith(POLICY_SUFFIXES) and not is_editor_droppings(name)
 
 
@@ -231,7 +381,16 @@ class _RulesWatcher:
         self.observer.join(5.0)
 
 
+# --- the daemon ------------------------------------------------------------------------------
+
+
 class Daemon:
+    """The service's state and loops; `run_daemon` (service.py) wires it into a process.
+
+    Use: `install_signal_handlers()`, `start()` (raises StartupError), `run()` until a stop
+    request, then `restore_signal_handlers()` and `close()`.
+    """
+
     def __init__(
         self,
         config: DaemonConfig,
@@ -240,8 +399,9 @@ class Daemon:
         state_dir: Path,
         *,
         clock: Clock | None = None,
-        engine: ActionEngine | None = None,
+        runner: Runner | None = None,
         devd_paths: tuple[Path | None, Path | None] | None = None,
+        max_parallel_actions: int = 4,
     ) -> None:
         self.config = config
         self.kernel = kernel
@@ -249,23 +409,37 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.stats = DaemonStats()
         self.applied = AppliedRules(state_dir / "applied.json")
-        self.engine = engine or ActionEngine(self.clock, SubprocessRunner(), MemoryState(),
-                                             on_outcome=self._on_outcome)
+        self.engine = ActionEngine(
+            self.clock,
+            runner or SubprocessRunner(),
+            MemoryState(),
+            on_outcome=self._on_outcome,
+            max_workers=max_parallel_actions,
+        )
         self._loaded: LoadedRules | None = None
+        self._install_failed = False
         self._control = _SignalPipe()
         self._stopping = threading.Event()
-        self._events: queue.Queue[Any] = queue.Queue()
-        self._episodes: set[tuple[str, str]] = set()
+        self._started = False
+        self._events: queue.Queue[DevdItem] = queue.Queue()
+        self._connections = 0
+        self._episodes: dict[str, _Episode] = {}
         self._episodes_lock = threading.Lock()
+        self._textfile_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self.registry = make_registry([JailCollector(kernel, self.stats),
-                                       DaemonCollector(self.stats)])
+        self.registry = make_registry(
+            [JailCollector(kernel, self.stats), DaemonCollector(self.stats)]
+        )
         self.web: Any = None
         self.devd: DevdClient | None = None
         self._devd_paths = devd_paths
         self._watcher: _RulesWatcher | None = None
-        self._debouncer = _ReloadDebouncer(config.reload_debounce,
-                                           lambda: self._control.send(_SignalPipe.RELOAD))
+        self._debouncer = _ReloadDebouncer(
+            config.reload_debounce, lambda: self._control.send(_SignalPipe.RELOAD)
+        )
+        # How long a save that looks half-way through may hold a reload back.
+        self._settle_limit = max(2.0, 10 * config.reload_debounce)
+        self._deferred_since: float | None = None
         self._previous_handlers: dict[int, Any] = {}
         self.ready = threading.Event()
 
@@ -275,8 +449,7 @@ class Daemon:
         """Before any slow start-up work: an early HUP must not kill the process."""
 
         def handler(signum: int, frame: FrameType | None) -> None:
-            self._control.send(_SignalPipe.RELOAD if signum == signal.SIGHUP
-                               else _SignalPipe.STOP)
+            self._control.send(_SignalPipe.RELOAD if signum == signal.SIGHUP else _SignalPipe.STOP)
 
         for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             self._previous_handlers[signum] = signal.signal(signum, handler)
@@ -287,52 +460,71 @@ class Daemon:
         self._previous_handlers.clear()
 
     def start(self) -> None:
-        """Load and apply the policy, then start every loop. Raises StartupError."""
-        policy, diagnostics = load_rules(self.config.rules_dir, self.resolver)
-        if policy is None:
-            raise StartupError(f"the policy in {self.config.rules_dir} has errors",
-                               diagnostics)
-        self._log_diagnostics(diagnostics, logging.WARNING)
-        status = self.kernel.racct_status()
-        self.stats.racct_enabled = status.enabled
-        if not status.enabled:
-            log.error("RACCT/RCTL is not usable: %s", status.reason)
-        jail_names = self._jail_names()
-        self._install(policy, jail_names)
-        self.stats.reloaded(True, len(self._loaded.expanded) if self._loaded else 0,
-                            self.clock.time())
-        self._start_web()
-        self._start_devd()
-        dispatcher = threading.Thread(target=self._dispatch_loop, name="rctlpolicy-dispatch",
-                                      daemon=True)
-        jail_watcher = threading.Thread(target=self._jail_loop, name="rctlpolicy-jails",
-                                        daemon=True)
-        self._threads += [dispatcher, jail_watcher]
-        dispatcher.start()
-        jail_watcher.start()
+        """Load and apply the policy, then start every loop. Raises StartupError (and OSError
+        when the metrics address cannot be bound)."""
+        # Watch first: an edit made while we start must still lead to a reload.
         try:
             self._watcher = _RulesWatcher(self.config.rules_dir, self._debouncer)
             self._watcher.start()
         except OSError as error:
             log.error("cannot watch %s (%s); reload with SIGHUP", self.config.rules_dir, error)
             self._watcher = None
+        load = load_rules(self.config.rules_dir, self.resolver)
+        if load.policy is None:
+            raise StartupError(
+                f"the policy in {self.config.rules_dir} has errors", load.diagnostics
+            )
+        self._log_diagnostics(load.diagnostics)
+        status = self.kernel.racct_status()
+        self.stats.racct_enabled = status.enabled
+        if not status.enabled:
+            log.error("RACCT/RCTL is not usable: %s", status.reason)
+        ok = self._install(load.policy, self._jail_names(), load.file_sizes)
+        self.stats.reloaded(ok, self._rule_count(), self.clock.time())
+        self._start_web()
+        self._start_devd()
+        for target, name in (
+            (self._dispatch_loop, "rctlpolicy-dispatch"),
+            (self._jail_loop, "rctlpolicy-jails"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        self._started = True
         self._write_textfile()
-        log.info("rctlpolicy started: %d rules from %s, metrics on %s%s",
-                 len(self._loaded.expanded) if self._loaded else 0, self.config.rules_dir,
-                 self.config.listen_address, self.config.telemetry_path)
+        log.info(
+            "rctlpolicy started: %d rules from %s; serving metrics on %s",
+            self._rule_count(),
+            self.config.rules_dir,
+            self.metrics_url,
+        )
         self.ready.set()
 
     def _start_web(self) -> None:
-        from rctlpolicy.web import MetricsServer, load_web_config
+        from rctlpolicy.web import MetricsServer, WebConfigError
 
         web_config = None
         if self.config.web_config_file is not None:
-            web_config = load_web_config(self.config.web_config_file)
+            try:
+                web_config = self._read_web_config()
+            except WebConfigError as error:
+                raise StartupError(str(error)) from error
         host, port = split_address(self.config.listen_address)
-        self.web = MetricsServer(host, port, self.config.telemetry_path,
-                                 renderer(self.registry), web_config=web_config,
-                                 landing_page=_landing_page(self.config.telemetry_path))
+        self.web = MetricsServer(
+            host,
+            port,
+            self.config.telemetry_path,
+            renderer(self.registry),
+            web_config=web_config,
+            landing_page=_landing_page(self.config.telemetry_path),
+        )
         self.web.start()
+
+    def _read_web_config(self) -> Any:
+        from rctlpolicy.web import load_web_config
+
+        assert self.config.web_config_file is not None
+        return load_web_config(self.config.web_config_file)
 
     def _start_devd(self) -> None:
         if self._devd_paths is not None:
@@ -345,20 +537,35 @@ class Daemon:
 
     @property
     def metrics_port(self) -> int:
+        """The bound metrics port (after asking for port 0, the one the kernel chose)."""
         return int(self.web.port) if self.web is not None else 0
 
-    # --- the main loop ---------------------------------------------------------------------
+    @property
+    def metrics_url(self) -> str:
+        """Where the metrics are served, with the bound port."""
+        if self.web is None:
+            return ""
+        host = str(self.web.host) or "0.0.0.0"  # noqa: S104 (only printed)
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "https" if self.web.tls_enabled else "http"
+        return f"{scheme}://{host}:{self.metrics_port}{self.config.telemetry_path}"
+
+    # --- the main loop -------------------------------------------------------------------
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT; returns the exit status (0)."""
+        """Serve until SIGTERM/SIGINT (or `request_stop`); returns the exit status (0)."""
         while not self._stopping.is_set():
             requests = self._control.receive(timeout=1.0)
             if _SignalPipe.STOP in requests:
                 break
-            if _SignalPipe.RELOAD in requests:
-                self.reload("signal or file change")
-            elif _SignalPipe.RECONCILE in requests:
-                self.reconcile("jails changed")
+            try:
+                if _SignalPipe.RELOAD in requests:
+                    self.reload("signal or file change")
+                elif _SignalPipe.RECONCILE in requests:
+                    self.reconcile("jails changed")
+            except Exception:  # a reload that breaks must not take the daemon down
+                log.exception("error while reloading")
         self.shutdown()
         return 0
 
@@ -368,32 +575,73 @@ class Daemon:
     def request_reload(self) -> None:
         self._control.send(_SignalPipe.RELOAD)
 
-    def reload(self, reason: str) -> bool:
-        """Re-read the policy; an invalid one changes nothing in the kernel."""
-        policy, diagnostics = load_rules(self.config.rules_dir, self.resolver)
-        if policy is None:
-            log.error("reload (%s) rejected: the policy has errors; the rules in force are "
-                      "kept", reason)
-            self._log_diagnostics(diagnostics, logging.ERROR)
+    def reload(self, reason: str) -> bool | None:
+        """Re-read the policy; an invalid one changes nothing in the kernel.
+
+        Returns whether the new policy is in force, or None when the reload was put off
+        because an editor looks half-way through a save (it is retried shortly).
+        """
+        previous = self._loaded.file_sizes if self._loaded is not None else {}
+        unfinished = save_in_progress(previous)
+        if unfinished is not None:
+            now = time.monotonic()
+            if self._deferred_since is None:
+                self._deferred_since = now
+            if now - self._deferred_since < self._settle_limit:
+                log.info(
+                    "reload (%s) put off: %s; waiting for the save to finish", reason, unfinished
+                )
+                self._debouncer.poke()
+                return None
+            log.warning("%s for %.0f s; reloading anyway", unfinished, now - self._deferred_since)
+        self._deferred_since = None
+        self._reload_web_config()
+        load = load_rules(self.config.rules_dir, self.resolver)
+        if load.policy is None:
+            log.error(
+                "reload (%s) rejected: the policy has errors; the rules in force are kept", reason
+            )
+            self._log_diagnostics(load.diagnostics, logging.ERROR)
             self.stats.reloaded(False)
             self._write_textfile()
             return False
-        self._log_diagnostics(diagnostics, logging.WARNING)
-        self._install(policy, self._jail_names())
-        count = len(self._loaded.expanded) if self._loaded else 0
-        self.stats.reloaded(True, count, self.clock.time())
-        log.info("policy reloaded (%s): %d rules", reason, count)
+        self._log_diagnostics(load.diagnostics)
+        ok = self._install(load.policy, self._jail_names(), load.file_sizes)
+        self.stats.reloaded(ok, self._rule_count(), self.clock.time())
+        if ok:
+            log.info("policy reloaded (%s): %d rules", reason, self._rule_count())
+        else:
+            log.error("policy reloaded (%s), but the kernel refused part of it", reason)
         self._write_textfile()
-        return True
+        return ok
+
+    def _reload_web_config(self) -> None:
+        if self.web is None or self.config.web_config_file is None:
+            return
+        from rctlpolicy.web import WebConfigError
+
+        try:
+            self.web.set_web_config(self._read_web_config())
+        except WebConfigError as error:
+            log.error("keeping the previous web config: %s", error)
 
     def reconcile(self, reason: str) -> None:
-        if self._loaded is None:
+        """Apply the loaded policy again (jails came or went, or the last apply failed)."""
+        loaded = self._loaded
+        if loaded is None:
             return
-        self._install(self._loaded.policy, self._jail_names())
+        self._install(loaded.policy, self._jail_names(), loaded.file_sizes)
+        with self.stats.lock:
+            self.stats.rules = self._rule_count()
         log.info("rules reconciled (%s)", reason)
+        self._write_textfile()
 
-    def _install(self, policy: Policy, jail_names: Iterable[str]) -> None:
-        loaded = expand(policy, jail_names)
+    def _install(
+        self, policy: Policy, jail_names: Iterable[str], file_sizes: Mapping[str, int]
+    ) -> bool:
+        """Make the kernel hold the policy's rules; False when the kernel refused some."""
+        loaded = expand(policy, jail_names, file_sizes)
+        ok = False
         try:
             report = apply_rules(self.kernel, [r.rule for r in loaded.expanded], self.applied)
         except KernelError as error:
@@ -401,13 +649,19 @@ class Daemon:
         except OSError as error:
             log.error("cannot apply the policy (state file): %s", error)
         else:
-            for rule in report.added:
-                log.info("added rule %s", rule)
             for rule in report.removed:
                 log.info("removed rule %s", rule)
+            for rule in report.added:
+                log.info("added rule %s", rule)
             for rule, refusal in report.failures:
                 log.error("the kernel refused %s: %s", rule, refusal.reason)
+            ok = report.ok
         self._loaded = loaded
+        self._install_failed = not ok
+        return ok
+
+    def _rule_count(self) -> int:
+        return len(self._loaded.expanded) if self._loaded is not None else 0
 
     def _jail_names(self) -> set[str]:
         try:
@@ -416,7 +670,7 @@ class Daemon:
             log.warning("cannot list jails: %s", error)
             return set(self._loaded.jail_names) if self._loaded else set()
 
-    # --- devd events ----------------------------------------------------------------------
+    # --- devd events ---------------------------------------------------------------------
 
     def _dispatch_loop(self) -> None:
         while not self._stopping.is_set():
@@ -429,22 +683,18 @@ class Daemon:
             except Exception:  # one bad event must never stop the dispatcher
                 log.exception("error while handling a devd message")
 
-    def _dispatch(self, item: Any) -> None:
+    def _dispatch(self, item: DevdItem) -> None:
         if isinstance(item, Connected):
-            reconnected = self.devd is not None and self.devd.reconnects > 0
-            self.stats.devd_state(True, reconnected)
-            log.info("connected to devd at %s (%s)", item.path, item.kind)
-            self.resync()
+            self._connections += 1
+            self.stats.devd_state(True, reconnected=self._connections > 1)
+            self.resync("connected to devd" if self._connections == 1 else "reconnected to devd")
             return
         if isinstance(item, Disconnected):
             self.stats.devd_state(False)
-            log.warning("devd connection lost (%s); reconnecting", item.reason)
-            return
-        if not isinstance(item, str):
             return
         event = parse_rctl_event(item)
         if event is None:
-            return
+            return  # not an RCTL event: devd forwards every subsystem's
         if isinstance(event, MalformedEvent):
             self.stats.count_event("malformed")
             log.warning("malformed RCTL message (%s): %r", event.reason, event.raw[:200])
@@ -452,20 +702,22 @@ class Daemon:
         self.handle_event(event)
 
     def handle_event(self, event: RctlEvent) -> Decision | None:
+        """Count an RCTL event and, when it names a policy rule with an action, act on it."""
         loaded = self._loaded
         if loaded is None:
             return None
-        policy_rule = self._identify(event, loaded)
+        policy_rule = identify_rule(event, loaded.by_canonical)
         if policy_rule is None:
-            if event.truncated:
+            if rule_text_may_be_cut(event):
                 self.stats.count_event("truncated")
-                log.warning("truncated RCTL message matches no single policy rule: %r",
-                            event.raw[:200])
+                log.warning(
+                    "truncated RCTL message matches no single policy rule: %r", event.raw[:200]
+                )
             else:
                 self.stats.count_event("unmatched")
                 log.info("RCTL event for a rule not in the policy: %s", event.rule)
             return None
-        jail = self._event_jail(event, policy_rule, loaded)
+        jail = event_jail(event, policy_rule.rule, loaded.jail_names)
         if jail is None:
             self.stats.count_event("truncated")
             log.warning("cannot tell the jail of truncated RCTL message %r", event.raw[:200])
@@ -477,8 +729,18 @@ class Daemon:
             log.warning("refusing RCTL message with bad values (%s): %r", error, event.raw[:200])
             return None
         self.stats.count_event("handled")
-        with self._episodes_lock:
-            self._episodes.add((policy_rule.canonical, jail))
+        if resync_candidate(policy_rule):
+            with self._episodes_lock:
+                before = self._episodes.get(policy_rule.canonical)
+                self._episodes[policy_rule.canonical] = _Episode.EVENT
+            if before is _Episode.RESYNC:
+                # The kernel's report of the episode the resync already acted on.
+                log.info(
+                    "%s: the resync already acted on this episode; not acting twice",
+                    policy_rule.canonical,
+                )
+                self._count_refusal(policy_rule, Outcome.SUPPRESSED)
+                return Decision.SUPPRESSED
         return self._submit(policy_rule, ctx)
 
     def _submit(self, policy_rule: PolicyRule, ctx: ActionContext) -> Decision:
@@ -487,68 +749,73 @@ class Daemon:
             self.stats.exhausted = frozenset(self.engine.exhausted())
         return decision
 
-    @staticmethod
-    def _identify(event: RctlEvent, loaded: LoadedRules) -> PolicyRule | None:
-        exact = loaded.by_canonical.get(event.rule)
-        if exact is not None or not event.truncated:
-            return exact
-        candidates = [rule for canonical, rule in loaded.by_canonical.items()
-                      if canonical.startswith(event.rule)]
-        return candidates[0] if len(candidates) == 1 else None
+    def _count_refusal(self, policy_rule: PolicyRule, outcome: Outcome) -> None:
+        assert policy_rule.on_match is not None
+        try:
+            name = action_name(policy_rule.on_match)
+        except ActionError:
+            name = "invalid"
+        self.stats.count_action(name, policy_rule.rule.resource.value, outcome.value)
 
-    @staticmethod
-    def _event_jail(event: RctlEvent, policy_rule: PolicyRule,
-                    loaded: LoadedRules) -> str | None:
-        jail_cut = event.truncated and (event.jail is None or event.rule != policy_rule.canonical
-                                        or event.raw.rstrip("\n").endswith("jail=" + event.jail))
-        if event.jail is not None and not (event.truncated and jail_cut):
-            return event.jail
-        rule = policy_rule.rule
-        if rule.subject is SubjectType.JAIL:
-            return rule.subject_id
-        if event.jail:
-            matches = [name for name in loaded.jail_names if name.startswith(event.jail)]
-            if len(matches) == 1:
-                return matches[0]
-        return None
-
-    def resync(self) -> None:
-        """After a (re)connect: act on devctl rules whose episode began while we were away."""
+    def resync(self, reason: str) -> None:
+        """After a (re)connect: act on devctl rules whose episode began while no event could
+        reach us (devd keeps no history), but never on an episode already acted on."""
         loaded = self._loaded
         if loaded is None:
             return
+        acted = known = waiting = 0
+        seen: set[str] = set()
         for policy_rule in loaded.expanded:
-            rule = policy_rule.rule
-            if rule.action is not Action.DEVCTL or policy_rule.on_match is None:
+            canonical = policy_rule.canonical
+            if not resync_candidate(policy_rule) or canonical in seen:
                 continue
-            if rule.per is not rule.subject:
-                continue  # usage summed per process/user/jail cannot be read for the subject
-            over = self._over_limit(policy_rule)
+            seen.add(canonical)
+            over = self._over_limit(policy_rule.rule)
             if over is None:
                 continue
-            jail = rule.subject_id if rule.subject is SubjectType.JAIL else "0"
-            key = (policy_rule.canonical, jail)
             with self._episodes_lock:
                 if not over:
-                    self._episodes.discard(key)
+                    self._episodes.pop(canonical, None)
                     continue
-                if key in self._episodes:
-                    continue  # already handled before the disconnect
-                self._episodes.add(key)
+                if canonical in self._episodes:
+                    known += 1
+                    continue
+            assert policy_rule.on_match is not None
+            if needs_event_fields(policy_rule.on_match):
+                log.warning(
+                    "%s is over its limit, but its action needs the pid of an event; "
+                    "it runs at the kernel's next event for it",
+                    canonical,
+                )
+                waiting += 1
+                continue
+            rule = policy_rule.rule
+            jail = rule.subject_id if rule.subject is SubjectType.JAIL else HOST_JAIL
             try:
                 ctx = ActionContext.from_event(rule, None, None, jail)
             except ActionInputError as error:
-                log.warning("cannot resync %s: %s", rule, error)
+                log.warning("cannot act on %s after resync: %s", canonical, error)
                 continue
-            log.warning("%s is over its limit since devd was unreachable; acting now", rule)
-            self.stats.count_event("handled")
+            with self._episodes_lock:
+                self._episodes[canonical] = _Episode.RESYNC
+            log.warning(
+                "%s is over its limit and no event for it reached us; acting now", canonical
+            )
+            acted += 1
             self._submit(policy_rule, ctx)
+        log.info(
+            "resync (%s): acted on %d rule(s) over their limit, %d already handled, "
+            "%d waiting for an event",
+            reason,
+            acted,
+            known,
+            waiting,
+        )
 
-    def _over_limit(self, policy_rule: PolicyRule) -> bool | None:
-        rule = policy_rule.rule
+    def _over_limit(self, rule: Rule) -> bool | None:
         try:
             usage = self.kernel.usage(Filter(rule.subject, rule.subject_id))
-        except KernelError as error:
+        except (KernelError, OSError) as error:
             log.debug("cannot read usage for %s: %s", rule, error)
             return None
         return usage.get(rule.resource, 0) > rule.amount
@@ -558,21 +825,22 @@ class Daemon:
         if loaded is None:
             return
         with self._episodes_lock:
-            active = set(self._episodes)
-        for canonical, jail in active:
+            active = list(self._episodes)
+        for canonical in active:
             policy_rule = loaded.by_canonical.get(canonical)
-            if policy_rule is None or self._over_limit(policy_rule) is False:
+            if policy_rule is None or self._over_limit(policy_rule.rule) is False:
                 with self._episodes_lock:
-                    self._episodes.discard((canonical, jail))
+                    self._episodes.pop(canonical, None)
 
     def _jail_loop(self) -> None:
         while not self._stopping.wait(self.config.jail_poll_interval):
             try:
                 loaded = self._loaded
                 if loaded is not None and any(r.jail_pattern for r in loaded.policy.rules):
-                    names = self._jail_names()
-                    if names != loaded.jail_names:
+                    if self._jail_names() != loaded.jail_names:
                         self._control.send(_SignalPipe.RECONCILE)
+                elif self._install_failed:
+                    self._control.send(_SignalPipe.RECONCILE)
                 self._end_finished_episodes()
                 self.stats.exhausted = frozenset(self.engine.exhausted())
                 self._write_textfile()
@@ -580,15 +848,24 @@ class Daemon:
                 log.exception("error in the jail watcher")
 
     def _on_outcome(self, outcome: ActionOutcome) -> None:
-        self.stats.count_action(outcome.name, outcome.resource, outcome.outcome.value,
-                                outcome.duration if outcome.outcome.value in
-                                ("ok", "failed", "timeout") else None)
-        if outcome.outcome.value == "exhausted":
+        timed = outcome.outcome in (Outcome.OK, Outcome.FAILED, Outcome.TIMEOUT)
+        self.stats.count_action(
+            outcome.name,
+            outcome.resource,
+            outcome.outcome.value,
+            outcome.duration if timed else None,
+        )
+        if outcome.outcome is Outcome.EXHAUSTED:
             self.stats.exhausted = frozenset(self.engine.exhausted())
 
-    # --- shutdown -------------------------------------------------------------------------
+    # --- shutdown ------------------------------------------------------------------------
 
     def shutdown(self) -> None:
+        """Stop reading events, let running actions finish within the bound, stop serving.
+
+        The rules stay in the kernel unless --flush-on-exit (and only after a real start: a
+        daemon that failed to start must not unload what an earlier one applied).
+        """
         if self._stopping.is_set():
             return
         self._stopping.set()
@@ -601,35 +878,42 @@ class Daemon:
         self.engine.shutdown(self.config.shutdown_timeout)
         for thread in self._threads:
             thread.join(5.0)
-        if self.config.flush_on_exit:
+        if self._started and self.config.flush_on_exit:
             try:
                 report = apply_rules(self.kernel, [], self.applied)
                 log.info("flushed %d rules on exit", len(report.removed))
             except (KernelError, OSError) as error:
                 log.error("cannot flush rules on exit: %s", error)
-        self._write_textfile()
+        if self._started:
+            self._write_textfile()
         if self.web is not None:
             self.web.stop()
-        self._control.close()
         log.info("stopped")
 
-    # --- helpers --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the signal pipe; call after restore_signal_handlers()."""
+        self._control.close()
+
+    # --- helpers -------------------------------------------------------------------------
 
     def _write_textfile(self) -> None:
         if self.config.output_file is None:
             return
-        try:
-            write_textfile(self.registry, self.config.output_file)
-        except OSError as error:
-            log.error("cannot write %s: %s", self.config.output_file, error)
+        with self._textfile_lock:  # the main and jail threads both write it
+            try:
+                write_textfile(self.registry, self.config.output_file)
+            except OSError as error:
+                log.error("cannot write %s: %s", self.config.output_file, error)
 
     @staticmethod
-    def _log_diagnostics(diagnostics: Iterable[Diagnostic], level: int) -> None:
+    def _log_diagnostics(diagnostics: Iterable[Diagnostic], level: int = logging.WARNING) -> None:
         shown = [d for d in diagnostics if d.severity is not Severity.INFO]
-        if shown:
-            for line in format_text(shown).splitlines():
-                log.log(level if any(d.severity is Severity.ERROR for d in shown)
-                        else logging.WARNING, "%s", line)
+        if not shown:
+            return
+        if not any(d.severity is Severity.ERROR for d in shown):
+            level = logging.WARNING
+        for line in format_text(shown).splitlines():
+            log.log(level, "%s", line)
 
     def action_names(self) -> list[str]:
         loaded = self._loaded
@@ -646,12 +930,14 @@ def _landing_page(path: str) -> bytes:
 
 
 def write_pidfile(path: Path) -> None:
+    """Write our pid atomically (a reader never sees an empty pidfile)."""
     temp = path.with_name(f".{path.name}.{os.getpid()}")
     temp.write_text(f"{os.getpid()}\n")
     os.replace(temp, path)
 
 
 def remove_pidfile(path: Path) -> None:
+    """Remove the pidfile if it is still ours."""
     try:
         if path.read_text().strip() == str(os.getpid()):
             path.unlink()
@@ -679,23 +965,15 @@ def setup_logging(config: DaemonConfig) -> None:
 
                 sys.stderr.write(f"rctlpolicy: {record.getMessage()}\n")
 
-        handler = _SysLog(address=config.syslog_socket,
-                          facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler = _SysLog(
+            address=config.syslog_socket, facility=logging.handlers.SysLogHandler.LOG_DAEMON
+        )
         handler.ident = f"rctlpolicy[{os.getpid()}]: "
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s rctlpolicy[%(process)d] %(levelname)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s rctlpolicy[%(process)d] %(levelname)s: %(message)s")
+        )
     root.addHandler(handler)
     logging.raiseExceptions = False
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    """Poll a condition until it holds or the deadline passes (for start-up checks)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

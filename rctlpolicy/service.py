@@ -2,6 +2,7 @@
 
 `run_daemon` is what `rctlpolicy daemon` runs: logging, pidfile, the kernel, the simulated devd
 when the simulated host is used without a devd socket, signals, the main loop.
+`handle_event` is what `rctlpolicy handle` runs for one event from a devd.conf notify block.
 """
 
 from __future__ import annotations
@@ -12,13 +13,23 @@ from pathlib import Path
 
 from rctlpolicy.config import DaemonConfig
 from rctlpolicy.daemon import Daemon, StartupError, remove_pidfile, setup_logging, write_pidfile
+from rctlpolicy.diagnostics import Diagnostic
 from rctlpolicy.formats import format_text
 from rctlpolicy.kernel import KernelSetup, KernelSetupError, open_kernel
+from rctlpolicy.model import Severity
 
 log = logging.getLogger("rctlpolicy")
 
 
+def _problems(diagnostics: tuple[Diagnostic, ...]) -> str:
+    return format_text([d for d in diagnostics if d.severity is not Severity.INFO])
+
+
 def run_daemon(config: DaemonConfig) -> int:
+    """Run the daemon in this process until SIGTERM/SIGINT; returns the exit status.
+
+    0 after a stop signal, 1 when start-up fails (the policy's diagnostics on stderr).
+    """
     setup_logging(config)
     try:
         setup = open_kernel(config.kernel, config.sim_host)
@@ -33,7 +44,11 @@ def run_daemon(config: DaemonConfig) -> int:
         from rctlpolicy.simdevd import SimDevd
 
         sim_devd = SimDevd(setup)
-        sim_devd.start()
+        try:
+            sim_devd.start()
+        except OSError as error:
+            print(f"rctlpolicy daemon: cannot start the simulated devd: {error}", file=sys.stderr)
+            return 1
         devd_paths = (sim_devd.server.seqpacket_path, sim_devd.server.stream_path)
         log.info("simulated devd serving %s", sim_devd.server.seqpacket_path)
     daemon = Daemon(config, setup.kernel, setup.resolver, state_dir, devd_paths=devd_paths)
@@ -42,15 +57,12 @@ def run_daemon(config: DaemonConfig) -> int:
         try:
             daemon.start()
         except StartupError as error:
-            text = format_text([d for d in error.diagnostics if d.severity.value == "error"])
-            sys.stderr.write(text)
-            print(f"rctlpolicy daemon: {error}", file=sys.stderr)
-            log.error("cannot start: %s", error)
+            sys.stderr.write(_problems(error.diagnostics))
+            print(f"rctlpolicy daemon: cannot start: {error}", file=sys.stderr)
             daemon.shutdown()
             return 1
         except OSError as error:
             print(f"rctlpolicy daemon: cannot start: {error}", file=sys.stderr)
-            log.error("cannot start: %s", error)
             daemon.shutdown()
             return 1
         if config.pidfile is not None:
@@ -58,15 +70,27 @@ def run_daemon(config: DaemonConfig) -> int:
         return daemon.run()
     finally:
         daemon.restore_signal_handlers()
+        daemon.close()
         if sim_devd is not None:
             sim_devd.stop()
         if config.pidfile is not None:
             remove_pidfile(config.pidfile)
 
 
-def handle_event(config: DaemonConfig, rule_text: str, pid: str | None, ruid: str | None,
-                 jail: str) -> int:
-    """`rctlpolicy handle`: one event from devd.conf's notify block, acted on once."""
+def _optional(value: str | None) -> str | None:
+    # devd substitutes a variable the (cut) message did not carry as an empty word.
+    return value if value else None
+
+
+def handle_event(
+    config: DaemonConfig, rule_text: str, pid: str | None, ruid: str | None, jail: str | None
+) -> int:
+    """`rctlpolicy handle`: one event from devd.conf's notify block, acted on once.
+
+    The fields are devd's variables of the event; the kernel's line is rebuilt from them, so a
+    message cut at 127 bytes is recognised and identified as the daemon does. Cooldowns and
+    max_runs hold across invocations (a locked state file in the state directory).
+    """
     from rctlpolicy.actions import (
         ActionContext,
         ActionEngine,
@@ -76,7 +100,9 @@ def handle_event(config: DaemonConfig, rule_text: str, pid: str | None, ruid: st
         SubprocessRunner,
     )
     from rctlpolicy.clock import SystemClock
-    from rctlpolicy.daemon import expand, load_rules
+    from rctlpolicy.daemon import event_jail, expand, identify_rule, load_rules
+    from rctlpolicy.devd import RCTL_HEADER, MalformedEvent, parse_rctl_event
+    from rctlpolicy.kernel.base import KernelError
 
     setup_logging(config)
     try:
@@ -84,27 +110,42 @@ def handle_event(config: DaemonConfig, rule_text: str, pid: str | None, ruid: st
     except KernelSetupError as error:
         print(f"rctlpolicy handle: {error}", file=sys.stderr)
         return 1
-    policy, diagnostics = load_rules(config.rules_dir, setup.resolver)
-    if policy is None:
-        sys.stderr.write(format_text([d for d in diagnostics if d.severity.value == "error"]))
+    load = load_rules(config.rules_dir, setup.resolver)
+    if load.policy is None:
+        sys.stderr.write(_problems(load.diagnostics))
         print("rctlpolicy handle: the policy has errors; not acting", file=sys.stderr)
+        return 1
+    fields = [("rule", rule_text), ("pid", _optional(pid)), ("ruid", _optional(ruid)),
+              ("jail", _optional(jail))]  # fmt: skip
+    data = " ".join(f"{key}={value}" for key, value in fields if value is not None)
+    event = parse_rctl_event(f"{RCTL_HEADER} {data}".encode())
+    if event is None or isinstance(event, MalformedEvent):
+        reason = event.reason if event is not None else "not an RCTL event"
+        print(f"rctlpolicy handle: malformed event ({reason})", file=sys.stderr)
         return 1
     try:
         jail_names = {j.name for j in setup.kernel.jails()}
-    except Exception:
+    except (KernelError, OSError):  # jail patterns then match nothing; the event still can
         jail_names = set()
-    loaded = expand(policy, jail_names | ({jail} if jail != "0" else set()))
-    policy_rule = loaded.by_canonical.get(rule_text)
+    if event.jail and not event.truncated:
+        jail_names.add(event.jail)  # a jail pattern's rule for a jail started a moment ago
+    loaded = expand(load.policy, jail_names)
+    policy_rule = identify_rule(event, loaded.by_canonical)
     if policy_rule is None:
         log.info("RCTL event for a rule not in the policy: %s", rule_text)
-        print(f"rctlpolicy handle: no policy rule is {rule_text}", file=sys.stderr)
+        print(f"rctlpolicy handle: no single policy rule is {rule_text}", file=sys.stderr)
+        return 1
+    event_jail_name = event_jail(event, policy_rule.rule, jail_names)
+    if event_jail_name is None:
+        print(f"rctlpolicy handle: cannot tell which jail {jail!r} is (cut short)", file=sys.stderr)
         return 1
     try:
-        ctx = ActionContext.from_event(policy_rule.rule, pid, ruid, jail)
+        ctx = ActionContext.from_event(policy_rule.rule, event.pid, event.ruid, event_jail_name)
     except ActionInputError as error:
         print(f"rctlpolicy handle: {error}", file=sys.stderr)
         return 1
     state_dir = config.state_dir or setup.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
     state_path: Path = state_dir / "actions.json"
     with FileState(state_path) as state:
         engine = ActionEngine(SystemClock(), SubprocessRunner(), state)
@@ -114,6 +155,6 @@ def handle_event(config: DaemonConfig, rule_text: str, pid: str | None, ruid: st
             engine.shutdown(config.shutdown_timeout)
     if outcome is None:
         return 0
-    print(f"rctlpolicy handle: {outcome.name}: {outcome.outcome.value}"
-          + (f" ({outcome.detail})" if outcome.detail else ""))
+    detail = f" ({outcome.detail})" if outcome.detail else ""
+    print(f"rctlpolicy handle: {outcome.name}: {outcome.outcome.value}{detail}")
     return 0 if outcome.outcome in (Outcome.OK, Outcome.SUPPRESSED, Outcome.EXHAUSTED) else 1

@@ -7,6 +7,7 @@ format and logs the log ones with the kernel's line.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import tempfile
@@ -16,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from rctlpolicy.devd import format_rctl_event
-from rctlpolicy.devdserver import DevdServer
+from rctlpolicy.devdserver import SEQPACKET_NAME, DevdServer
 from rctlpolicy.kernel import KernelSetup
 from rctlpolicy.kernel.host import HostFileError
 from rctlpolicy.kernel.simulator import SimulatedKernel, format_log_line
@@ -27,27 +28,35 @@ log = logging.getLogger("rctlpolicy.simdevd")
 _SUN_PATH_MAX = 100
 
 
-def socket_directory(host_path: Path) -> Path:
+def socket_directory(host_path: Path) -> tuple[Path, bool]:
+    """Where the simulated devd's sockets go: beside the host file (`<host>.devd/`), or a new
+    directory under the temporary directory when that path is too long for a socket.
+
+    Returns the directory and whether it is a temporary one (to be removed after use).
+    """
     directory = host_path.with_name(host_path.name + ".devd")
-    if len(str(directory / "devd.seqpacket.pipe")) < _SUN_PATH_MAX:
+    if len(str(directory / SEQPACKET_NAME).encode()) < _SUN_PATH_MAX:
         directory.mkdir(parents=True, exist_ok=True)
-        return directory
-    return Path(tempfile.mkdtemp(prefix="rctlpolicy-devd-"))
+        return directory, False
+    return Path(tempfile.mkdtemp(prefix="rctlpolicy-devd-")), True
 
 
 class SimDevd:
     """A DevdServer fed by the simulated kernel's event evaluation, on its own thread."""
 
-    def __init__(self, setup: KernelSetup, directory: Path | None = None,
-                 interval: float = 0.5) -> None:
+    def __init__(
+        self, setup: KernelSetup, directory: Path | None = None, interval: float = 0.5
+    ) -> None:
         if not isinstance(setup.syscalls, SimulatedKernel) or setup.sim_host is None:
             raise ValueError("the simulated devd needs the simulated host")
         self.simulator: SimulatedKernel = setup.syscalls
-        self.server = DevdServer(directory or socket_directory(setup.sim_host))
+        self._temporary = False
+        if directory is None:
+            directory, self._temporary = socket_directory(setup.sim_host)
+        self.server = DevdServer(directory)
         self.interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rctlpolicy-sim-devd",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="rctlpolicy-sim-devd", daemon=True)
         self.sent = 0
 
     def start(self) -> None:
@@ -55,10 +64,14 @@ class SimDevd:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop evaluating and serving; the sockets go (devd's own files stay, ours need not)."""
         self._stop.set()
         if self._thread.ident is not None:
             self._thread.join(5.0)
-        self.server.stop()
+        self.server.stop(remove_files=True)
+        if self._temporary:
+            with contextlib.suppress(OSError):
+                self.server.directory.rmdir()
 
     def tick(self) -> int:
         """Evaluate once; returns how many devctl messages were sent."""
@@ -98,8 +111,7 @@ def serve_sim_devd(setup: KernelSetup, directory: Path | None, interval: float) 
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     sim.start()
-    print(f"simulated devd: {sim.server.seqpacket_path} (and {sim.server.stream_path})",
-          flush=True)
+    print(f"simulated devd: {sim.server.seqpacket_path} (and {sim.server.stream_path})", flush=True)
     try:
         while not stop.wait(0.5):
             pass

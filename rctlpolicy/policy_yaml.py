@@ -1,0 +1,500 @@
+"""rctlpolicy's YAML policy format: rules, and what to do when a devctl rule fires.
+
+Diagnostics point at the YAML node they are about (PyYAML's marks give line and column).
+"""
+
+from __future__ import annotations
+
+import difflib
+import string
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from rctlpolicy.amounts import parse_duration
+from rctlpolicy.diagnostics import Diagnostic
+from rctlpolicy.grammar import SUBJECT_ID, RuleSyntax, parse_rule_syntax
+from rctlpolicy.model import SIGNAL_NUMBERS, Action, Rule, Severity
+from rctlpolicy.policy import PolicyFile, glob_subject, problem_diagnostic
+from rctlpolicy.policy_model import PLACEHOLDERS, OnMatch, PolicyRule, RunLimit, SourceLocation
+from rctlpolicy.semantics import Layer, Resolver, check_rule
+
+# --- YAML --------------------------------------------------------------------------------------
+
+_TOP_KEYS = ("rules",)
+_RULE_KEYS = ("rule", "comment", "on_match")
+_ON_MATCH_KEYS = ("run", "service", "signal", "cooldown", "max_runs", "timeout")
+_SERVICE_KEYS = ("name", "command")
+_MAX_RUNS_KEYS = ("count", "within")
+_SIGNAL_NAMES = {name.removeprefix("sig").upper(): name for name in SIGNAL_NUMBERS}
+
+
+class _YamlReport:
+    """Collects diagnostics for one YAML file, positioned from the nodes' marks."""
+
+    def __init__(self, policy_file: PolicyFile) -> None:
+        self.path = policy_file.path
+        self.lines = policy_file.text.splitlines()
+        self.diagnostics: list[Diagnostic] = []
+
+    def source(self, line: int) -> str | None:
+        return self.lines[line - 1] if 0 < line <= len(self.lines) else None
+
+    def at(
+        self,
+        node: yaml.Node,
+        severity: Severity,
+        code: str,
+        message: str,
+        suggestion: str | None = None,
+    ) -> None:
+        line = node.start_mark.line + 1
+        column = node.start_mark.column + 1
+        width = 1
+        if node.end_mark.line == node.start_mark.line:
+            width = max(1, node.end_mark.column - node.start_mark.column)
+        self.diagnostics.append(
+            Diagnostic(
+                self.path,
+                line,
+                column,
+                severity,
+                code,
+                message,
+                suggestion,
+                self.source(line),
+                width,
+            )
+        )
+
+    def error(
+        self, node: yaml.Node, code: str, message: str, suggestion: str | None = None
+    ) -> None:
+        self.at(node, Severity.ERROR, code, message, suggestion)
+
+    def unknown_keys(self, mapping: yaml.MappingNode, allowed: Sequence[str], where: str) -> bool:
+        """Report keys that are not allowed; True when there were none."""
+        clean = True
+        for key_node, _ in mapping.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key not in allowed:
+                clean = False
+                close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+                hint = (
+                    f"did you mean '{close[0]}'?"
+                    if close
+                    else f"{where} keys are: " + (", ".join(allowed))
+                )
+                self.error(key_node, "unknown-key", f"unknown key '{key}' in {where}", hint)
+        return clean
+
+
+def _mapping_items(
+    node: yaml.MappingNode, report: _YamlReport
+) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+    """The mapping's entries by key; a key given twice is an error (PyYAML would silently
+    keep the last one, and the rules under the first would vanish)."""
+    items: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key_node, value_node in node.value:
+        if isinstance(key_node, yaml.ScalarNode):
+            if key_node.value in items:
+                first = items[key_node.value][0].start_mark.line + 1
+                report.error(key_node, "duplicate-key",
+                             f"key '{key_node.value}' is given twice (first on line {first})",
+                             "merge the two into one")
+            items[key_node.value] = (key_node, value_node)
+    return items
+
+
+def load_yaml(
+    policy_file: PolicyFile, resolver: Resolver
+) -> tuple[list[PolicyRule], list[Diagnostic]]:
+    report = _YamlReport(policy_file)
+    try:
+        root = yaml.compose(policy_file.text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark else 1
+        column = mark.column + 1 if mark else 1
+        message = f"YAML syntax error: {error.problem or error.context}"
+        report.diagnostics.append(
+            Diagnostic(
+                report.path,
+                line,
+                column,
+                Severity.ERROR,
+                "yaml-syntax",
+                message,
+                None,
+                report.source(line),
+            )
+        )
+        return [], report.diagnostics
+    except RecursionError:
+        report.diagnostics.append(
+            Diagnostic(report.path, 1, 1, Severity.ERROR, "yaml-syntax",
+                       "the YAML document is nested too deeply to read")
+        )
+        return [], report.diagnostics
+    except yaml.YAMLError as error:
+        report.diagnostics.append(
+            Diagnostic(report.path, 1, 1, Severity.ERROR, "yaml-syntax", f"YAML error: {error}")
+        )
+        return [], report.diagnostics
+    if root is None:
+        return [], report.diagnostics
+    if not isinstance(root, yaml.MappingNode):
+        report.error(
+            root,
+            "yaml-structure",
+            "a policy file is a mapping with a 'rules' list",
+            "start the file with 'rules:'",
+        )
+        return [], report.diagnostics
+    report.unknown_keys(root, _TOP_KEYS, "the policy file")
+    items = _mapping_items(root, report)
+    if "rules" not in items:
+        report.error(root, "yaml-structure", "no 'rules' list in this policy file")
+        return [], report.diagnostics
+    rules_node = items["rules"][1]
+    if isinstance(rules_node, yaml.ScalarNode) and rules_node.value in ("", "~", "null"):
+        return [], report.diagnostics
+    if not isinstance(rules_node, yaml.SequenceNode):
+        report.error(rules_node, "yaml-structure", "'rules' must be a list")
+        return [], report.diagnostics
+    rules: list[PolicyRule] = []
+    for entry in rules_node.value:
+        rule = _yaml_rule(entry, report, resolver)
+        if rule is not None:
+            rules.append(rule)
+    return rules, report.diagnostics
+
+
+def _scalar_rule_column(node: yaml.ScalarNode) -> int:
+    """0-based column of the rule text's first character (after an opening quote)."""
+    return node.start_mark.column + (1 if node.style in ("'", '"') else 0)
+
+
+def _yaml_rule(entry: yaml.Node, report: _YamlReport, resolver: Resolver) -> PolicyRule | None:
+    on_match_node: yaml.Node | None = None
+    comment: str | None = None
+    if isinstance(entry, yaml.ScalarNode):
+        rule_node = entry
+    elif isinstance(entry, yaml.MappingNode):
+        report.unknown_keys(entry, _RULE_KEYS, "a rule")
+        items = _mapping_items(entry, report)
+        if "rule" not in items:
+            report.error(
+                entry,
+                "missing-key",
+                "a rule entry needs a 'rule' key",
+                "rule: jail:NAME:RESOURCE:ACTION=AMOUNT",
+            )
+            return None
+        candidate = items["rule"][1]
+        if not isinstance(candidate, yaml.ScalarNode):
+            report.error(candidate, "yaml-structure", "'rule' must be a string")
+            return None
+        rule_node = candidate
+        if "comment" in items:
+            comment_node = items["comment"][1]
+            if isinstance(comment_node, yaml.ScalarNode):
+                comment = comment_node.value
+            else:
+                report.error(comment_node, "yaml-structure", "'comment' must be a string")
+        if "on_match" in items:
+            on_match_node = items["on_match"][1]
+    else:
+        report.error(
+            entry,
+            "yaml-structure",
+            "each rule is a string or a mapping with 'rule' (and 'on_match')",
+        )
+        return None
+
+    text = rule_node.value
+    line = rule_node.start_mark.line + 1
+    column = _scalar_rule_column(rule_node)
+    source_line = report.source(line) or text
+    if rule_node.start_mark.line != rule_node.end_mark.line or rule_node.style in ("|", ">"):
+        column = 0
+        source_line = text
+    syntax = parse_rule_syntax(text)
+    pattern: str | None = None
+    if glob_subject(syntax):
+        # A jail glob: validate the rule with a stand-in name, keep the pattern for the daemon.
+        pattern = syntax.fields[SUBJECT_ID] or ""
+        check = check_rule(_with_subject_id(syntax, "x"), Layer.RCTL8, resolver)
+    else:
+        check = check_rule(syntax, Layer.RCTL8, resolver)
+    for problem in check.problems:
+        if pattern is not None and problem.field == SUBJECT_ID:
+            continue
+        report.diagnostics.append(
+            problem_diagnostic(problem, syntax, report.path, line, column, source_line)
+        )
+    on_match = None
+    if on_match_node is not None:
+        on_match = _on_match(on_match_node, report)
+    if check.rule is None:
+        return None
+    rule = check.rule
+    if pattern is not None:
+        rule = Rule(rule.subject, pattern, rule.resource, rule.action, rule.amount, rule.per)
+    if on_match_node is not None and rule.action is not Action.DEVCTL:
+        report.error(
+            on_match_node,
+            "on-match-not-devctl",
+            f"on_match can never run: the rule's action is '{rule.action}', and only "
+            "devctl rules send events",
+            f"change the action to devctl (…:{rule.resource}:devctl={rule.amount})",
+        )
+    if on_match_node is not None and on_match is None:
+        return None  # a rule whose action is broken is not half-loaded (the error says why)
+    return PolicyRule(
+        rule, SourceLocation(report.path, line, column + 1), text, on_match, comment, pattern
+    )
+
+
+def _with_subject_id(syntax: RuleSyntax, subject_id: str) -> RuleSyntax:
+    fields = list(syntax.fields)
+    fields[SUBJECT_ID] = subject_id
+    f0, f1, f2, f3, f4, f5 = fields
+    return RuleSyntax(
+        syntax.text, (f0, f1, f2, f3, f4, f5), syntax.starts, syntax.separator, syntax.per_present
+    )
+
+
+def _on_match(node: yaml.Node, report: _YamlReport) -> OnMatch | None:
+    if not isinstance(node, yaml.MappingNode):
+        report.error(
+            node,
+            "yaml-structure",
+            "'on_match' must be a mapping",
+            "on_match: {run: [/usr/sbin/service, -j, '{jail}', postgresql, restart]}",
+        )
+        return None
+    ok = report.unknown_keys(node, _ON_MATCH_KEYS, "on_match")
+    items = _mapping_items(node, report)
+    commands = [key for key in ("run", "service", "signal") if key in items]
+    if len(commands) != 1:
+        report.error(
+            node,
+            "on-match-command",
+            "on_match needs exactly one of 'run', 'service' or 'signal'"
+            + (f" (found {', '.join(commands)})" if commands else ""),
+        )
+        ok = False
+    run = service = signal_name = None
+    if "run" in items:
+        run = _run_argv(items["run"][1], report)
+        ok = ok and run is not None
+    if "service" in items:
+        service = _service(items["service"][1], report)
+        ok = ok and service is not None
+    if "signal" in items:
+        signal_name = _signal(items["signal"][1], report)
+        ok = ok and signal_name is not None
+    cooldown = _duration(items, "cooldown", 0.0, report)
+    timeout = _duration(items, "timeout", 60.0, report)
+    if timeout is not None and timeout <= 0:
+        report.error(items["timeout"][1], "invalid-duration", "timeout must be positive")
+        timeout = None
+    max_runs = _max_runs(items["max_runs"][1], report) if "max_runs" in items else None
+    if cooldown is None or timeout is None or ("max_runs" in items and max_runs is None):
+        ok = False
+    if not ok:
+        return None
+    assert cooldown is not None and timeout is not None
+    return OnMatch(
+        run=run,
+        service=service,
+        signal=signal_name,
+        cooldown=cooldown,
+        max_runs=max_runs,
+        timeout=timeout,
+    )
+
+
+def _run_argv(node: yaml.Node, report: _YamlReport) -> tuple[str, ...] | None:
+    if isinstance(node, yaml.ScalarNode):
+        report.error(
+            node,
+            "run-not-argv",
+            "'run' must be a list (an argv), never a shell string",
+            "write run: [/usr/sbin/service, -j, '{jail}', postgresql, restart]",
+        )
+        return None
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        report.error(node, "run-not-argv", "'run' must be a non-empty list of strings")
+        return None
+    argv: list[str] = []
+    ok = True
+    for index, element in enumerate(node.value):
+        if not isinstance(element, yaml.ScalarNode) or element.value == "":
+            report.error(
+                element, "run-not-argv", "each element of 'run' must be a non-empty string"
+            )
+            ok = False
+            continue
+        names = _placeholders(element, report)
+        if names is None:
+            ok = False
+        elif index == 0 and names:
+            report.error(
+                element,
+                "placeholder-in-program",
+                "the program to run cannot come from an event",
+                "name the program literally; pass event values as arguments",
+            )
+            ok = False
+        argv.append(element.value)
+    if ok and not argv[0].startswith("/"):
+        report.at(
+            node.value[0],
+            Severity.WARNING,
+            "run-relative-program",
+            f"'{argv[0]}' is looked up in the daemon's PATH "
+            "(/sbin:/bin:/usr/sbin:/usr/bin under rc.d)",
+            "give the program's absolute path, e.g. /usr/sbin/service",
+        )
+    return tuple(argv) if ok else None
+
+
+def _placeholders(node: yaml.ScalarNode, report: _YamlReport) -> list[str] | None:
+    """The placeholder names in one argv element; reports unknown ones."""
+    names: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(node.value))
+    except ValueError as error:
+        report.error(
+            node,
+            "bad-placeholder",
+            f"malformed placeholder: {error}",
+            "write placeholders as {jail}; a literal brace is {{ or }}",
+        )
+        return None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in PLACEHOLDERS:
+            close = difflib.get_close_matches(name, PLACEHOLDERS, n=1, cutoff=0.6)
+            hint = (
+                f"did you mean '{{{close[0]}}}'?"
+                if close
+                else "placeholders are " + ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+            )
+            report.error(node, "unknown-placeholder", f"unknown placeholder '{{{name}}}'", hint)
+            return None
+        if spec or conversion:
+            report.error(
+                node, "bad-placeholder", f"placeholder '{{{name}}}' takes no format or conversion"
+            )
+            return None
+        names.append(name)
+    return names
+
+
+def _service(node: yaml.Node, report: _YamlReport) -> tuple[str, str] | None:
+    if not isinstance(node, yaml.MappingNode):
+        report.error(
+            node,
+            "yaml-structure",
+            "'service' must be a mapping",
+            "service: {name: postgresql, command: restart}",
+        )
+        return None
+    clean = report.unknown_keys(node, _SERVICE_KEYS, "service")
+    items = _mapping_items(node, report)
+    values: list[str] = []
+    for key in _SERVICE_KEYS:
+        if key not in items:
+            report.error(
+                node,
+                "missing-key",
+                f"'service' needs '{key}'",
+                "service: {name: postgresql, command: restart}",
+            )
+            return None
+        value_node = items[key][1]
+        value = value_node.value if isinstance(value_node, yaml.ScalarNode) else ""
+        if not value or value.startswith("-") or any(c.isspace() for c in value) or ("{" in value):
+            report.error(
+                value_node,
+                "invalid-service",
+                f"service {key} must be one word, not starting with '-'",
+            )
+            return None
+        values.append(value)
+    return (values[0], values[1]) if clean else None
+
+
+def _signal(node: yaml.Node, report: _YamlReport) -> str | None:
+    value = node.value if isinstance(node, yaml.ScalarNode) else None
+    if not isinstance(value, str):
+        report.error(node, "invalid-signal", "'signal' must be a signal name such as TERM")
+        return None
+    name = value.upper().removeprefix("SIG")
+    if name not in _SIGNAL_NAMES:
+        close = difflib.get_close_matches(name, list(_SIGNAL_NAMES), n=1, cutoff=0.6)
+        report.error(
+            node,
+            "invalid-signal",
+            f"unknown signal '{value}'",
+            f"did you mean '{close[0]}'?" if close else "e.g. TERM, KILL, HUP",
+        )
+        return None
+    return name
+
+
+def _duration(
+    items: dict[str, tuple[yaml.Node, yaml.Node]], key: str, default: float, report: _YamlReport
+) -> float | None:
+    if key not in items:
+        return default
+    node = items[key][1]
+    value: Any = node.value if isinstance(node, yaml.ScalarNode) else None
+    if value is None:
+        report.error(node, "invalid-duration", f"'{key}' must be a duration like 30s, 10m, 1h")
+        return None
+    try:
+        return parse_duration(int(value) if value.isdigit() else value)
+    except ValueError as error:
+        report.error(node, "invalid-duration", f"invalid {key}: {error}")
+        return None
+
+
+def _max_runs(node: yaml.Node, report: _YamlReport) -> RunLimit | None:
+    if not isinstance(node, yaml.MappingNode):
+        report.error(
+            node,
+            "yaml-structure",
+            "'max_runs' must be a mapping",
+            "max_runs: {count: 3, within: 1h}",
+        )
+        return None
+    clean = report.unknown_keys(node, _MAX_RUNS_KEYS, "max_runs")
+    items = _mapping_items(node, report)
+    if "count" not in items or "within" not in items:
+        report.error(
+            node,
+            "missing-key",
+            "'max_runs' needs 'count' and 'within'",
+            "max_runs: {count: 3, within: 1h}",
+        )
+        return None
+    count_node = items["count"][1]
+    count_text = count_node.value if isinstance(count_node, yaml.ScalarNode) else ""
+    if not count_text.isdigit() or int(count_text) < 1:
+        report.error(count_node, "invalid-count", "'count' must be a whole number >= 1")
+        return None
+    within = _duration(items, "within", 0.0, report)
+    if within is None:
+        return None
+    if within <= 0:
+        report.error(items["within"][1], "invalid-duration", "'within' must be positive")
+        return None
+    return RunLimit(int(count_text), within) if clean else None
+
+
