@@ -75,6 +75,15 @@ class Resolver(Protocol):
         """True/False when known, None when this resolver cannot tell."""
         ...
 
+    def jail_exists(self, name: str) -> bool | None:
+        """Whether a jail of that name runs now (None: cannot tell). Advice only: the kernel
+        accepts rules for any jail name and applies them when such a jail starts."""
+        ...
+
+    def loginclass_exists(self, name: str) -> bool | None:
+        """Whether login.conf(5) defines the class (None: cannot tell). Advice only."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class OfflineResolver:
@@ -89,6 +98,12 @@ class OfflineResolver:
         return None
 
     def process_exists(self, pid: int) -> bool | None:
+        return None
+
+    def jail_exists(self, name: str) -> bool | None:
+        return None
+
+    def loginclass_exists(self, name: str) -> bool | None:
         return None
 
 
@@ -933,7 +948,7 @@ def check_rule(
             parsed.per,
         )
         if notes:
-            problems.extend(_advice(syntax, rule, rewrite, layer))
+            problems.extend(_advice(syntax, rule, rewrite, layer, resolver))
     return RuleCheck(syntax, rule, tuple(problems), tuple(values))
 
 
@@ -996,7 +1011,9 @@ def sent_text(syntax: RuleSyntax, check: RuleCheck | FilterCheck) -> str | None:
 # --- advice: valid rules that surprise, and things FreeBSD versions disagree on ------------
 
 
-def _advice(syntax: RuleSyntax, rule: Rule, rewrite: _Rewrite, layer: Layer) -> list[Problem]:
+def _advice(
+    syntax: RuleSyntax, rule: Rule, rewrite: _Rewrite, layer: Layer, resolver: Resolver
+) -> list[Problem]:
     notes: list[Problem] = []
     amount = rewrite.amount
     if amount is not None:
@@ -1091,6 +1108,30 @@ def _advice(syntax: RuleSyntax, rule: Rule, rewrite: _Rewrite, layer: Layer) -> 
                 "copied to its children); they cannot be kept in a policy across "
                 "reboots",
                 "limit the user, login class or jail instead",
+            )
+        )
+    if rule.subject is SubjectType.JAIL and resolver.jail_exists(rule.subject_id) is False:
+        notes.append(
+            Problem(
+                SUBJECT_ID,
+                Severity.WARNING,
+                "unknown-jail",
+                f"no jail named '{rule.subject_id}' is running on this host",
+                "the kernel keeps the rule and applies it when a jail of that name starts; "
+                "check the name with jls name",
+            )
+        )
+    if rule.subject is SubjectType.LOGINCLASS and (
+        resolver.loginclass_exists(rule.subject_id) is False
+    ):
+        notes.append(
+            Problem(
+                SUBJECT_ID,
+                Severity.WARNING,
+                "unknown-loginclass",
+                f"login.conf has no class '{rule.subject_id}'",
+                "the kernel accepts any class name; no login gets this one until "
+                "login.conf(5) defines it (and cap_mkdb is run)",
             )
         )
     return notes

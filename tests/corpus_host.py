@@ -23,6 +23,12 @@ class CorpusHost:
     def process_exists(self, pid: int) -> bool | None:
         return pid == 1
 
+    def jail_exists(self, name: str) -> bool | None:
+        return name == "db1"
+
+    def loginclass_exists(self, name: str) -> bool | None:
+        return name in ("default", "daemon")
+
     def name_of_uid(self, uid: int) -> str | None:
         return {80: "www", 0: "root"}.get(uid)
 

@@ -363,6 +363,8 @@ NOTES = [
     Note("jail:db1:memoryuse:deny=8g", 20, "memoryuse-deny-pages-out", Severity.INFO, "vmemoryuse"),
     Note("jail:db1:pcpu:deny=50", 15, "pcpu-deny-throttles", Severity.INFO, "put to sleep"),
     Note("process:1:maxproc:deny=10", 1, "process-rule-transient", Severity.INFO, "jail instead"),
+    Note("jail:web9:maxproc:deny=10", 6, "unknown-jail", Severity.WARNING, "jls name"),
+    Note("loginclass:staf:maxproc:deny=10", 12, "unknown-loginclass", Severity.WARNING, "cap_mkdb"),
 ]
 
 

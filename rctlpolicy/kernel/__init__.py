@@ -82,6 +82,12 @@ class _SimulatedHostResolver:
     def name_of_uid(self, uid: int) -> str | None:
         return self._simulator.host().name_of_uid(uid)
 
+    def jail_exists(self, name: str) -> bool | None:
+        return self._simulator.host().jail_exists(name)
+
+    def loginclass_exists(self, name: str) -> bool | None:
+        return self._simulator.host().loginclass_exists(name)
+
 
 def user_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")

@@ -156,6 +156,12 @@ class HostSpec:
     def process_exists(self, pid: int) -> bool | None:
         return pid in self.processes
 
+    def jail_exists(self, name: str) -> bool | None:
+        return any(jail.name == name for jail in self.jails)
+
+    def loginclass_exists(self, name: str) -> bool | None:
+        return name in self.loginclasses or name == "default"
+
     def name_of_uid(self, uid: int) -> str | None:
         """getpwuid(3) on this host: the first user name with that uid."""
         for name, number in self.users.items():
