@@ -94,8 +94,17 @@ def _parse_filter(text: str | None, setup: Any) -> Any:
     return check.filter
 
 
-def _kernel_failure(error: Exception) -> int:
-    print(f"rctlpolicy: {error}", file=sys.stderr)
+def _kernel_failure(error: Exception, doing: str, operand: str | None = None,
+                    hint: str = "") -> int:
+    """A refused kernel call, worded like rctl(8): what failed, for what, and why. A host or
+    state file that cannot be used is an I/O error (exit 2), not a refusal."""
+    from rctlpolicy.kernel.base import KernelError
+
+    if not isinstance(error, KernelError):
+        print(f"rctlpolicy: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"rctlpolicy: failed to {doing} '{operand or error.text}': {error.reason}{hint}",
+          file=sys.stderr)
     return EXIT_FINDINGS
 
 
@@ -110,8 +119,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         rules = setup.kernel.rules(rule_filter)
-    except KernelError as error:
-        return _kernel_failure(error)
+    except (KernelError, OSError) as error:
+        return _kernel_failure(error, "show rules for", args.filter)
     if args.format == "json":
         print(json.dumps([{"rule": rule.canonical} for rule in rules], indent=2))
         return EXIT_OK
@@ -132,15 +141,22 @@ def _cmd_usage(args: argparse.Namespace) -> int:
             rule_filter = _parse_filter(args.filter, setup)
             if rule_filter is None:
                 return EXIT_USAGE
-            usage = setup.kernel.usage(rule_filter)
+            try:
+                usage = setup.kernel.usage(rule_filter)
+            except (KernelError, OSError) as error:
+                # EINVAL without a subject id: say which operand the kernel wants.
+                hint = (" (name a subject and its id: jail:db1, user:www, process:4242)"
+                        if rule_filter.subject_id is None else "")
+                return _kernel_failure(error, "show resource consumption for", args.filter,
+                                       hint)
             if args.format == "json":
                 print(json.dumps({str(r): v for r, v in usage.items()}, indent=2))
             else:
                 sys.stdout.write(usage_lines(usage, human=not args.exact))
             return EXIT_OK
         table = jail_usage_table(setup.kernel)
-    except KernelError as error:
-        return _kernel_failure(error)
+    except (KernelError, OSError) as error:
+        return _kernel_failure(error, "show resource consumption for")
     if args.format == "json":
         print(json.dumps(table.as_json(), indent=2))
     else:
@@ -150,6 +166,7 @@ def _cmd_usage(args: argparse.Namespace) -> int:
 
 def _load_policy_for_kernel(args: argparse.Namespace, setup: Any) -> Any:
     """Lint the policy against the kernel's host (user names -> uids); None when invalid."""
+    from rctlpolicy.apply import PolicyResolver
     from rctlpolicy.files import PolicyReadError, read_policy_files
     from rctlpolicy.formats import format_text
     from rctlpolicy.lint import lint_files
@@ -160,7 +177,9 @@ def _load_policy_for_kernel(args: argparse.Namespace, setup: Any) -> Any:
     except PolicyReadError as error:
         print(f"rctlpolicy: {error}", file=sys.stderr)
         return None
-    result = lint_files(files, setup.resolver)
+    # Whether a process still exists is the kernel's to say when the rule is added (one
+    # refusal, reported), not a reason to change nothing.
+    result = lint_files(files, PolicyResolver(setup.resolver))
     problems = [d for d in result.diagnostics if d.severity.value == "error"]
     if problems:
         sys.stderr.write(format_text(problems, _use_colour(sys.stderr)))
@@ -189,8 +208,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     try:
         plan = plan_for(setup.kernel, _desired_rules(policy, setup),
                         AppliedRules(setup.state_dir / "applied.json"), args.prune)
-    except KernelError as error:
-        return _kernel_failure(error)
+    except (KernelError, OSError) as error:
+        return _kernel_failure(error, "show rules for")
     if args.format == "json":
         print(json.dumps({
             "add": [r.canonical for r in plan.to_add],
@@ -221,8 +240,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     try:
         report = apply_rules(setup.kernel, _desired_rules(policy, setup),
                              AppliedRules(setup.state_dir / "applied.json"), args.prune)
-    except KernelError as error:
-        return _kernel_failure(error)
+    except (KernelError, OSError) as error:
+        return _kernel_failure(error, "apply the policy, stopped at")
     for rule in report.removed:
         print(f"- {rule.canonical}")
     for old, new in report.plan.replaced:

@@ -8,10 +8,11 @@ no `_created` series.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource as resource_module
-import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -38,13 +39,14 @@ from rctlpolicy import __version__
 from rctlpolicy import metric_names as names
 from rctlpolicy.kernel.base import Kernel, KernelError
 from rctlpolicy.metric_names import metric_spec, resource_metrics
-from rctlpolicy.model import Filter, Resource, SubjectType
+from rctlpolicy.model import Filter, Resource, Rule, SubjectType
 
 log = logging.getLogger("rctlpolicy.exporter")
 
 CLASSIC_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 EVENT_OUTCOMES = ("handled", "unmatched", "malformed", "truncated")
 ACTION_OUTCOMES = ("ok", "failed", "timeout", "suppressed", "exhausted")
+TEXTFILE_MODE = 0o644
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -75,8 +77,9 @@ class DaemonStats:
         with self.lock:
             self.events[outcome] += 1
 
-    def count_action(self, name: str, resource: str, outcome: str,
-                     duration: float | None = None) -> None:
+    def count_action(
+        self, name: str, resource: str, outcome: str, duration: float | None = None
+    ) -> None:
         with self.lock:
             self.actions[(name, resource, outcome)] += 1
             if duration is not None:
@@ -102,13 +105,24 @@ class DaemonStats:
 
 
 class JailCollector(Collector):
-    """jail_exporter-compatible usage per running jail, and the jail rules in force."""
+    """jail_exporter-compatible usage per running jail, and the rules in force.
+
+    Every series of a jail (its id, usage and limits) is built from the jails running at the
+    scrape, so a jail that stopped disappears from the next scrape. Rules on users, login
+    classes and processes are `rctlpolicy_rule_info` series: labels with the rule's fields,
+    never the whole rule text.
+    """
 
     def __init__(self, kernel: Kernel, stats: DaemonStats | None = None) -> None:
         self.kernel = kernel
         self.stats = stats
 
     def collect(self) -> Iterator[Metric]:
+        """The families of one scrape, built fresh from the kernel."""
+        racct_ok = self.kernel.racct_status().enabled
+        if self.stats is not None:
+            with self.stats.lock:
+                self.stats.racct_enabled = racct_ok
         try:
             jails = list(self.kernel.jails())
         except (KernelError, OSError) as error:
@@ -123,57 +137,65 @@ class JailCollector(Collector):
         usage_families: dict[Resource, GaugeMetricFamily | CounterMetricFamily] = {}
         for res in Resource:
             spec = resource_metrics(res)
-            family_type = CounterMetricFamily if spec.usage_type.value == "counter" else (
-                GaugeMetricFamily)
+            family_type = (
+                CounterMetricFamily if spec.usage_type.value == "counter" else GaugeMetricFamily
+            )
             usage_families[res] = family_type(spec.usage, _help(spec.usage), labels=["name"])
-        racct_ok = True
-        for jail in jails:
+        # With RACCT off every call fails with ENOSYS: the families stay empty, and
+        # rctlpolicy_racct_enabled says why.
+        for jail in jails if racct_ok else []:
             try:
                 usage = self.kernel.usage(Filter(SubjectType.JAIL, jail.name))
-            except KernelError as error:
-                racct_ok = error.errno_name != "ENOSYS"
+            except (KernelError, OSError) as error:
                 log.warning("cannot read usage of jail %s: %s", jail.name, error)
-                if not racct_ok:
-                    break
                 continue
             for res, value in usage.items():
                 usage_families[res].add_metric([jail.name], value)
-        if self.stats is not None and jails:
-            with self.stats.lock:
-                self.stats.racct_enabled = racct_ok
         yield from usage_families.values()
-        yield from self._limits()
+        yield from self._limits({jail.name for jail in jails}, racct_ok)
 
-    def _limits(self) -> Iterator[Metric]:
-        try:
-            rules = self.kernel.rules(Filter())
-        except KernelError as error:
-            log.warning("cannot list rules: %s", error)
-            rules = []
+    def _limits(self, running: set[str], racct_ok: bool) -> Iterator[Metric]:
+        rules: list[Rule] = []
+        if racct_ok:
+            try:
+                rules = self.kernel.rules(Filter())
+            except (KernelError, OSError) as error:
+                log.warning("cannot list rules: %s", error)
         # Two rules can differ only by amount (log at 80 %, log at 90 %): one series per label
         # set, the strictest amount, keeps the exposition valid and "% of limit" meaningful.
         limits: dict[tuple[Resource, str, str, str], int] = {}
         info: set[tuple[str, str, str, str, str]] = set()
         for rule in rules:
             if rule.subject is SubjectType.JAIL:
+                if rule.subject_id not in running:
+                    continue  # a jail that is not running has no series
                 key = (rule.resource, rule.subject_id, rule.action.value, rule.per.value)
                 limits[key] = min(rule.amount, limits.get(key, rule.amount))
             else:
-                info.add((rule.subject.value, rule.subject_id, rule.resource.value,
-                          rule.action.value, rule.per.value))
+                info.add(
+                    (
+                        rule.subject.value,
+                        rule.subject_id,
+                        rule.resource.value,
+                        rule.action.value,
+                        rule.per.value,
+                    )
+                )
         families: dict[Resource, GaugeMetricFamily] = {}
         for (res, jail, action, per), amount in sorted(limits.items()):
             family = families.get(res)
             if family is None:
                 limit_name = resource_metrics(res).limit
-                family = GaugeMetricFamily(limit_name, _help(limit_name),
-                                           labels=["name", "action", "per"])
+                family = GaugeMetricFamily(
+                    limit_name, _help(limit_name), labels=list(names.LIMIT_LABELS)
+                )
                 families[res] = family
             family.add_metric([jail, action, per], amount)
         yield from families.values()
         rule_info = GaugeMetricFamily(
-            names.RCTLPOLICY_RULE_INFO, _help(names.RCTLPOLICY_RULE_INFO),
-            labels=["subject", "subject_id", "resource", "action", "per"],
+            names.RCTLPOLICY_RULE_INFO,
+            _help(names.RCTLPOLICY_RULE_INFO),
+            labels=list(metric_spec(names.RCTLPOLICY_RULE_INFO).labels),
         )
         for labels in sorted(info):
             rule_info.add_metric(list(labels), 1)
@@ -189,39 +211,54 @@ class DaemonCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         s = self.stats
         with s.lock:
-            build = GaugeMetricFamily(names.RCTLPOLICY_BUILD_INFO,
-                                      _help(names.RCTLPOLICY_BUILD_INFO),
-                                      labels=["version", "python"])
-            build.add_metric([__version__, sys.version.split()[0]], 1)
+            build = GaugeMetricFamily(
+                names.RCTLPOLICY_BUILD_INFO,
+                _help(names.RCTLPOLICY_BUILD_INFO),
+                labels=list(metric_spec(names.RCTLPOLICY_BUILD_INFO).labels),
+            )
+            build.add_metric([__version__], 1)
             yield build
-            yield GaugeMetricFamily(names.RCTLPOLICY_RACCT_ENABLED,
-                                    _help(names.RCTLPOLICY_RACCT_ENABLED),
-                                    value=int(s.racct_enabled))
-            yield GaugeMetricFamily(names.RCTLPOLICY_CONFIG_LAST_RELOAD_SUCCESSFUL,
-                                    _help(names.RCTLPOLICY_CONFIG_LAST_RELOAD_SUCCESSFUL),
-                                    value=int(s.last_reload_ok))
+            yield GaugeMetricFamily(
+                names.RCTLPOLICY_RACCT_ENABLED,
+                _help(names.RCTLPOLICY_RACCT_ENABLED),
+                value=int(s.racct_enabled),
+            )
+            yield GaugeMetricFamily(
+                names.RCTLPOLICY_CONFIG_LAST_RELOAD_SUCCESSFUL,
+                _help(names.RCTLPOLICY_CONFIG_LAST_RELOAD_SUCCESSFUL),
+                value=int(s.last_reload_ok),
+            )
             yield GaugeMetricFamily(
                 names.RCTLPOLICY_CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
                 _help(names.RCTLPOLICY_CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS),
                 value=s.last_reload_success,
             )
-            yield GaugeMetricFamily(names.RCTLPOLICY_RULES, _help(names.RCTLPOLICY_RULES),
-                                    value=s.rules)
-            yield GaugeMetricFamily(names.RCTLPOLICY_DEVD_CONNECTED,
-                                    _help(names.RCTLPOLICY_DEVD_CONNECTED),
-                                    value=int(s.devd_connected))
-            yield CounterMetricFamily(names.RCTLPOLICY_DEVD_RECONNECTS_TOTAL,
-                                      _help(names.RCTLPOLICY_DEVD_RECONNECTS_TOTAL),
-                                      value=s.devd_reconnects)
-            events = CounterMetricFamily(names.RCTLPOLICY_EVENTS_TOTAL,
-                                         _help(names.RCTLPOLICY_EVENTS_TOTAL),
-                                         labels=["outcome"])
+            yield GaugeMetricFamily(
+                names.RCTLPOLICY_RULES, _help(names.RCTLPOLICY_RULES), value=s.rules
+            )
+            yield GaugeMetricFamily(
+                names.RCTLPOLICY_DEVD_CONNECTED,
+                _help(names.RCTLPOLICY_DEVD_CONNECTED),
+                value=int(s.devd_connected),
+            )
+            yield CounterMetricFamily(
+                names.RCTLPOLICY_DEVD_RECONNECTS_TOTAL,
+                _help(names.RCTLPOLICY_DEVD_RECONNECTS_TOTAL),
+                value=s.devd_reconnects,
+            )
+            events = CounterMetricFamily(
+                names.RCTLPOLICY_EVENTS_TOTAL,
+                _help(names.RCTLPOLICY_EVENTS_TOTAL),
+                labels=["outcome"],
+            )
             for outcome in EVENT_OUTCOMES:
                 events.add_metric([outcome], s.events.get(outcome, 0))
             yield events
-            actions = CounterMetricFamily(names.RCTLPOLICY_ACTIONS_TOTAL,
-                                          _help(names.RCTLPOLICY_ACTIONS_TOTAL),
-                                          labels=["name", "resource", "outcome"])
+            actions = CounterMetricFamily(
+                names.RCTLPOLICY_ACTIONS_TOTAL,
+                _help(names.RCTLPOLICY_ACTIONS_TOTAL),
+                labels=["name", "resource", "outcome"],
+            )
             for (name, res, outcome), count in sorted(s.actions.items()):
                 actions.add_metric([name, res, outcome], count)
             yield actions
@@ -231,12 +268,17 @@ class DaemonCollector(Collector):
                 running = count  # buckets already hold cumulative counts (<= bound)
                 cumulative.append((_bound(bound), running))
             cumulative.append(("+Inf", s.duration_count))
-            yield HistogramMetricFamily(names.RCTLPOLICY_ACTION_DURATION_SECONDS,
-                                        _help(names.RCTLPOLICY_ACTION_DURATION_SECONDS),
-                                        buckets=cumulative, sum_value=s.duration_sum)
-            exhausted = GaugeMetricFamily(names.RCTLPOLICY_EXHAUSTED_ACTIONS,
-                                          _help(names.RCTLPOLICY_EXHAUSTED_ACTIONS),
-                                          labels=["name", "resource", "jail"])
+            yield HistogramMetricFamily(
+                names.RCTLPOLICY_ACTION_DURATION_SECONDS,
+                _help(names.RCTLPOLICY_ACTION_DURATION_SECONDS),
+                buckets=cumulative,
+                sum_value=s.duration_sum,
+            )
+            exhausted = GaugeMetricFamily(
+                names.RCTLPOLICY_EXHAUSTED_ACTIONS,
+                _help(names.RCTLPOLICY_EXHAUSTED_ACTIONS),
+                labels=["name", "resource", "jail"],
+            )
             for labels in sorted(s.exhausted):
                 exhausted.add_metric(list(labels), 1)
             yield exhausted
@@ -251,19 +293,28 @@ def _bound(value: float) -> str:
 def process_metrics(start_time: float) -> Iterator[Metric]:
     """CPU, memory, start time and open fds of this process, by means FreeBSD has too."""
     times = os.times()
-    yield CounterMetricFamily(names.RCTLPOLICY_PROCESS_CPU_SECONDS_TOTAL,
-                              _help(names.RCTLPOLICY_PROCESS_CPU_SECONDS_TOTAL),
-                              value=times.user + times.system)
+    yield CounterMetricFamily(
+        names.RCTLPOLICY_PROCESS_CPU_SECONDS_TOTAL,
+        _help(names.RCTLPOLICY_PROCESS_CPU_SECONDS_TOTAL),
+        value=times.user + times.system,
+    )
     rss = resident_memory_bytes()
     if rss is not None:
-        yield GaugeMetricFamily(names.RCTLPOLICY_PROCESS_RESIDENT_MEMORY_BYTES,
-                                _help(names.RCTLPOLICY_PROCESS_RESIDENT_MEMORY_BYTES),
-                                value=rss)
-    yield GaugeMetricFamily(names.RCTLPOLICY_PROCESS_START_TIME_SECONDS,
-                            _help(names.RCTLPOLICY_PROCESS_START_TIME_SECONDS),
-                            value=start_time)
-    yield GaugeMetricFamily(names.RCTLPOLICY_PROCESS_OPEN_FDS,
-                            _help(names.RCTLPOLICY_PROCESS_OPEN_FDS), value=open_fds())
+        yield GaugeMetricFamily(
+            names.RCTLPOLICY_PROCESS_RESIDENT_MEMORY_BYTES,
+            _help(names.RCTLPOLICY_PROCESS_RESIDENT_MEMORY_BYTES),
+            value=rss,
+        )
+    yield GaugeMetricFamily(
+        names.RCTLPOLICY_PROCESS_START_TIME_SECONDS,
+        _help(names.RCTLPOLICY_PROCESS_START_TIME_SECONDS),
+        value=start_time,
+    )
+    yield GaugeMetricFamily(
+        names.RCTLPOLICY_PROCESS_OPEN_FDS,
+        _help(names.RCTLPOLICY_PROCESS_OPEN_FDS),
+        value=open_fds(),
+    )
 
 
 def resident_memory_bytes() -> int | None:
@@ -322,7 +373,23 @@ def renderer(registry: CollectorRegistry) -> Callable[[str | None], tuple[bytes,
 
 
 def write_textfile(registry: CollectorRegistry, path: Path) -> None:
-    """node_exporter's textfile collector format, replaced atomically."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_bytes(classic_text(registry))
-    os.replace(temp, path)
+    """node_exporter's textfile collector format, replaced atomically: a reader sees the old
+    file or the new one, never half of one.
+
+    The temporary file is unique (two threads may write at once), hidden and not `*.prom`
+    (node_exporter reads only those), and made world-readable like the file it replaces
+    (node_exporter does not run as root).
+    """
+    text = classic_text(registry)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, TEXTFILE_MODE)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise

@@ -92,22 +92,23 @@ class RuleSyntax(NamedTuple):
         return self.fields[index]
 
 
-_GROUP_NUMBERS: dict[re.Pattern[str], tuple[int, ...]] = {}
+def _group_numbers(element: pp.Regex) -> tuple[int, ...]:
+    index = element.re.groupindex
+    return tuple(index[name] for name in (*_GROUPS, "sep", "slash"))
 
 
-def _group_numbers(pattern: re.Pattern[str]) -> tuple[int, ...]:
-    numbers = _GROUP_NUMBERS.get(pattern)
-    if numbers is None:
-        index = pattern.groupindex
-        numbers = tuple(index[name] for name in (*_GROUPS, "sep", "slash"))
-        _GROUP_NUMBERS[pattern] = numbers
-    return numbers
+_RULE_GROUPS = _group_numbers(RULE)
+_CONF_GROUPS = _group_numbers(CONF_LINE)
+_CONF_WORD_GROUP = CONF_LINE.re.groupindex["word"]
+_CONF_REST_GROUP = CONF_LINE.re.groupindex["rest"]
 
 
-def _syntax_from_match(match: re.Match[str], text: str, base: int) -> RuleSyntax:
+def _syntax_from_match(
+    match: re.Match[str], text: str, base: int, numbers: tuple[int, ...]
+) -> RuleSyntax:
     # Group numbers and `regs` instead of names and start()/end() calls: this runs once per
     # rule of a policy file, the hot path of lint.
-    n0, n1, n2, n3, n4, n5, n_sep, n_slash = _group_numbers(match.re)
+    n0, n1, n2, n3, n4, n5, n_sep, n_slash = numbers
     regs = match.regs
     group = match.group
     # An absent field "starts" where the previous one ended: where a caret should point.
@@ -134,7 +135,7 @@ def _syntax_from_match(match: re.Match[str], text: str, base: int) -> RuleSyntax
 def parse_rule_syntax(text: str) -> RuleSyntax:
     """Cut any string into rule fields exactly as kern_rctl.c does (this never fails)."""
     match: re.Match[str] = RULE.parse_string(text)[0]
-    return _syntax_from_match(match, text, 0)
+    return _syntax_from_match(match, text, 0, _RULE_GROUPS)
 
 
 class ConfLine(NamedTuple):
@@ -158,14 +159,14 @@ def parse_conf(text: str) -> list[ConfLine]:
         number += 1
         line_start = match.start()
         line_text = match.group(0).rstrip("\n")
-        word = match.group("word")
+        word = match.group(_CONF_WORD_GROUP)
         if not word:
             lines.append(ConfLine(number, line_text, None, 0, None, 0))
             continue
-        word_start = match.start("word")
-        syntax = _syntax_from_match(match, word, word_start)
-        rest = match.group("rest") or None
-        rest_column = match.start("rest") - line_start if rest else 0
+        word_start = match.start(_CONF_WORD_GROUP)
+        syntax = _syntax_from_match(match, word, word_start, _CONF_GROUPS)
+        rest = match.group(_CONF_REST_GROUP) or None
+        rest_column = match.start(_CONF_REST_GROUP) - line_start if rest else 0
         lines.append(
             ConfLine(number, line_text, syntax, word_start - line_start, rest, rest_column)
         )

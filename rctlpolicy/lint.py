@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from rctlpolicy.diagnostics import Diagnostic, sorted_diagnostics
 from rctlpolicy.model import Action, Severity
-from rctlpolicy.policy import LoadedPolicy, PolicyFile, load_policy
+from rctlpolicy.policy import LoadedPolicy, PolicyFile, load_policy, no_cyclic_gc
 from rctlpolicy.policy_model import Policy, PolicyRule
 from rctlpolicy.semantics import OFFLINE, Resolver
 
@@ -32,6 +32,11 @@ class LintResult:
 
 def lint_files(files: Sequence[PolicyFile], resolver: Resolver = OFFLINE) -> LintResult:
     """Load the policy and run every cross-rule check over it."""
+    with no_cyclic_gc():
+        return _lint(files, resolver)
+
+
+def _lint(files: Sequence[PolicyFile], resolver: Resolver) -> LintResult:
     loaded: LoadedPolicy = load_policy(files, resolver)
     sources = {f.path: f.text.splitlines() for f in files}
     diagnostics = list(loaded.diagnostics)

@@ -5,6 +5,9 @@ are removed when the policy drops them, never rules that other tools (jail manag
 put into the kernel, unless pruning is asked for. A deny added for a subject, resource and per
 that already has a deny with another amount replaces it in the kernel (kern_rctl.c:
 rctl_rule_add), so such a rule is listed as replaced and needs no removal call.
+
+`Rule.canonical` is built afresh on every access; each rule's text is taken once here, which
+keeps a no-op plan of 10,000 rules a small fraction of the time it takes to parse them.
 """
 
 from __future__ import annotations
@@ -12,11 +15,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rctlpolicy.model import Action, Rule
+from rctlpolicy.model import Action, Resource, Rule, SubjectType
+
+#: What a deny replaces on add: the same subject, id, resource and per, any amount.
+DenyKey = tuple[SubjectType, str, Resource, SubjectType]
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    """What an apply does: rules to add, owned rules to remove, denies the kernel replaces."""
+
     to_add: tuple[Rule, ...]
     to_remove: tuple[Rule, ...]
     #: (rule in force, the added deny that replaces it).
@@ -26,10 +34,11 @@ class Plan:
 
     @property
     def empty(self) -> bool:
+        """True when the kernel already matches the policy (apply would make no call)."""
         return not (self.to_add or self.to_remove or self.replaced)
 
     def lines(self) -> list[str]:
-        """`+`/`-` lines in canonical form, removals first within each rule key."""
+        """`+`/`-` lines in canonical form: removals, then replacements, then additions."""
         out = [f"- {rule.canonical}" for rule in self.to_remove]
         for old, new in self.replaced:
             out.append(f"- {old.canonical}  (replaced by {new.canonical})")
@@ -37,55 +46,59 @@ class Plan:
         return out
 
 
-def _deny_key(rule: Rule) -> tuple[object, ...]:
+def _deny_key(rule: Rule) -> DenyKey:
     return (rule.subject, rule.subject_id, rule.resource, rule.per)
+
+
+def _normalized(rules: Iterable[Rule]) -> dict[str, Rule]:
+    """canonical -> rule, in the order the kernel would list them as added last."""
+    by_canonical: dict[str, Rule] = {}
+    last_deny: dict[DenyKey, str] = {}
+    for rule in rules:
+        canonical = rule.canonical
+        if rule.action is Action.DENY:
+            key = _deny_key(rule)
+            previous = last_deny.get(key)
+            if previous is not None and previous != canonical:
+                by_canonical.pop(previous, None)
+            last_deny[key] = canonical
+        # Re-inserting moves a repeated rule to where it was last added.
+        by_canonical.pop(canonical, None)
+        by_canonical[canonical] = rule
+    return by_canonical
 
 
 def normalize_desired(rules: Iterable[Rule]) -> list[Rule]:
     """What the kernel would hold after adding `rules` in order: exact duplicates collapse,
     and for deny only the last amount per (subject, id, resource, per) survives."""
-    by_canonical: dict[str, Rule] = {}
-    last_deny: dict[tuple[object, ...], str] = {}
-    for rule in rules:
-        if rule.action is Action.DENY:
-            previous = last_deny.get(_deny_key(rule))
-            if previous is not None and previous != rule.canonical:
-                by_canonical.pop(previous, None)
-            last_deny[_deny_key(rule)] = rule.canonical
-        by_canonical.pop(rule.canonical, None)
-        by_canonical[rule.canonical] = rule
-    return list(by_canonical.values())
+    return list(_normalized(rules).values())
 
 
 def make_plan(
     desired: Iterable[Rule], in_force: Iterable[Rule], owned: Iterable[str], prune: bool = False
 ) -> Plan:
-    wanted = normalize_desired(desired)
-    wanted_set = {rule.canonical for rule in wanted}
+    """Compare the policy's rules with the kernel's; `owned` holds the canonical texts of the
+    rules earlier applies added (the only ones removed unless `prune`)."""
+    wanted = _normalized(desired)
     current = {rule.canonical: rule for rule in in_force}
-    owned_set = set(owned)
-    to_add = tuple(rule for rule in wanted if rule.canonical not in current)
-    replaced: list[tuple[Rule, Rule]] = []
-    replaced_set: set[str] = set()
+    owned_set = owned if isinstance(owned, set | frozenset) else set(owned)
+    to_add = tuple(rule for canonical, rule in wanted.items() if canonical not in current)
     denies_added = {_deny_key(rule): rule for rule in to_add if rule.action is Action.DENY}
+    replaced: list[tuple[Rule, Rule]] = []
+    to_remove: list[Rule] = []
+    foreign: list[Rule] = []
     for canonical, rule in current.items():
-        if canonical in wanted_set or rule.action is not Action.DENY:
+        if canonical in wanted:
             continue
-        new = denies_added.get(_deny_key(rule))
-        if new is not None:
-            replaced.append((rule, new))
-            replaced_set.add(canonical)
-    to_remove = tuple(
-        rule
-        for canonical, rule in current.items()
-        if canonical not in wanted_set
-        and canonical not in replaced_set
-        and (prune or canonical in owned_set)
-    )
-    foreign = tuple(
-        rule
-        for canonical, rule in current.items()
-        if canonical not in wanted_set and canonical not in owned_set and not prune
-        and canonical not in replaced_set
-    )
-    return Plan(to_add, to_remove, tuple(replaced), foreign)
+        if denies_added and rule.action is Action.DENY:
+            new = denies_added.get(_deny_key(rule))
+            if new is not None:
+                # The kernel drops the old deny when the new one is added: no removal call,
+                # whoever added it (two denies for one key cannot both be in force).
+                replaced.append((rule, new))
+                continue
+        if prune or canonical in owned_set:
+            to_remove.append(rule)
+        else:
+            foreign.append(rule)
+    return Plan(to_add, tuple(to_remove), tuple(replaced), tuple(foreign))

@@ -30,6 +30,7 @@ from rctlpolicy.amounts import (
 from rctlpolicy.grammar import (
     ACTION,
     AMOUNT,
+    FIELD_NAMES,
     PER,
     RESOURCE,
     SUBJECT,
@@ -725,7 +726,7 @@ def _kernel_subject_id(
             return None
         return format_subject_id(subject, str(value))
     limit = LOGINCLASS_NAME_MAX if subject is SubjectType.LOGINCLASS else JAIL_NAME_MAX
-    if len(text.encode()) > limit:
+    if _byte_length_over(text, limit):
         problems.append(
             Problem(
                 SUBJECT_ID,
@@ -854,6 +855,21 @@ def _add_checks(parsed: _KernelFields, problems: list[Problem], syntax: RuleSynt
         )
 
 
+def _first_missing(parsed: _KernelFields) -> int | None:
+    """The first field rctl_add_rule needs that is undefined (the kernel's EINVAL)."""
+    if parsed.subject is None:
+        return SUBJECT
+    if parsed.subject_id is None:
+        return SUBJECT_ID
+    if parsed.resource is None:
+        return RESOURCE
+    if parsed.action is None:
+        return ACTION
+    if parsed.amount is None:
+        return AMOUNT
+    return None
+
+
 def _missing(field_index: int, what: str) -> Problem:
     examples = {
         SUBJECT: "start with process, user, loginclass or jail",
@@ -873,6 +889,12 @@ def _missing(field_index: int, what: str) -> Problem:
 
 
 _ERROR = Severity.ERROR
+
+
+def _byte_length_over(text: str, limit: int) -> bool:
+    """len(text.encode()) > limit, without encoding the common short text (UTF-8 needs at
+    most 4 bytes a character)."""
+    return len(text) * 4 > limit and len(text.encode()) > limit
 
 
 def _has_error(problems: list[Problem]) -> bool:
@@ -907,7 +929,7 @@ def check_rule(
     if SUBJECT_ID in bad and not syntax.has_colon:
         return RuleCheck(syntax, None, tuple(problems), tuple(rewrite.fields))
     values = rewrite.fields
-    if len(syntax.text.encode()) > RULE_TEXT_MAX:
+    if _byte_length_over(syntax.text, RULE_TEXT_MAX):
         problems.append(
             Problem(
                 None,
@@ -922,21 +944,14 @@ def check_rule(
     parsed = _kernel_parse(values, syntax, resolver, problems, bad, rewrite.user_name)
     if parsed.per is None and parsed.subject is not None:
         parsed.per = parsed.subject
-    if not _has_error(problems):
-        for index, value, name in (
-            (SUBJECT, parsed.subject, "subject"),
-            (SUBJECT_ID, parsed.subject_id, "subject-id"),
-            (RESOURCE, parsed.resource, "resource"),
-            (ACTION, parsed.action, "action"),
-            (AMOUNT, parsed.amount, "amount"),
-        ):
-            if value is None:
-                problems.append(_missing(index, name))
-                break
+    if not problems or not _has_error(problems):
+        missing = _first_missing(parsed)
+        if missing is not None:
+            problems.append(_missing(missing, FIELD_NAMES[missing]))
     rule = None
-    if not _has_error(problems):
+    if not problems or not _has_error(problems):
         _add_checks(parsed, problems, syntax)
-    if not _has_error(problems):
+    if not problems or not _has_error(problems):
         assert parsed.subject and parsed.subject_id is not None and parsed.resource
         assert parsed.action and parsed.amount is not None and parsed.per
         rule = Rule(
@@ -965,7 +980,7 @@ def check_filter(
     problems = rewrite.problems
     if SUBJECT_ID in rewrite.bad_fields and not syntax.has_colon:
         return FilterCheck(syntax, None, tuple(problems), tuple(rewrite.fields))
-    if len(syntax.text.encode()) > RULE_TEXT_MAX:
+    if _byte_length_over(syntax.text, RULE_TEXT_MAX):
         problems.append(
             Problem(
                 None,

@@ -54,6 +54,9 @@ def run_daemon(config: DaemonConfig) -> int:
     daemon = Daemon(config, setup.kernel, setup.resolver, state_dir, devd_paths=devd_paths)
     daemon.install_signal_handlers()
     try:
+        if config.pidfile is not None:
+            # Before the slow part: rc.subr finds the process while it starts.
+            write_pidfile(config.pidfile)
         try:
             daemon.start()
         except StartupError as error:
@@ -65,8 +68,6 @@ def run_daemon(config: DaemonConfig) -> int:
             print(f"rctlpolicy daemon: cannot start: {error}", file=sys.stderr)
             daemon.shutdown()
             return 1
-        if config.pidfile is not None:
-            write_pidfile(config.pidfile)
         return daemon.run()
     finally:
         daemon.restore_signal_handlers()

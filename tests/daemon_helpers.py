@@ -272,31 +272,29 @@ class DaemonProcess:
                 found[(sample.name, frozenset(sample.labels.items()))] = sample.value
         return found
 
-    def value(self, name: str, **labels: str) -> float:
+    def value(self, metric: str, /, **labels: str) -> float:
         """One sample's value; 0 when the series is absent (a counter never incremented)."""
-        return self.samples().get((name, frozenset(labels.items())), 0.0)
+        return self.samples().get((metric, frozenset(labels.items())), 0.0)
 
-    def total(self, name: str, **labels: str) -> float:
-        """The sum of the samples of `name` whose labels include `labels`."""
+    def total(self, metric: str, /, **labels: str) -> float:
+        """The sum of the samples of `metric` whose labels include `labels`."""
         wanted = set(labels.items())
         return sum(
             value
             for (sample, sample_labels), value in self.samples().items()
-            if sample == name and wanted <= sample_labels
+            if sample == metric and wanted <= sample_labels
         )
 
-    def wait_value(
-        self, name: str, expected: float, timeout: float = 10.0, **labels: str
-    ) -> None:
-        """Wait until a sample has exactly the expected value."""
+    def wait_value(self, metric: str, expected: float, /, **labels: str) -> None:
+        """Wait (up to 10 s) until a sample has exactly the expected value."""
         last: list[float] = []
 
         def reached() -> bool:
-            last[:] = [self.value(name, **labels)]
+            last[:] = [self.value(metric, **labels)]
             return last[0] == expected
 
         try:
-            wait_until(reached, timeout, f"{name}{labels} == {expected}", interval=0.05)
+            wait_until(reached, 10.0, f"{metric}{labels} == {expected}", interval=0.05)
         except AssertionError as error:
             raise AssertionError(f"{error} (last value {last})\n{self.log.text()[-3000:]}") from None
 
@@ -319,7 +317,7 @@ class DaemonProcess:
         self.proc.stdout.close()
 
 
-def write_config(path: Path, **settings: object) -> Path:
-    """A daemon config file: keys as the flags are spelt (use the underscore-free names)."""
-    path.write_text(yaml.safe_dump({key.replace("_", "-"): value for key, value in settings.items()}))
+def write_config(path: Path, settings: Mapping[str, object]) -> Path:
+    """A daemon config file (keys spelt as the flags, without the dashes)."""
+    path.write_text(yaml.safe_dump(dict(settings)))
     return path

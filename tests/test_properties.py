@@ -41,6 +41,12 @@ class AnyProcessHost:
     def process_exists(self, pid: int) -> bool | None:
         return True
 
+    def jail_exists(self, name: str) -> bool | None:
+        return None
+
+    def loginclass_exists(self, name: str) -> bool | None:
+        return None
+
 
 HOST = AnyProcessHost()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -90,7 +91,11 @@ class _SimulatedHostResolver:
 
 
 def user_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    """$XDG_STATE_HOME/rctlpolicy, or ~/.local/state/rctlpolicy (a relative XDG_STATE_HOME is
+    ignored, as the XDG base directory specification says)."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(base):
+        base = str(Path.home() / ".local" / "state")
     return Path(base) / "rctlpolicy"
 
 
@@ -107,8 +112,23 @@ def resolve_sim_host(sim_host: str | Path | None) -> Path:
         return path
     copy = user_state_dir() / "sim" / "host.yaml"
     if not copy.exists():
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(default_host_path(), copy)
+        try:
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            # Copied under another name and renamed: a command started at the same moment
+            # reads the whole file or makes its own copy, never half a host.
+            fd, temp = tempfile.mkstemp(prefix=".host.", suffix=".tmp", dir=copy.parent)
+            os.close(fd)
+            try:
+                shutil.copyfile(default_host_path(), temp)
+                os.replace(temp, copy)
+            finally:
+                if os.path.exists(temp):
+                    os.unlink(temp)
+        except OSError as error:
+            raise KernelSetupError(
+                f"cannot create the simulated host {copy}: {error.strerror or error}; "
+                "give one with --sim-host or RCTLPOLICY_SIM_HOST"
+            ) from error
     return copy
 
 
