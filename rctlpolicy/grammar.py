@@ -52,19 +52,17 @@ def _rule_pattern(blank: str) -> str:
 
 _GROUPS = ("subject", "subject_id", "resource", "action", "amount", "per")
 
-RULE = pp.Regex("(?s)" + _rule_pattern(""), as_match=True).leave_whitespace().set_name("rule")
-RULE.parse_with_tabs()
+_RULE_PATTERN = "(?s)" + _rule_pattern("")
+_CONF_LINE_PATTERN = (
+    r"(?!\Z)[ \t]*(?:(?P<comment>\#[^\n]*)|(?P<word>"
+    + _rule_pattern(r" \t\n")
+    + r")(?:[ \t]+(?P<rest>[^\n]*?))?[ \t]*)?(?:\n|\Z)"
+)
 
-_CONF_WORD = _rule_pattern(r" \t\n")
+RULE = pp.Regex(_RULE_PATTERN, as_match=True).leave_whitespace().set_name("rule")
+RULE.parse_with_tabs()
 CONF_LINE = (
-    pp.Regex(
-        r"(?!\Z)[ \t]*(?:(?P<comment>\#[^\n]*)|(?P<word>"
-        + _CONF_WORD
-        + r")(?:[ \t]+(?P<rest>[^\n]*?))?[ \t]*)?(?:\n|\Z)",
-        as_match=True,
-    )
-    .leave_whitespace()
-    .set_name("rctl.conf line")
+    pp.Regex(_CONF_LINE_PATTERN, as_match=True).leave_whitespace().set_name("rctl.conf line")
 )
 CONF_FILE = pp.ZeroOrMore(CONF_LINE).leave_whitespace().set_name("rctl.conf")
 CONF_FILE.parse_with_tabs()
@@ -92,15 +90,15 @@ class RuleSyntax(NamedTuple):
         return self.fields[index]
 
 
-def _group_numbers(element: pp.Regex) -> tuple[int, ...]:
-    index = element.re.groupindex
-    return tuple(index[name] for name in (*_GROUPS, "sep", "slash"))
+def _group_numbers(pattern: str, *names: str) -> tuple[int, ...]:
+    index = re.compile(pattern).groupindex
+    return tuple(index[name] for name in names)
 
 
-_RULE_GROUPS = _group_numbers(RULE)
-_CONF_GROUPS = _group_numbers(CONF_LINE)
-_CONF_WORD_GROUP = CONF_LINE.re.groupindex["word"]
-_CONF_REST_GROUP = CONF_LINE.re.groupindex["rest"]
+_FIELD_GROUPS = (*_GROUPS, "sep", "slash")
+_RULE_GROUPS = _group_numbers(_RULE_PATTERN, *_FIELD_GROUPS)
+_CONF_GROUPS = _group_numbers(_CONF_LINE_PATTERN, *_FIELD_GROUPS)
+_CONF_WORD_GROUP, _CONF_REST_GROUP = _group_numbers(_CONF_LINE_PATTERN, "word", "rest")
 
 
 def _syntax_from_match(
