@@ -1,0 +1,166 @@
+"""The daemon's configuration: the YAML file, the flags, and which wins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rctlpolicy.cli import main
+from rctlpolicy.config import (
+    DEFAULT_LISTEN_ADDRESS,
+    FILE_KEYS,
+    ConfigError,
+    DaemonConfig,
+    build_config,
+    load_config_file,
+    split_address,
+)
+
+
+def config_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "rctlpolicy.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_every_setting_can_be_read_from_the_file(tmp_path: Path) -> None:
+    path = config_file(
+        tmp_path,
+        """\
+rules-dir: /etc/rp/rules
+kernel: sim
+sim-host: /var/sim/host.yaml
+devd-socket: /run/devd.seqpacket.pipe
+web.listen-address: "[::1]:9999"
+web.telemetry-path: /m
+web.config.file: /etc/rp/web.yml
+pidfile: /run/rp.pid
+syslog: true
+syslog-socket: /dev/log
+log-level: debug
+flush-on-exit: true
+output.file-path: /var/tmp/rp.prom
+state-dir: /var/db/rp
+jail-poll-interval: 2
+reload-debounce: 0.5
+shutdown-timeout: 3
+""",
+    )
+    values = load_config_file(path)
+    assert set(values) == set(FILE_KEYS.values())
+    config = build_config(values, {})
+    assert config == DaemonConfig(
+        rules_dir=Path("/etc/rp/rules"),
+        kernel="sim",
+        sim_host=Path("/var/sim/host.yaml"),
+        devd_socket=Path("/run/devd.seqpacket.pipe"),
+        listen_address="[::1]:9999",
+        telemetry_path="/m",
+        web_config_file=Path("/etc/rp/web.yml"),
+        pidfile=Path("/run/rp.pid"),
+        syslog=True,
+        syslog_socket="/dev/log",
+        log_level="debug",
+        flush_on_exit=True,
+        output_file=Path("/var/tmp/rp.prom"),
+        state_dir=Path("/var/db/rp"),
+        jail_poll_interval=2.0,
+        reload_debounce=0.5,
+        shutdown_timeout=3.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("rules_dir: /x\n", "unknown setting 'rules_dir'; did you mean 'rules-dir'?"),
+        ("web.listen-adress: ':1'\n", "did you mean 'web.listen-address'?"),
+        ("colour: red\n", "unknown setting 'colour'"),
+        ("syslog: yes please\n", "syslog: must be true or false"),
+        ("jail-poll-interval: 0\n", "must be a positive number of seconds"),
+        ("shutdown-timeout: true\n", "must be a positive number of seconds"),
+        ("rules-dir: ''\n", "rules-dir: must be a non-empty string"),
+        ("web.listen-address: 9913\n", "must be a non-empty string"),
+        ("- a list\n", "the configuration is a mapping of settings"),
+        ("key: [unclosed\n", "YAML error"),
+    ],
+)
+def test_file_errors_say_what_and_where(tmp_path: Path, text: str, message: str) -> None:
+    path = config_file(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(path)
+    assert message in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+def test_an_unknown_key_suggests_nothing_when_nothing_is_close(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(config_file(tmp_path, "zzz: 1\n"))
+    assert "did you mean" not in str(caught.value)
+
+
+def test_an_empty_file_is_all_defaults(tmp_path: Path) -> None:
+    assert load_config_file(config_file(tmp_path, "# nothing set\n")) == {}
+    assert build_config({}, {}) == DaemonConfig()
+
+
+def test_a_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="No such file"):
+        load_config_file(tmp_path / "absent.yaml")
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    path = config_file(tmp_path, "rules-dir: rules\npidfile: run/rp.pid\nsim-host: ../h.yaml\n")
+    values = load_config_file(path)
+    assert values["rules_dir"] == tmp_path / "rules"
+    assert values["pidfile"] == tmp_path / "run" / "rp.pid"
+    assert values["sim_host"] == tmp_path.parent / "h.yaml"
+
+
+def test_flags_given_override_the_file_and_flags_not_given_do_not(tmp_path: Path) -> None:
+    values = load_config_file(
+        config_file(tmp_path, "log-level: debug\nweb.listen-address: ':1234'\nsyslog: true\n")
+    )
+    config = build_config(values, {"log_level": "error", "listen_address": None, "syslog": None})
+    assert config.log_level == "error"  # the flag wins
+    assert config.listen_address == ":1234"  # not given on the command line: the file's
+    assert config.syslog is True
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"kernel": "linux"}, "kernel: 'linux' is not one of auto, freebsd, sim"),
+        ({"log_level": "loud"}, "log-level: 'loud' is not one of"),
+        ({"telemetry_path": "metrics"}, "must start with '/'"),
+        ({"listen_address": "localhost"}, "is not HOST:PORT"),
+        ({"listen_address": "h:99999"}, "is not HOST:PORT"),
+        ({"colour": "red"}, "unknown settings: colour"),
+    ],
+)
+def test_invalid_values_are_refused(flags: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config({}, flags)
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("127.0.0.1:9913", ("127.0.0.1", 9913)),
+        ("[::1]:0", ("::1", 0)),
+        (":9913", ("0.0.0.0", 9913)),
+        (DEFAULT_LISTEN_ADDRESS, ("127.0.0.1", 9913)),
+    ],
+)
+def test_split_address(address: str, expected: tuple[str, int]) -> None:
+    assert split_address(address) == expected
+
+
+def test_the_daemon_command_reports_a_bad_config_file_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config_file(tmp_path, "rule-dir: /x\n")
+    assert main(["daemon", "--config", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "unknown setting 'rule-dir'; did you mean 'rules-dir'?" in error

@@ -1,0 +1,229 @@
+"""The daemon's pure decisions: which rule and jail an RCTL event is about (the kernel cuts its
+messages at 127 bytes), when a reload must wait for an editor, which rules a resync may act on.
+
+Events are built as the kernel writes them (`format_rctl_event`) and read by the daemon's parser,
+so the tables exercise the real cut points.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from rctlpolicy.daemon import (
+    _ReloadDebouncer,
+    event_jail,
+    expand,
+    identify_rule,
+    load_rules,
+    needs_event_fields,
+    resync_candidate,
+    rule_text_may_be_cut,
+    save_in_progress,
+)
+from rctlpolicy.devd import RctlEvent, format_rctl_event, parse_rctl_event
+from rctlpolicy.grammar import parse_rule_syntax
+from rctlpolicy.model import Rule
+from rctlpolicy.policy_model import OnMatch, Policy, PolicyRule, SourceLocation
+from rctlpolicy.semantics import OFFLINE, Layer, check_rule
+
+LONG = "customer-database-production-eu-west-1-replica-0001"  # cut inside jail=
+HUGE = "j" * 120  # cut inside the rule itself
+RUN = OnMatch(run=("/usr/bin/true", "{jail}"))
+
+
+def rule(text: str) -> Rule:
+    checked = check_rule(parse_rule_syntax(text), Layer.KERNEL, OFFLINE)
+    assert checked.rule is not None, text
+    return checked.rule
+
+
+def policy_rule(text: str, on_match: OnMatch | None = RUN, pattern: str | None = None) -> PolicyRule:
+    return PolicyRule(rule(text), SourceLocation("p.yaml", 1, 1), text, on_match, None, pattern)
+
+
+def event(rule_text: str, jail: str, pid: int = 4242, ruid: int = 770) -> RctlEvent:
+    parsed = parse_rctl_event(format_rctl_event(rule_text, pid, ruid, jail))
+    assert isinstance(parsed, RctlEvent)
+    return parsed
+
+
+def index(*texts: str) -> dict[str, PolicyRule]:
+    return {r.canonical: r for r in (policy_rule(t) for t in texts)}
+
+
+DB1 = "jail:db1:memoryuse:devctl=4294967296"
+LONG_RULE = f"jail:{LONG}:memoryuse:devctl=8589934592"
+HUGE_MEM = f"jail:{HUGE}:memoryuse:devctl=8589934592"
+HUGE_VMEM = f"jail:{HUGE}:vmemoryuse:devctl=8589934592"
+USER_RULE = "user:770:swapuse:devctl=1073741824"
+
+
+# --- which rule --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rule_text", "jail", "policy", "expected"),
+    [
+        (DB1, "db1", (DB1,), DB1),  # whole message, exact rule
+        (DB1, "db1", ("jail:db1:memoryuse:devctl=1",), None),  # not in the policy
+        (LONG_RULE, LONG, (LONG_RULE,), LONG_RULE),  # jail= cut, the rule whole
+        (HUGE_MEM, HUGE, (HUGE_MEM,), HUGE_MEM),  # the rule cut: one policy rule fits
+        (HUGE_MEM, HUGE, (HUGE_MEM, HUGE_VMEM), None),  # the cut part fits both
+        (HUGE_MEM, HUGE, (DB1,), None),  # ... or fits none of them
+    ],
+)
+def test_identify_rule(
+    rule_text: str, jail: str, policy: tuple[str, ...], expected: str | None
+) -> None:
+    found = identify_rule(event(rule_text, jail), index(*policy))
+    assert (found.canonical if found else None) == expected
+
+
+def test_a_whole_rule_in_a_truncated_message_is_never_matched_by_prefix() -> None:
+    # The jail name was cut, not the rule: "...devctl=8" is not "...devctl=85899...".
+    short = f"jail:{LONG}:memoryuse:devctl=8"
+    cut = event(short, LONG)
+    assert cut.truncated and not rule_text_may_be_cut(cut)
+    assert identify_rule(cut, index(LONG_RULE)) is None
+
+
+def test_rule_text_may_be_cut_only_when_it_ends_the_message() -> None:
+    assert not rule_text_may_be_cut(event(DB1, "db1"))
+    assert not rule_text_may_be_cut(event(LONG_RULE, LONG))
+    assert rule_text_may_be_cut(event(HUGE_MEM, HUGE))
+
+
+# --- which jail --------------------------------------------------------------------------------
+
+RUNNING = {"db1", "web1", "web10", LONG, "pg-primary-long-name"}
+
+
+@pytest.mark.parametrize(
+    ("rule_text", "jail", "expected"),
+    [
+        (DB1, "db1", "db1"),  # whole message: the jail field as it is
+        (USER_RULE, "0", "0"),  # the host
+        (USER_RULE, "web1", "web1"),  # a user rule fires in any jail
+        (LONG_RULE, LONG, LONG),  # jail= cut: the rule's subject
+        (HUGE_MEM, HUGE, HUGE),  # jail= gone with the rule's tail: the subject
+    ],
+)
+def test_event_jail(rule_text: str, jail: str, expected: str) -> None:
+    cut = event(rule_text, jail)
+    assert event_jail(cut, rule(rule_text), RUNNING) == expected
+
+
+def _user_event(jail_prefix: str) -> RctlEvent:
+    """A user rule's event whose jail field was cut to `jail_prefix` (built by hand: a real
+    cut needs a jail name of exactly the right length)."""
+    raw = f"!system=RCTL subsystem=rule type=matched rule={USER_RULE} pid=1 ruid=770 jail="
+    return RctlEvent(USER_RULE, 1, 770, jail_prefix, True, raw + jail_prefix)
+
+
+def test_a_cut_jail_of_a_user_rule_must_name_one_running_jail() -> None:
+    assert event_jail(_user_event("pg-pri"), rule(USER_RULE), RUNNING) == "pg-primary-long-name"
+    assert event_jail(_user_event("web1"), rule(USER_RULE), RUNNING) is None  # web1 or web10
+    assert event_jail(_user_event("nope"), rule(USER_RULE), RUNNING) is None
+    assert event_jail(_user_event(""), rule(USER_RULE), RUNNING) is None
+
+
+def test_a_jail_rule_with_a_cut_jail_naming_a_child_jail_needs_a_unique_match() -> None:
+    # A jail rule also fires for the processes of its child jails ("db1.replica").
+    raw = f"!system=RCTL subsystem=rule type=matched rule={DB1} pid=1 ruid=0 jail=db1.rep"
+    cut = RctlEvent(DB1, 1, 0, "db1.rep", True, raw)
+    assert event_jail(cut, rule(DB1), RUNNING | {"db1.replica"}) == "db1.replica"
+    assert event_jail(cut, rule(DB1), RUNNING) is None
+
+
+def test_the_jail_of_a_real_cut_user_event_is_found_among_running_jails() -> None:
+    jail = "tenant-" + "x" * 90
+    truncated = event(USER_RULE, jail)
+    assert truncated.truncated and truncated.jail != jail
+    assert event_jail(truncated, rule(USER_RULE), {jail, "db1"}) == jail
+
+
+# --- resync ------------------------------------------------------------------------------------
+
+
+def test_resync_candidates_are_devctl_rules_with_an_action_over_their_subject() -> None:
+    assert resync_candidate(policy_rule(DB1))
+    assert not resync_candidate(policy_rule(DB1, on_match=None))
+    assert not resync_candidate(policy_rule("jail:db1:memoryuse:devctl=4294967296/process"))
+    assert not resync_candidate(policy_rule("jail:db1:memoryuse:log=4294967296"))
+
+
+def test_actions_that_need_an_event_cannot_run_from_a_resync() -> None:
+    assert not needs_event_fields(OnMatch(run=("/usr/bin/logger", "{jail}", "{rule}")))
+    assert needs_event_fields(OnMatch(run=("/usr/bin/logger", "pid={pid}")))
+    assert needs_event_fields(OnMatch(run=("/usr/bin/logger", "{ruid}")))
+    assert needs_event_fields(OnMatch(signal="TERM"))
+    assert not needs_event_fields(OnMatch(service=("postgresql", "restart")))
+
+
+def test_expand_prefers_the_rule_with_an_action_for_a_canonical_form_named_twice() -> None:
+    plain = policy_rule(DB1, on_match=None)
+    acting = policy_rule(DB1)
+    loaded = expand(Policy((plain, acting)), {"db1"})
+    assert loaded.by_canonical[DB1].on_match == RUN
+    assert len(loaded.expanded) == 2
+
+
+# --- reloads -----------------------------------------------------------------------------------
+
+
+def test_save_in_progress_recognises_the_moments_of_editor_saves(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("rules: []\n")
+    sizes = {str(path): 10}
+    assert save_in_progress(sizes) is None
+    path.write_text("")  # truncate-and-write, before the write
+    assert "p.yaml is empty" in (save_in_progress(sizes) or "")
+    path.rename(tmp_path / "p.yaml~")  # vim: the backup, before the new file
+    assert "missing while its backup p.yaml~ exists" in (save_in_progress(sizes) or "")
+    (tmp_path / "p.yaml~").unlink()  # a file removed for good is not a save
+    assert save_in_progress(sizes) is None
+    assert save_in_progress({str(path): 0}) is None  # it was empty before: nothing to lose
+
+
+def test_the_debouncer_fires_once_after_a_burst_of_pokes() -> None:
+    fired: list[int] = []
+    done = threading.Event()
+
+    def fire() -> None:
+        fired.append(1)
+        done.set()
+
+    debouncer = _ReloadDebouncer(0.05, fire)
+    for _ in range(20):
+        debouncer.poke()
+    assert done.wait(5)
+    debouncer.close()
+    assert fired == [1]
+
+
+def test_load_rules_refuses_a_policy_others_can_change(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir(mode=0o755)
+    policy = rules / "p.yaml"
+    policy.write_text(f"rules:\n  - rule: {DB1}\n    on_match: {{run: [/usr/bin/true]}}\n")
+    assert load_rules(rules, OFFLINE).policy is not None
+    os.chmod(policy, 0o666)
+    load = load_rules(rules, OFFLINE)
+    assert load.policy is None
+    assert [d.code for d in load.diagnostics if d.severity.value == "error"] == ["unsafe-file"]
+
+
+def test_load_rules_reports_an_unreadable_directory(tmp_path: Path) -> None:
+    load = load_rules(tmp_path / "missing", OFFLINE)
+    assert load.policy is None
+    assert load.diagnostics[0].code == "io-error"
+
+
+def test_load_rules_records_the_size_of_each_file(tmp_path: Path) -> None:
+    (tmp_path / "a.conf").write_text("jail:db1:maxproc:deny=10\n")
+    load = load_rules(tmp_path, OFFLINE)
+    assert load.file_sizes == {str(tmp_path / "a.conf"): 25}
