@@ -136,10 +136,7 @@ class RuleCheck(NamedTuple):
     @property
     def error(self) -> Problem | None:
         """The problem FreeBSD reports (the first error in its processing order)."""
-        for problem in self.problems:
-            if problem.severity is Severity.ERROR:
-                return problem
-        return None
+        return first_error(self.problems)
 
     @property
     def ok(self) -> bool:
@@ -154,10 +151,15 @@ class FilterCheck(NamedTuple):
 
     @property
     def error(self) -> Problem | None:
-        for problem in self.problems:
-            if problem.severity is Severity.ERROR:
-                return problem
-        return None
+        return first_error(self.problems)
+
+
+def first_error(problems: Sequence[Problem]) -> Problem | None:
+    """The first error, which is the one FreeBSD reports (problems are in its order)."""
+    for problem in problems:
+        if problem.severity is Severity.ERROR:
+            return problem
+    return None
 
 
 # --- vocabulary and the words people borrow from elsewhere --------------------------------
