@@ -75,6 +75,7 @@ def _open(args: argparse.Namespace) -> Any:
 def _parse_filter(text: str | None, setup: Any) -> Any:
     """A filter operand as rctl(8) reads it; prints a diagnostic and returns None if bad."""
     from rctlpolicy.grammar import parse_rule_syntax
+    from rctlpolicy.kernel.base import STRERROR
     from rctlpolicy.model import Filter
     from rctlpolicy.semantics import Layer, check_filter
 
@@ -86,7 +87,10 @@ def _parse_filter(text: str | None, setup: Any) -> Any:
         problem = check.error
         assert problem is not None
         column = 0 if problem.field is None else syntax.starts[problem.field] + problem.offset
-        print(f"rctlpolicy: invalid filter '{text}': {problem.message}", file=sys.stderr)
+        # Where FreeBSD's kernel would refuse it, its errno too: what rctl(8) would print.
+        refusal = STRERROR.get(problem.errno or "")
+        kernel = f" ({problem.errno}: {refusal})" if refusal else ""
+        print(f"rctlpolicy: invalid filter '{text}': {problem.message}{kernel}", file=sys.stderr)
         print(f"    {text}\n    {' ' * column}^", file=sys.stderr)
         if problem.suggestion:
             print(f"  help: {problem.suggestion}", file=sys.stderr)
@@ -166,7 +170,6 @@ def _cmd_usage(args: argparse.Namespace) -> int:
 
 def _load_policy_for_kernel(args: argparse.Namespace, setup: Any) -> Any:
     """Lint the policy against the kernel's host (user names -> uids); None when invalid."""
-    from rctlpolicy.apply import PolicyResolver
     from rctlpolicy.files import PolicyReadError, read_policy_files
     from rctlpolicy.formats import format_text
     from rctlpolicy.lint import lint_files
@@ -179,7 +182,12 @@ def _load_policy_for_kernel(args: argparse.Namespace, setup: Any) -> Any:
         return None
     # Whether a process still exists is the kernel's to say when the rule is added (one
     # refusal, reported), not a reason to change nothing.
-    result = lint_files(files, PolicyResolver(setup.resolver))
+    try:
+        resolver = setup.policy_resolver()
+    except OSError as error:  # the simulated host's file broke since the kernel was opened
+        print(f"rctlpolicy: {error}", file=sys.stderr)
+        return None
+    result = lint_files(files, resolver)
     problems = [d for d in result.diagnostics if d.severity.value == "error"]
     if problems:
         sys.stderr.write(format_text(problems, _use_colour(sys.stderr)))
@@ -199,9 +207,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from rctlpolicy.apply import AppliedRules, plan_for
     from rctlpolicy.kernel.base import KernelError
 
+    # With --detailed-exitcode 2 means "changes": every failure is then 1, as terraform does.
+    failed = EXIT_FINDINGS if args.detailed_exitcode else EXIT_USAGE
     setup = _open(args)
     if setup is None:
-        return EXIT_USAGE
+        return failed
     policy = _load_policy_for_kernel(args, setup)
     if policy is None:
         return EXIT_FINDINGS
@@ -209,7 +219,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         plan = plan_for(setup.kernel, _desired_rules(policy, setup),
                         AppliedRules(setup.state_dir / "applied.json"), args.prune)
     except (KernelError, OSError) as error:
-        return _kernel_failure(error, "show rules for")
+        return min(_kernel_failure(error, "show rules for"), failed)
     if args.format == "json":
         print(json.dumps({
             "add": [r.canonical for r in plan.to_add],

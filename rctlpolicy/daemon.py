@@ -134,7 +134,11 @@ def load_rules(rules_dir: Path, resolver: Resolver) -> PolicyLoad:
     except PolicyReadError as error:
         problem = Diagnostic(error.path, 0, 0, Severity.ERROR, "io-error", error.reason)
         return PolicyLoad(None, (problem,))
-    result = lint_files(files, resolver)
+    try:
+        result = lint_files(files, resolver)
+    except OSError as error:  # the resolver's data source (the simulated host file) broke
+        problem = Diagnostic(str(rules_dir), 0, 0, Severity.ERROR, "io-error", str(error))
+        return PolicyLoad(None, (problem,))
     diagnostics = list(result.diagnostics)
     for policy_file in files:
         if not policy_file.is_yaml:
@@ -418,6 +422,7 @@ class Daemon:
         )
         self._loaded: LoadedRules | None = None
         self._install_failed = False
+        self._jails_error: str | None = None
         self._control = _SignalPipe()
         self._stopping = threading.Event()
         self._started = False
@@ -665,10 +670,17 @@ class Daemon:
 
     def _jail_names(self) -> set[str]:
         try:
-            return {jail.name for jail in self.kernel.jails()}
+            names = {jail.name for jail in self.kernel.jails()}
         except (KernelError, OSError) as error:
-            log.warning("cannot list jails: %s", error)
+            # Logged when it starts failing (or fails differently), not on every poll.
+            if str(error) != self._jails_error:
+                log.warning("cannot list jails (keeping the last list): %s", error)
+            self._jails_error = str(error)
             return set(self._loaded.jail_names) if self._loaded else set()
+        if self._jails_error is not None:
+            log.info("the jails can be listed again")
+            self._jails_error = None
+        return names
 
     # --- devd events ---------------------------------------------------------------------
 

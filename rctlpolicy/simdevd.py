@@ -58,6 +58,7 @@ class SimDevd:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rctlpolicy-sim-devd", daemon=True)
         self.sent = 0
+        self._host_error: str | None = None
 
     def start(self) -> None:
         self.server.start()
@@ -78,8 +79,14 @@ class SimDevd:
         try:
             events = self.simulator.evaluate_events(time.time())
         except HostFileError as error:
-            log.error("simulated host: %s", error)
+            # Once per distinct problem: the host file is read every interval.
+            if str(error) != self._host_error:
+                log.error("simulated host: %s", error)
+            self._host_error = str(error)
             return 0
+        if self._host_error is not None:
+            log.info("simulated host: the host file is readable again")
+            self._host_error = None
         sent = 0
         for event in events:
             if event.kind == "devctl":

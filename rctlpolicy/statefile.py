@@ -59,7 +59,8 @@ class JsonStateFile:
                                     dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, separators=(",", ":"))  # the C encoder: states can be big
+                # dumps, not dump: only the one-shot path uses the C encoder (states can be big).
+                handle.write(json.dumps(data, separators=(",", ":")))
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, self.path)

@@ -50,7 +50,9 @@ if pause:
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
+def wait_until(
+    predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.02
+) -> T:
     """Poll until `predicate()` is truthy and return it; fail the test at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -78,7 +80,7 @@ def records(out: Path) -> list[dict[str, Any]]:
 def wait_for_records(out: Path, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
     """Wait until at least `count` action runs were recorded."""
     return wait_until(
-        lambda: (found if len(found := records(out)) >= count else None),
+        lambda: found if len(found := records(out)) >= count else None,
         timeout,
         f"{count} action run(s) recorded in {out}",
     )
@@ -296,7 +298,9 @@ class DaemonProcess:
         try:
             wait_until(reached, 10.0, f"{metric}{labels} == {expected}", interval=0.05)
         except AssertionError as error:
-            raise AssertionError(f"{error} (last value {last})\n{self.log.text()[-3000:]}") from None
+            raise AssertionError(
+                f"{error} (last value {last})\n{self.log.text()[-3000:]}"
+            ) from None
 
     def send_signal(self, signum: signal.Signals) -> None:
         self.proc.send_signal(signum)

@@ -457,3 +457,18 @@ def test_every_rule_rctl8_accepts_applies_to_its_canonical_form(
     apply_rules(corpus_setup.kernel, [], applied)
     assert in_force(corpus_setup) == []
     assert (tmp_path / "state" / APPLIED_FILE).exists()
+
+
+def test_the_policy_resolver_answers_for_the_host_but_leaves_pids_to_the_kernel(
+    setup: KernelSetup,
+) -> None:
+    resolver = setup.policy_resolver()
+    assert resolver.checks_names
+    assert resolver.uid_of("www") == 80
+    assert resolver.uid_of("nobody-here") is None
+    assert resolver.gid_of("wheel") == 0
+    assert resolver.jail_exists("db1") is True
+    assert resolver.jail_exists("db9") is False
+    assert resolver.loginclass_exists("daemon") is True
+    assert resolver.process_exists(4242) is None  # exists, but that is the kernel's to say
+    assert resolver.process_exists(99999) is None

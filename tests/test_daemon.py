@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from daemon_helpers import (
     PYTHON,
     DaemonProcess,
@@ -33,6 +32,7 @@ from daemon_helpers import (
     wait_until,
     write_config,
 )
+
 from rctlpolicy.actions import ACTION_PATH
 from rctlpolicy.devd import RCTL_HEADER, format_rctl_event
 from rctlpolicy.devdserver import DevdServer
@@ -141,7 +141,9 @@ def test_invalid_policy_fails_start_up_with_the_lint_diagnostics(env: Env) -> No
 
 
 def test_start_up_applies_the_rules_and_they_stay_after_sigterm(env: Env) -> None:
-    (env.rules_dir / "base.conf").write_text("jail:db1:maxproc:deny=100\nuser:www:maxproc:deny=200\n")
+    (env.rules_dir / "base.conf").write_text(
+        "jail:db1:maxproc:deny=100\nuser:www:maxproc:deny=200\n"
+    )
     env.policy("web.yaml", ["jail:web1:openfiles:deny=4096"])
     daemon = env.start()
     expected = [
@@ -175,7 +177,9 @@ def test_an_event_runs_the_action_with_its_placeholders_then_cooldown_suppresses
         "PATH": ACTION_PATH,
         "HOME": "/",
     }
-    daemon.wait_value("rctlpolicy_actions_total", 1, name=ACTION, resource="memoryuse", outcome="ok")
+    daemon.wait_value(
+        "rctlpolicy_actions_total", 1, name=ACTION, resource="memoryuse", outcome="ok"
+    )
     assert daemon.value("rctlpolicy_events_total", outcome="handled") == 1
     assert daemon.value("rctlpolicy_action_duration_seconds_count") == 1
 
@@ -184,6 +188,26 @@ def test_an_event_runs_the_action_with_its_placeholders_then_cooldown_suppresses
         "rctlpolicy_actions_total", 1, name=ACTION, resource="memoryuse", outcome="suppressed"
     )
     assert daemon.value("rctlpolicy_events_total", outcome="handled") == 2
+    assert len(records(env.out)) == 1
+
+
+def test_max_runs_stops_acting_and_says_so_in_the_metrics(env: Env) -> None:
+    limit = {"count": 1, "within": "1h"}
+    argv = action_argv(env.out, "{jail}")
+    env.policy("p.yaml", [{"rule": DB1_MEM, "on_match": on_match(argv, max_runs=limit)}])
+    daemon = env.start()
+    env.send(DB1_MEM)
+    wait_for_records(env.out, 1)
+    daemon.wait_value(
+        "rctlpolicy_actions_total", 1, name=ACTION, resource="memoryuse", outcome="ok"
+    )
+    env.send(DB1_MEM)
+    daemon.wait_value(
+        "rctlpolicy_actions_total", 1, name=ACTION, resource="memoryuse", outcome="exhausted"
+    )
+    assert daemon.value("rctlpolicy_exhausted_actions", name=ACTION, resource="memoryuse",
+                        jail="db1") == 1  # fmt: skip
+    daemon.log.wait_for(r"ERROR: .* ran 1 times within 3600s: NOT ACTING until")
     assert len(records(env.out)) == 1
 
 
@@ -207,7 +231,7 @@ def test_garbage_malformed_and_unmatched_lines_are_counted_and_survived(env: Env
     daemon.wait_value("rctlpolicy_events_total", 1, outcome="handled")
     assert daemon.value("rctlpolicy_events_total", outcome="malformed") == 4
     assert daemon.value("rctlpolicy_events_total", outcome="unmatched") == 1
-    assert daemon.log.find(r"malformed RCTL message \(pid is not a number")
+    daemon.log.wait_for(r"malformed RCTL message \(pid is not a number")
     assert daemon.proc.poll() is None
 
 
@@ -249,7 +273,10 @@ def test_a_truncated_message_that_fits_two_rules_is_counted_not_guessed(env: Env
     second = f"jail:{jail}:memoryuse:devctl=9663676416"
     env.policy(
         "p.yaml",
-        [{"rule": r, "on_match": on_match(action_argv(env.out, "{rule}"))} for r in (first, second)],
+        [
+            {"rule": r, "on_match": on_match(action_argv(env.out, "{rule}"))}
+            for r in (first, second)
+        ],
     )
     daemon = env.start()
     env.send(first, jail=jail)
@@ -276,8 +303,7 @@ def test_a_flood_of_2000_mixed_lines_loses_no_rctl_event(env: Env) -> None:
         "handled": [format_rctl_event(DB1_MEM, 4242, 770, "db1")] * 400
         + [format_rctl_event(WEB1_PROC, 5100, 80, "web1")] * 100,
         "unmatched": [format_rctl_event("jail:web2:maxproc:devctl=7", 5200, 80, "web2")] * 400,
-        "malformed": [head + b" rule=" + DB1_MEM.encode() + b" pid=-1 ruid=770 jail=db1\n"]
-        * 150
+        "malformed": [head + b" rule=" + DB1_MEM.encode() + b" pid=-1 ruid=770 jail=db1\n"] * 150
         + [head + b" no rule at all\n"] * 150,
         "truncated": [format_rctl_event(twins[0], 1, 0, ambiguous_jail)] * 200,
         "ignored": [b"!system=DEVFS subsystem=CDEV type=CREATE cdev=md0\n"] * 300
@@ -307,8 +333,9 @@ def test_a_flood_of_2000_mixed_lines_loses_no_rctl_event(env: Env) -> None:
     daemon.wait_value(
         "rctlpolicy_actions_total", 399, name=ACTION, resource="memoryuse", outcome="suppressed"
     )
-    assert daemon.value("rctlpolicy_actions_total", name=ACTION, resource="memoryuse",
-                        outcome="ok") == 1  # fmt: skip
+    daemon.wait_value(
+        "rctlpolicy_actions_total", 1, name=ACTION, resource="memoryuse", outcome="ok"
+    )
     assert env.server.dropped_total == 0
     assert daemon.proc.poll() is None
 
@@ -325,7 +352,7 @@ def test_devd_restart_reconnects_and_resync_acts_once_per_episode(env: Env) -> N
         ],
     )
     daemon = env.start()
-    assert daemon.log.find(r"resync \(connected to devd\): acted on 0 rule")
+    daemon.log.wait_for(r"resync \(connected to devd\): acted on 0 rule")
 
     # An episode handled through its event before devd goes away.
     env.host.set_usage("jail:db1", "memoryuse", FIVE_GIB)
@@ -352,10 +379,10 @@ def test_devd_restart_reconnects_and_resync_acts_once_per_episode(env: Env) -> N
     daemon.wait_value(
         "rctlpolicy_actions_total", 1, name=ACTION, resource="maxproc", outcome="suppressed"
     )
-    assert daemon.value("rctlpolicy_actions_total", name=ACTION, resource="memoryuse",
-                        outcome="ok") == 1  # fmt: skip
-    assert daemon.value("rctlpolicy_actions_total", name=ACTION, resource="maxproc",
-                        outcome="ok") == 1  # fmt: skip
+    daemon.wait_value(
+        "rctlpolicy_actions_total", 1, name=ACTION, resource="memoryuse", outcome="ok"
+    )
+    daemon.wait_value("rctlpolicy_actions_total", 1, name=ACTION, resource="maxproc", outcome="ok")
     assert len(records(env.out)) == 2
 
 
@@ -364,7 +391,7 @@ def test_the_stream_socket_is_the_fallback(env: Env) -> None:
     env.server.start()
     env.server.seqpacket_path.unlink()  # an old devd: only the stream socket
     daemon = env.start()
-    assert daemon.log.find(r"connected to devd at \S+/devd\.pipe \(stream\)")
+    daemon.log.wait_for(r"connected to devd at \S+/devd\.pipe \(stream\)")
     env.send(DB1_MEM, pid=4243)
     assert wait_for_records(env.out, 1)[0]["argv"] == ["4243"]
     daemon.wait_value("rctlpolicy_events_total", 1, outcome="handled")
@@ -382,7 +409,7 @@ def test_an_invalid_edit_is_rejected_and_a_fixed_one_applied(env: Env) -> None:
     mark = daemon.log.mark
     path.write_text("rules:\n  - rule: jail:db1:maxprok:deny=100\n")
     daemon.log.wait_for(r"reload \(.*\) rejected", since=mark)
-    assert daemon.log.find(r"ERROR: .*p\.yaml:2:.*maxprok", since=mark)
+    daemon.log.wait_for(r"ERROR: .*p\.yaml:2:\d+: error\[unknown-resource\].*maxprok", since=mark)
     daemon.wait_value("rctlpolicy_config_last_reload_successful", 0)
     assert env.host.rules() == before
     assert daemon.value("rctlpolicy_rules") == 2
@@ -392,6 +419,26 @@ def test_an_invalid_edit_is_rejected_and_a_fixed_one_applied(env: Env) -> None:
     daemon.log.wait_for(r"policy reloaded \(.*\): 2 rules", since=mark)
     daemon.wait_value("rctlpolicy_config_last_reload_successful", 1)
     assert env.host.rules() == ["jail:db1:maxproc:deny=200", "jail:web1:maxproc:deny=50"]
+
+
+def test_a_host_that_breaks_after_start_up_is_logged_and_survived(env: Env) -> None:
+    good = env.host.data()
+    env.policy("p.yaml", ["jail:db1:maxproc:deny=100"])
+    daemon = env.start()
+    mark = daemon.log.mark
+    env.host.path.write_text("users: [broken\n")  # the kernel's data source fails
+    env.policy("p.yaml", ["jail:db1:maxproc:deny=200"])
+    daemon.log.wait_for(r"reload \(.*\) rejected", since=mark)
+    daemon.log.wait_for(r"error\[io-error\]: .*host\.yaml: not valid YAML", since=mark)
+    daemon.wait_value("rctlpolicy_config_last_reload_successful", 0)
+    assert daemon.scrape()  # the daemon's own metrics are still served
+
+    mark = daemon.log.mark
+    env.host.write(good)
+    daemon.send_signal(signal.SIGHUP)
+    daemon.log.wait_for(r"policy reloaded \(.*\): 1 rules", since=mark)
+    assert env.host.rules() == ["jail:db1:maxproc:deny=200"]
+    assert daemon.stop() == 0
 
 
 KEEP = ["jail:db1:maxproc:deny=100", "user:80:maxproc:deny=200"]
@@ -506,7 +553,7 @@ def test_sigterm_during_a_long_action_exits_0_within_the_bound(env: Env) -> None
     assert daemon.proc.wait(15) == 0
     # shutdown-timeout, then SIGTERM to the action's process group (2 s grace at most).
     assert time.monotonic() - started < 0.5 + 2 + 2
-    assert daemon.log.find(r"still running after 0\.5s; killing them")
+    daemon.log.wait_for(r"still running after 0\.5s; killing them")
     with pytest.raises(ProcessLookupError):
         os.kill(record["pid"], 0)
 
@@ -518,7 +565,7 @@ def test_sigterm_lets_a_short_action_finish(env: Env) -> None:
     env.send(DB1_MEM)
     wait_for_records(env.out, 1)
     assert daemon.stop(signal.SIGINT) == 0
-    assert daemon.log.find(r"action \S+ for jail:db1:memoryuse.* in jail db1: ok after")
+    daemon.log.wait_for(r"action \S+ for jail:db1:memoryuse.* in jail db1: ok after")
 
 
 def test_pidfile_output_file_and_flush_on_exit_keeps_foreign_rules(env: Env) -> None:
@@ -529,7 +576,9 @@ def test_pidfile_output_file_and_flush_on_exit_keeps_foreign_rules(env: Env) -> 
         "--pidfile", str(pidfile), "--output.file-path", str(metrics_file), "--flush-on-exit"
     )
     assert pidfile.read_text() == f"{daemon.pid}\n"
-    text = wait_until(lambda: metrics_file.exists() and metrics_file.read_text(), 5, "metrics")
+    text = wait_until(
+        lambda: metrics_file.read_text() if metrics_file.exists() else None, 5, "metrics file"
+    )
     assert "rctlpolicy_rules 2.0" in text
     assert 'jail_maxproc_limit{action="deny",name="db1",per="jail"} 100.0' in text
 
@@ -538,7 +587,7 @@ def test_pidfile_output_file_and_flush_on_exit_keeps_foreign_rules(env: Env) -> 
     assert daemon.stop() == 0
     assert not pidfile.exists()
     assert env.host.rules() == ["jail:web2:maxproc:deny=77"]
-    assert daemon.log.find(r"flushed 2 rules on exit")
+    daemon.log.wait_for(r"flushed 2 rules on exit")
     assert "rctlpolicy_rules 2.0" in metrics_file.read_text()
     assert not list(env.root.glob(".rctlpolicy.prom*"))  # no temp file left behind
 
@@ -548,7 +597,7 @@ def test_the_daemon_runs_its_own_simulated_devd_the_main_job(env: Env) -> None:
     env.policy("p.yaml", [{"rule": DB1_MEM, "on_match": on_match(argv, cooldown="1h")}])
     daemon = env.start(devd=False)
     daemon.wait_connected()
-    assert daemon.log.find(r"simulated devd serving \S+devd\.seqpacket\.pipe")
+    daemon.log.wait_for(r"simulated devd serving \S+devd\.seqpacket\.pipe")
     assert records(env.out) == []
 
     env.host.set_usage("jail:db1", "memoryuse", FIVE_GIB)
@@ -581,7 +630,9 @@ def test_promtool_check_metrics_passes_on_a_real_scrape(env: Env) -> None:
     )  # fmt: skip
     daemon = env.start()
     env.send(DB1_MEM)
-    daemon.wait_value("rctlpolicy_actions_total", 1, name=ACTION, resource="memoryuse", outcome="ok")
+    daemon.wait_value(
+        "rctlpolicy_actions_total", 1, name=ACTION, resource="memoryuse", outcome="ok"
+    )
     result = subprocess.run(
         [promtool, "check", "metrics"],
         input=daemon.scrape(),
@@ -603,11 +654,12 @@ def mask(exposition: str) -> str:
     reload time, and the versions in the build info."""
     lines = []
     for line in exposition.splitlines():
+        masked = line
         if _MASKED_NAMES.match(line):
-            line = line.rsplit(" ", 1)[0] + " <masked>"
+            masked = line.rsplit(" ", 1)[0] + " <masked>"
         elif line.startswith("rctlpolicy_build_info{"):
-            line = re.sub(r'(python|version)="[^"]*"', r'\1="<masked>"', line)
-        lines.append(line)
+            masked = re.sub(r'(python|version)="[^"]*"', r'\1="<masked>"', line)
+        lines.append(masked)
     return "\n".join(lines) + "\n"
 
 

@@ -41,7 +41,9 @@ def rule(text: str) -> Rule:
     return checked.rule
 
 
-def policy_rule(text: str, on_match: OnMatch | None = RUN, pattern: str | None = None) -> PolicyRule:
+def policy_rule(
+    text: str, on_match: OnMatch | None = RUN, pattern: str | None = None
+) -> PolicyRule:
     return PolicyRule(rule(text), SourceLocation("p.yaml", 1, 1), text, on_match, None, pattern)
 
 

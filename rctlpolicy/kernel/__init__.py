@@ -20,6 +20,7 @@ from rctlpolicy.model import Rule, SubjectType
 from rctlpolicy.semantics import Resolver
 
 if TYPE_CHECKING:  # rctl8 is also run with `python -m`: importing it here would warn
+    from rctlpolicy.kernel.host import HostSpec
     from rctlpolicy.kernel.rctl8 import NameLookup
 
 FREEBSD_STATE_DIR = Path("/var/db/rctlpolicy")
@@ -44,6 +45,17 @@ class KernelSetup:
     sim_host: Path | None = None
     default_rules_dir: Path = FREEBSD_RULES_DIR
 
+    def policy_resolver(self) -> Resolver:
+        """The look-ups a policy is checked with before it is applied: the host's names as
+        they are now, one view for the whole policy (the simulated host's file is read once,
+        not once per name), and whether a process exists left to the kernel."""
+        from rctlpolicy.apply import PolicyResolver
+
+        host = self.resolver
+        if isinstance(host, _SimulatedHostResolver):
+            return PolicyResolver(host.current())
+        return PolicyResolver(host)
+
     def display(self, rule: Rule, numeric: bool = False) -> str:
         """A rule as plain rctl(8) lists it: uid replaced by the user name it knows."""
         if numeric or rule.subject is not SubjectType.USER:
@@ -66,6 +78,10 @@ class _SimulatedHostResolver:
 
         assert isinstance(simulator, SimulatedKernel)
         self._simulator = simulator
+
+    def current(self) -> HostSpec:
+        """The host as its file says now (itself a Resolver that stays as it is)."""
+        return self._simulator.host()
 
     @property
     def checks_names(self) -> bool:

@@ -9,6 +9,7 @@ the kernel's canonical text back into `Rule` values (spec rctl.md sections 6 to 
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -113,6 +114,9 @@ class SubprocessRunner:
 # --- reading the kernel's output ----------------------------------------------------------
 
 
+# A rule's text always reads the same (OFFLINE consults no host), and a listing repeats the
+# rules of the last one: memoized, a no-op plan of 10,000 rules does not parse them again.
+@functools.lru_cache(maxsize=1 << 16)
 def _kernel_rule(text: str) -> Rule | None:
     check = check_rule(parse_rule_syntax(text), Layer.KERNEL, OFFLINE, notes=False)
     return check.rule

@@ -82,6 +82,7 @@ class SimulatedKernel:
         self.store = StateStore(
             Path(state_path) if state_path is not None else StateStore.path_beside(self.host_path)
         )
+        self._last_listing: tuple[KernelState, HostSpec, str, bytes] | None = None
 
     @property
     def state_path(self) -> Path:
@@ -151,8 +152,17 @@ class SimulatedKernel:
         rule_filter = _parse_filter(host, text)
         if outbuflen > host.maxbufsize:
             raise SyscallError("E2BIG")
-        rules = kernel_order(host, self.store.read().live(host))
-        return _rule_list([rule for rule in rules if rule_filter.matches(rule)], outbuflen)
+        state = self.store.read().live(host)
+        # rctl(8) asks again with a bigger buffer after ERANGE: the same host, state and filter
+        # (the same objects while neither file changed) give the same text, built once.
+        last = self._last_listing
+        if last is not None and last[0] is state and last[1] is host and last[2] == text:
+            output = last[3]
+        else:
+            rules = kernel_order(host, state)
+            output = _joined([rule for rule in rules if rule_filter.matches(rule)])
+            self._last_listing = (state, host, text, output)
+        return _fitted(output, outbuflen)
 
     def _get_limits(self, host: HostSpec, text: str, outbuflen: int) -> bytes:
         rule_filter = _parse_filter(host, text)
@@ -234,13 +244,18 @@ def _parse_filter(host: HostSpec, text: str) -> Filter:
 
 
 def _rule_list(rules: Sequence[Rule], outbuflen: int) -> bytes:
-    """Rules comma-joined into a fixed sbuf of `outbuflen` bytes, as get_rules/get_limits do.
+    """Rules comma-joined into a fixed sbuf of `outbuflen` bytes, as get_rules/get_limits do."""
+    return _fitted(_joined(rules), outbuflen)
 
-    Each rule goes in with a trailing comma and the sbuf keeps a byte for the NUL, so the
+
+def _joined(rules: Sequence[Rule]) -> bytes:
+    return ",".join(rule.canonical for rule in rules).encode()
+
+
+def _fitted(output: bytes, outbuflen: int) -> bytes:
+    """Each rule goes in with a trailing comma and the sbuf keeps a byte for the NUL, so the
     joined text needs len + 2 bytes; an empty answer still needs its NUL. ERANGE, never a
-    partial answer, when it does not fit.
-    """
-    output = ",".join(rule.canonical for rule in rules).encode()
+    partial answer, when it does not fit."""
     needed = len(output) + 2 if output else 1
     if needed > outbuflen:
         raise SyscallError("ERANGE")

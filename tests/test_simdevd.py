@@ -1,0 +1,139 @@
+"""The simulated host's devd: the kernel's RCTL lines on devd's sockets as usage changes.
+
+`SimDevd.tick()` is called by hand (the thread's interval is an hour), so each evaluation is a
+step of the test; the `sim devd` command is run as a real process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon_helpers import PYTHON, LogLines, SimHost, short_tempdir
+
+from rctlpolicy.devd import format_rctl_event
+from rctlpolicy.kernel import open_simulator
+from rctlpolicy.model import Action, Resource, Rule, SubjectType
+from rctlpolicy.simdevd import SimDevd
+
+DB1_DEVCTL = Rule(
+    SubjectType.JAIL, "db1", Resource.MEMORYUSE, Action.DEVCTL, 4 * 1024**3, SubjectType.JAIL
+)
+DB1_LOG = Rule(
+    SubjectType.JAIL, "db1", Resource.MEMORYUSE, Action.LOG, 4 * 1024**3, SubjectType.JAIL
+)
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    with short_tempdir() as directory:
+        yield directory
+
+
+def connect(path: Path) -> socket.socket:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    client.settimeout(10)
+    client.connect(str(path))
+    return client
+
+
+def test_a_devctl_rule_crossing_sends_the_kernel_line_once_per_episode(
+    tmp_path: Path, socket_dir: Path
+) -> None:
+    host = SimHost(tmp_path / "host.yaml")
+    setup = open_simulator(host.path)
+    setup.kernel.add_rule(DB1_DEVCTL)
+    setup.kernel.add_rule(DB1_LOG)
+    sim = SimDevd(setup, socket_dir, interval=3600)
+    sim.start()
+    try:
+        with connect(sim.server.seqpacket_path) as client:
+            assert sim.server.wait_for_clients(1, 10)
+            assert sim.tick() == 0  # 3.6 GiB: under the limit
+            host.set_usage("jail:db1", "memoryuse", 5 * 1024**3)
+            assert sim.tick() == 1  # the log rule fires too, but only to the log
+            expected = format_rctl_event(DB1_DEVCTL.canonical, 4242, 770, "db1")
+            assert client.recv(8192) == expected
+            assert sim.tick() == 0  # the same episode
+            host.set_usage("jail:db1", "memoryuse", 1024**3)
+            assert sim.tick() == 0  # the episode ends
+            host.set_usage("jail:db1", "memoryuse", 5 * 1024**3)
+            assert sim.tick() == 1  # a new one
+            assert client.recv(8192) == expected
+            assert sim.sent == 2
+    finally:
+        sim.stop()
+    assert not sim.server.seqpacket_path.exists()
+
+
+def test_a_host_file_too_deep_for_a_socket_path_gets_a_temporary_directory(
+    tmp_path: Path,
+) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    host = SimHost(deep / "host.yaml")
+    sim = SimDevd(open_simulator(host.path), interval=3600)
+    directory = sim.server.directory
+    assert not str(directory).startswith(str(tmp_path))
+    sim.start()
+    try:
+        with connect(sim.server.seqpacket_path):
+            assert sim.server.wait_for_clients(1, 10)
+    finally:
+        sim.stop()
+    assert not directory.exists()
+
+
+def test_a_short_host_path_keeps_the_sockets_beside_it(socket_dir: Path) -> None:
+    host = SimHost(socket_dir / "h.yaml")
+    sim = SimDevd(open_simulator(host.path), interval=3600)
+    assert sim.server.directory == socket_dir / "h.yaml.devd"
+
+
+def receive_an_episode(client: socket.socket, host: SimHost, timeout: float = 10) -> bytes:
+    """Push jail db1 over its limit until a line arrives. The server in another process may
+    accept us a moment after connect() returns, and an episode is reported once: if it went
+    out before, end it and start another."""
+    deadline = time.monotonic() + timeout
+    client.settimeout(0.5)
+    while time.monotonic() < deadline:
+        host.set_usage("jail:db1", "memoryuse", 5 * 1024**3)
+        try:
+            return client.recv(8192)
+        except TimeoutError:
+            host.set_usage("jail:db1", "memoryuse", 1024**3)
+            time.sleep(0.2)  # a few of the server's 0.05 s evaluations see the episode end
+    raise AssertionError("no RCTL line from the simulated devd")
+
+
+def test_the_sim_devd_command_serves_until_sigterm(tmp_path: Path, socket_dir: Path) -> None:
+    host = SimHost(tmp_path / "host.yaml")
+    added = host.rctl("-a", DB1_DEVCTL.canonical)
+    assert added.returncode == 0, added.stderr
+    env = {k: v for k, v in os.environ.items() if k != "RCTLPOLICY_SIM_HOST"}
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "rctlpolicy", "sim", "devd", "--sim-host", str(host.path),
+         "--directory", str(socket_dir), "--interval", "0.05"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    log = LogLines(proc.stdout)
+    try:
+        log.wait_for(r"simulated devd: \S+devd\.seqpacket\.pipe")
+        with connect(socket_dir / "devd.seqpacket.pipe") as client:
+            line = receive_an_episode(client, host)
+        assert line == format_rctl_event(DB1_DEVCTL.canonical, 4242, 770, "db1")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        log.join(5)
+        proc.stdout.close()
