@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import html
 import logging
 import os
 import queue
@@ -422,6 +423,9 @@ class Daemon:
         )
         self._loaded: LoadedRules | None = None
         self._install_failed = False
+        self._retry_delay = 0.0
+        self._retry_at = 0.0
+        self._reconcile_reason = "jails started or stopped"
         self._jails_error: str | None = None
         self._control = _SignalPipe()
         self._stopping = threading.Event()
@@ -460,6 +464,7 @@ class Daemon:
             self._previous_handlers[signum] = signal.signal(signum, handler)
 
     def restore_signal_handlers(self) -> None:
+        """Put back the handlers install_signal_handlers() replaced."""
         for signum, previous in self._previous_handlers.items():
             signal.signal(signum, previous)
         self._previous_handlers.clear()
@@ -568,16 +573,18 @@ class Daemon:
                 if _SignalPipe.RELOAD in requests:
                     self.reload("signal or file change")
                 elif _SignalPipe.RECONCILE in requests:
-                    self.reconcile("jails changed")
+                    self.reconcile(self._reconcile_reason)
             except Exception:  # a reload that breaks must not take the daemon down
                 log.exception("error while reloading")
         self.shutdown()
         return 0
 
     def request_stop(self) -> None:
+        """Ask the main loop to stop, from any thread (as SIGTERM does)."""
         self._control.send(_SignalPipe.STOP)
 
     def request_reload(self) -> None:
+        """Ask the main loop to reload, from any thread (as SIGHUP does)."""
         self._control.send(_SignalPipe.RELOAD)
 
     def reload(self, reason: str) -> bool | None:
@@ -635,7 +642,9 @@ class Daemon:
         loaded = self._loaded
         if loaded is None:
             return
-        self._install(loaded.policy, self._jail_names(), loaded.file_sizes)
+        failing = self._install_failed
+        if self._install(loaded.policy, self._jail_names(), loaded.file_sizes) and failing:
+            self.stats.reloaded(True, self._rule_count(), self.clock.time())
         with self.stats.lock:
             self.stats.rules = self._rule_count()
         log.info("rules reconciled (%s)", reason)
@@ -663,6 +672,14 @@ class Daemon:
             ok = report.ok
         self._loaded = loaded
         self._install_failed = not ok
+        if ok:
+            self._retry_delay = 0.0
+        else:
+            # Retried from the jail loop, less and less often (RACCT may stay off until reboot).
+            self._retry_delay = min(
+                max(2 * self._retry_delay, self.config.jail_poll_interval), 300.0
+            )
+            self._retry_at = time.monotonic() + self._retry_delay
         return ok
 
     def _rule_count(self) -> int:
@@ -848,11 +865,16 @@ class Daemon:
         while not self._stopping.wait(self.config.jail_poll_interval):
             try:
                 loaded = self._loaded
-                if loaded is not None and any(r.jail_pattern for r in loaded.policy.rules):
-                    if self._jail_names() != loaded.jail_names:
+                if loaded is not None:
+                    if self._install_failed and time.monotonic() >= self._retry_at:
+                        self._reconcile_reason = "retrying the apply that failed"
                         self._control.send(_SignalPipe.RECONCILE)
-                elif self._install_failed:
-                    self._control.send(_SignalPipe.RECONCILE)
+                    elif (
+                        any(r.jail_pattern for r in loaded.policy.rules)
+                        and self._jail_names() != loaded.jail_names
+                    ):
+                        self._reconcile_reason = "jails started or stopped"
+                        self._control.send(_SignalPipe.RECONCILE)
                 self._end_finished_episodes()
                 self.stats.exhausted = frozenset(self.engine.exhausted())
                 self._write_textfile()
@@ -927,17 +949,11 @@ class Daemon:
         for line in format_text(shown).splitlines():
             log.log(level, "%s", line)
 
-    def action_names(self) -> list[str]:
-        loaded = self._loaded
-        if loaded is None:
-            return []
-        return sorted({action_name(r.on_match) for r in loaded.expanded if r.on_match})
-
 
 def _landing_page(path: str) -> bytes:
     return (
         "<html><head><title>rctlpolicy</title></head><body><h1>rctlpolicy</h1>"
-        f'<p><a href="{path}">Metrics</a></p></body></html>\n'
+        f'<p><a href="{html.escape(path)}">Metrics</a></p></body></html>\n'
     ).encode()
 
 

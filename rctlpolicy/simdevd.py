@@ -61,6 +61,7 @@ class SimDevd:
         self._host_error: str | None = None
 
     def start(self) -> None:
+        """Bind the sockets and start evaluating every `interval` seconds."""
         self.server.start()
         self._thread.start()
 

@@ -441,6 +441,22 @@ def test_a_host_that_breaks_after_start_up_is_logged_and_survived(env: Env) -> N
     assert daemon.stop() == 0
 
 
+def test_an_apply_the_kernel_refuses_is_retried(env: Env) -> None:
+    data = env.host.data()
+    env.host.write({**data, "privileged": False})  # every rctl call: EPERM
+    env.policy("p.yaml", ["jail:db1:maxproc:deny=100"])
+    daemon = env.start()
+    daemon.log.wait_for(r"cannot apply the policy: .*Operation not permitted")
+    assert daemon.value("rctlpolicy_config_last_reload_successful") == 0
+    assert daemon.proc.poll() is None
+
+    mark = daemon.log.mark
+    env.host.write(data)
+    daemon.log.wait_for(r"rules reconciled \(retrying the apply that failed\)", since=mark)
+    assert env.host.rules() == ["jail:db1:maxproc:deny=100"]
+    daemon.wait_value("rctlpolicy_config_last_reload_successful", 1)
+
+
 KEEP = ["jail:db1:maxproc:deny=100", "user:80:maxproc:deny=200"]
 
 
