@@ -203,18 +203,27 @@ def _desired_rules(policy: Any, setup: Any) -> list[Any]:
     return [r.rule for r in expand_jail_patterns(policy, names)]
 
 
+def _kernel_and_policy(args: argparse.Namespace, failed: int) -> tuple[Any, Any, int]:
+    """What plan and apply both start with: the kernel, then the policy checked against its
+    host. Returns (setup, policy, 0), or (None, None, exit status) after saying why."""
+    setup = _open(args)
+    if setup is None:
+        return None, None, failed
+    policy = _load_policy_for_kernel(args, setup)
+    if policy is None:
+        return None, None, EXIT_FINDINGS
+    return setup, policy, EXIT_OK
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     from rctlpolicy.apply import AppliedRules, plan_for
     from rctlpolicy.kernel.base import KernelError
 
     # With --detailed-exitcode 2 means "changes": every failure is then 1, as terraform does.
     failed = EXIT_FINDINGS if args.detailed_exitcode else EXIT_USAGE
-    setup = _open(args)
+    setup, policy, status = _kernel_and_policy(args, failed)
     if setup is None:
-        return failed
-    policy = _load_policy_for_kernel(args, setup)
-    if policy is None:
-        return EXIT_FINDINGS
+        return status
     try:
         plan = plan_for(setup.kernel, _desired_rules(policy, setup),
                         AppliedRules(setup.state_dir / "applied.json"), args.prune)
@@ -241,12 +250,9 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from rctlpolicy.apply import AppliedRules, apply_rules
     from rctlpolicy.kernel.base import KernelError
 
-    setup = _open(args)
+    setup, policy, status = _kernel_and_policy(args, EXIT_USAGE)
     if setup is None:
-        return EXIT_USAGE
-    policy = _load_policy_for_kernel(args, setup)
-    if policy is None:
-        return EXIT_FINDINGS
+        return status
     try:
         report = apply_rules(setup.kernel, _desired_rules(policy, setup),
                              AppliedRules(setup.state_dir / "applied.json"), args.prune)
@@ -290,12 +296,15 @@ def _daemon_config(args: argparse.Namespace) -> Any:
         "telemetry_path": args.telemetry_path,
         "web_config_file": Path(args.web_config_file) if args.web_config_file else None,
         "pidfile": Path(args.pidfile) if args.pidfile else None,
-        "syslog": True if args.syslog else None,
+        "syslog": args.syslog,
         "syslog_socket": args.syslog_socket,
         "log_level": args.log_level,
         "flush_on_exit": True if args.flush_on_exit else None,
         "output_file": Path(args.output_file) if args.output_file else None,
         "state_dir": Path(args.state_dir) if args.state_dir else None,
+        "jail_poll_interval": args.jail_poll_interval,
+        "reload_debounce": args.reload_debounce,
+        "shutdown_timeout": args.shutdown_timeout,
     }
     return build_config(file_values, flags)
 
@@ -510,7 +519,7 @@ def _daemon_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
                      help="exporter-toolkit web config: TLS and basic auth")
     sub.add_argument("--pidfile", metavar="FILE")
-    sub.add_argument("--syslog", action="store_true",
+    sub.add_argument("--syslog", action=argparse.BooleanOptionalAction, default=None,
                      help="log to syslog (facility daemon) instead of stderr")
     sub.add_argument("--syslog-socket", metavar="PATH", help="default: /var/run/log")
     sub.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
@@ -522,6 +531,24 @@ def _daemon_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--state-dir", metavar="DIR",
                      help="where applied rules and action state are kept (default: "
                      "/var/db/rctlpolicy; beside the host file on the simulator)")
+    sub.add_argument("--jail-poll-interval", type=_seconds, metavar="SECONDS",
+                     help="how often the jail list is compared for jail patterns and "
+                     "ended episodes (default: 5)")
+    sub.add_argument("--reload-debounce", type=_seconds, metavar="SECONDS",
+                     help="how long the rules directory must be quiet before a reload "
+                     "(default: 0.3)")
+    sub.add_argument("--shutdown-timeout", type=_seconds, metavar="SECONDS",
+                     help="how long running actions may finish at shutdown (default: 10)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
