@@ -98,8 +98,9 @@ def _parse_filter(text: str | None, setup: Any) -> Any:
     return check.filter
 
 
-def _kernel_failure(error: Exception, doing: str, operand: str | None = None,
-                    hint: str = "") -> int:
+def _kernel_failure(
+    error: Exception, doing: str, operand: str | None = None, hint: str = ""
+) -> int:
     """A refused kernel call, worded like rctl(8): what failed, for what, and why. A host or
     state file that cannot be used is an I/O error (exit 2), not a refusal."""
     from rctlpolicy.kernel.base import KernelError
@@ -107,8 +108,10 @@ def _kernel_failure(error: Exception, doing: str, operand: str | None = None,
     if not isinstance(error, KernelError):
         print(f"rctlpolicy: {error}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"rctlpolicy: failed to {doing} '{operand or error.text}': {error.reason}{hint}",
-          file=sys.stderr)
+    print(
+        f"rctlpolicy: failed to {doing} '{operand or error.text}': {error.reason}{hint}",
+        file=sys.stderr,
+    )
     return EXIT_FINDINGS
 
 
@@ -149,10 +152,12 @@ def _cmd_usage(args: argparse.Namespace) -> int:
                 usage = setup.kernel.usage(rule_filter)
             except (KernelError, OSError) as error:
                 # EINVAL without a subject id: say which operand the kernel wants.
-                hint = (" (name a subject and its id: jail:db1, user:www, process:4242)"
-                        if rule_filter.subject_id is None else "")
-                return _kernel_failure(error, "show resource consumption for", args.filter,
-                                       hint)
+                hint = (
+                    " (name a subject and its id: jail:db1, user:www, process:4242)"
+                    if rule_filter.subject_id is None
+                    else ""
+                )
+                return _kernel_failure(error, "show resource consumption for", args.filter, hint)
             if args.format == "json":
                 print(json.dumps({str(r): v for r, v in usage.items()}, indent=2))
             else:
@@ -225,22 +230,34 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if setup is None:
         return status
     try:
-        plan = plan_for(setup.kernel, _desired_rules(policy, setup),
-                        AppliedRules(setup.state_dir / "applied.json"), args.prune)
+        plan = plan_for(
+            setup.kernel,
+            _desired_rules(policy, setup),
+            AppliedRules(setup.state_dir / "applied.json"),
+            args.prune,
+        )
     except (KernelError, OSError) as error:
         return min(_kernel_failure(error, "show rules for"), failed)
     if args.format == "json":
-        print(json.dumps({
-            "add": [r.canonical for r in plan.to_add],
-            "remove": [r.canonical for r in plan.to_remove],
-            "replace": [{"old": o.canonical, "new": n.canonical} for o, n in plan.replaced],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "add": [r.canonical for r in plan.to_add],
+                    "remove": [r.canonical for r in plan.to_remove],
+                    "replace": [{"old": o.canonical, "new": n.canonical} for o, n in plan.replaced],
+                },
+                indent=2,
+            )
+        )
     else:
         for line in plan.lines():
             print(line)
         if not plan.empty:
-            print(f"Plan: {len(plan.to_add)} to add, "
-                  f"{len(plan.to_remove) + len(plan.replaced)} to remove.", file=sys.stderr)
+            print(
+                f"Plan: {len(plan.to_add)} to add, "
+                f"{len(plan.to_remove) + len(plan.replaced)} to remove.",
+                file=sys.stderr,
+            )
     if args.detailed_exitcode and not plan.empty:
         return 2
     return EXIT_OK
@@ -254,8 +271,12 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     if setup is None:
         return status
     try:
-        report = apply_rules(setup.kernel, _desired_rules(policy, setup),
-                             AppliedRules(setup.state_dir / "applied.json"), args.prune)
+        report = apply_rules(
+            setup.kernel,
+            _desired_rules(policy, setup),
+            AppliedRules(setup.state_dir / "applied.json"),
+            args.prune,
+        )
     except (KernelError, OSError) as error:
         return _kernel_failure(error, "apply the policy, stopped at")
     for rule in report.removed:
@@ -270,8 +291,11 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     if report.plan.empty:
         print("The kernel already matches the policy.", file=sys.stderr)
     else:
-        print(f"Applied: {len(report.added)} added, {len(report.removed)} removed, "
-              f"{len(report.failures)} failed.", file=sys.stderr)
+        print(
+            f"Applied: {len(report.added)} added, {len(report.removed)} removed, "
+            f"{len(report.failures)} failed.",
+            file=sys.stderr,
+        )
     return EXIT_OK if report.ok else EXIT_FINDINGS
 
 
@@ -343,8 +367,9 @@ def _cmd_sim_rctl(args: argparse.Namespace) -> int:
     except KernelSetupError as error:
         print(f"rctlpolicy: {error}", file=sys.stderr)
         return EXIT_USAGE
-    return run_rctl(list(args.rctl_args), setup.syscalls, setup.resolver, setup.names,
-                    sys.stdout, sys.stderr)
+    return run_rctl(
+        list(args.rctl_args), setup.syscalls, setup.resolver, setup.names, sys.stdout, sys.stderr
+    )
 
 
 def _cmd_sim_devd(args: argparse.Namespace) -> int:
@@ -405,30 +430,46 @@ def build_parser() -> argparse.ArgumentParser:
     lint.set_defaults(handler=_cmd_lint)
 
     def kernel_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--kernel", choices=("auto", "freebsd", "sim"), default="auto",
-                         help="the RCTL interface: FreeBSD's system calls, or the simulated "
-                         "host (auto: FreeBSD when running on it, the simulator elsewhere)")
-        sub.add_argument("--sim-host", metavar="FILE",
-                         default=os.environ.get("RCTLPOLICY_SIM_HOST"),
-                         help="simulated host file (default: $RCTLPOLICY_SIM_HOST, or the "
-                         "bundled example host)")
-        sub.add_argument("--format", choices=("text", "json"), default="text",
-                         help="output format (default: text)")
+        sub.add_argument(
+            "--kernel",
+            choices=("auto", "freebsd", "sim"),
+            default="auto",
+            help="the RCTL interface: FreeBSD's system calls, or the simulated "
+            "host (auto: FreeBSD when running on it, the simulator elsewhere)",
+        )
+        sub.add_argument(
+            "--sim-host",
+            metavar="FILE",
+            default=os.environ.get("RCTLPOLICY_SIM_HOST"),
+            help="simulated host file (default: $RCTLPOLICY_SIM_HOST, or the bundled example host)",
+        )
+        sub.add_argument(
+            "--format",
+            choices=("text", "json"),
+            default="text",
+            help="output format (default: text)",
+        )
 
-    show = commands.add_parser("show", help="list the rules in force (like rctl)",
-                               description="List the rules in force, like rctl(8) with no "
-                               "flags: user ids shown as names unless -n.")
-    show.add_argument("filter", nargs="?", metavar="FILTER",
-                      help="a filter such as jail:db1 or ::memoryuse")
+    show = commands.add_parser(
+        "show",
+        help="list the rules in force (like rctl)",
+        description="List the rules in force, like rctl(8) with no "
+        "flags: user ids shown as names unless -n.",
+    )
+    show.add_argument(
+        "filter", nargs="?", metavar="FILTER", help="a filter such as jail:db1 or ::memoryuse"
+    )
     show.add_argument("-n", "--numeric", action="store_true", help="show user ids, not names")
     kernel_options(show)
     show.set_defaults(handler=_cmd_show)
 
     usage = commands.add_parser(
-        "usage", help="resource usage (like rctl -hu), or every jail against its limits",
+        "usage",
+        help="resource usage (like rctl -hu), or every jail against its limits",
         description="With a filter (jail:db1, user:www), the usage of that subject like "
         "rctl -hu. Without one, a table of every jail: usage next to the limits in force, "
-        "as a percentage of the strictest deny.")
+        "as a percentage of the strictest deny.",
+    )
     usage.add_argument("filter", nargs="?", metavar="FILTER")
     usage.add_argument("--exact", action="store_true", help="exact numbers, not 1.5G")
     kernel_options(usage)
@@ -439,37 +480,53 @@ def build_parser() -> argparse.ArgumentParser:
         ("apply", _cmd_apply, "make the kernel's rules match the policy"),
     ):
         sub = commands.add_parser(
-            name, help=text,
+            name,
+            help=text,
             description=f"{text[0].upper()}{text[1:]}. Only rules an earlier apply added are "
             "removed (recorded in the state directory), never rules other tools put in the "
-            "kernel, unless --prune. An invalid policy changes nothing.")
-        sub.add_argument("paths", nargs="*", metavar="PATH",
-                         help="policy files or directories (default: the rules directory)")
-        sub.add_argument("--prune", action="store_true",
-                         help="also remove rules the policy does not name, whoever added them")
+            "kernel, unless --prune. An invalid policy changes nothing.",
+        )
+        sub.add_argument(
+            "paths",
+            nargs="*",
+            metavar="PATH",
+            help="policy files or directories (default: the rules directory)",
+        )
+        sub.add_argument(
+            "--prune",
+            action="store_true",
+            help="also remove rules the policy does not name, whoever added them",
+        )
         if name == "plan":
-            sub.add_argument("--detailed-exitcode", action="store_true",
-                             help="exit 2 when there are changes, 0 when in sync")
+            sub.add_argument(
+                "--detailed-exitcode",
+                action="store_true",
+                help="exit 2 when there are changes, 0 when in sync",
+            )
         kernel_options(sub)
         sub.set_defaults(handler=handler)
 
     daemon_parser = commands.add_parser(
-        "daemon", help="run the service: reconcile rules, act on devd events, serve metrics",
+        "daemon",
+        help="run the service: reconcile rules, act on devd events, serve metrics",
         description="Keep the kernel's rules in line with the rules directory (reloaded when "
         "a file changes and on SIGHUP), run the policy's actions when devd reports an RCTL "
         "event, and serve Prometheus metrics. Stays in the foreground; SIGTERM stops it.",
         epilog="Every flag can be set in the YAML config file under the flag's name without "
         "dashes (rules-dir, web.listen-address, ...); flags win. Exit status: 0 after "
         "SIGTERM/SIGINT, 1 when start-up fails (policy errors are printed), 2 for usage "
-        "errors.")
+        "errors.",
+    )
     _daemon_options(daemon_parser)
     daemon_parser.set_defaults(handler=_cmd_daemon)
 
     handle = commands.add_parser(
-        "handle", help="run a rule's on_match once for one RCTL event (devd hook mode)",
+        "handle",
+        help="run a rule's on_match once for one RCTL event (devd hook mode)",
         description="Run the action engine once for one RCTL event, as devd.conf(5)'s "
         "notify block passes it: cooldown and max_runs hold across invocations (a locked "
-        "state file in the state directory).")
+        "state file in the state directory).",
+    )
     handle.add_argument("--rule", required=True, help="the event's rule ($rule)")
     handle.add_argument("--pid", help="the event's pid ($pid)")
     handle.add_argument("--ruid", help="the event's real uid ($ruid)")
@@ -477,68 +534,129 @@ def build_parser() -> argparse.ArgumentParser:
     _daemon_options(handle)
     handle.set_defaults(handler=_cmd_handle)
 
-    sim = commands.add_parser("sim", help="the simulated host: rctl(8) and devd on it",
-                              description="Rehearse on the simulated FreeBSD host.")
+    sim = commands.add_parser(
+        "sim",
+        help="the simulated host: rctl(8) and devd on it",
+        description="Rehearse on the simulated FreeBSD host.",
+    )
     sim_commands = sim.add_subparsers(dest="sim_command", metavar="SIMCOMMAND", required=True)
     sim_rctl = sim_commands.add_parser(
-        "rctl", help="rctl(8) on the simulated host, same flags, output and exit status",
+        "rctl",
+        help="rctl(8) on the simulated host, same flags, output and exit status",
         description="rctl(8) on the simulated host: rctl [-h] [-n] [filter ...], "
         "rctl -a rule ..., rctl -l [-h] [-n] filter ..., rctl -r filter ..., "
-        "rctl -u [-h] filter ...", prefix_chars="+")
+        "rctl -u [-h] filter ...",
+        prefix_chars="+",
+    )
     sim_rctl.add_argument("rctl_args", nargs=argparse.REMAINDER, metavar="ARG")
     sim_rctl.set_defaults(handler=_cmd_sim_rctl, sim_host=os.environ.get("RCTLPOLICY_SIM_HOST"))
     sim_devd = sim_commands.add_parser(
-        "devd", help="serve devd's sockets, sending the RCTL events of the simulated host",
+        "devd",
+        help="serve devd's sockets, sending the RCTL events of the simulated host",
         description="Serve devd's SOCK_SEQPACKET and SOCK_STREAM sockets beside the host "
         "file and, as usage in the host file changes, send the notifications the kernel "
-        "would for devctl rules (log rules print the kernel's log line).")
-    sim_devd.add_argument("--sim-host", default=os.environ.get("RCTLPOLICY_SIM_HOST"),
-                          metavar="FILE")
-    sim_devd.add_argument("--directory", metavar="DIR",
-                          help="where to create the sockets (default: beside the host file)")
-    sim_devd.add_argument("--interval", type=float, default=0.5,
-                          help="how often usage is re-read, in seconds (default 0.5)")
+        "would for devctl rules (log rules print the kernel's log line).",
+    )
+    sim_devd.add_argument(
+        "--sim-host", default=os.environ.get("RCTLPOLICY_SIM_HOST"), metavar="FILE"
+    )
+    sim_devd.add_argument(
+        "--directory",
+        metavar="DIR",
+        help="where to create the sockets (default: beside the host file)",
+    )
+    sim_devd.add_argument(
+        "--interval",
+        type=float,
+        default=0.5,
+        help="how often usage is re-read, in seconds (default 0.5)",
+    )
     sim_devd.set_defaults(handler=_cmd_sim_devd)
     return parser
 
 
 def _daemon_options(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--config", metavar="FILE",
-                     help="YAML config file (default: /usr/local/etc/rctlpolicy.yaml if present)")
-    sub.add_argument("--rules-dir", metavar="DIR",
-                     help="the policy directory (default: /usr/local/etc/rctlpolicy/rules)")
+    sub.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config file (default: /usr/local/etc/rctlpolicy.yaml if present)",
+    )
+    sub.add_argument(
+        "--rules-dir",
+        metavar="DIR",
+        help="the policy directory (default: /usr/local/etc/rctlpolicy/rules)",
+    )
     sub.add_argument("--kernel", choices=("auto", "freebsd", "sim"), default=None)
     sub.add_argument("--sim-host", metavar="FILE", default=os.environ.get("RCTLPOLICY_SIM_HOST"))
-    sub.add_argument("--devd-socket", metavar="PATH",
-                     help="devd's seqpacket socket (default: /var/run/devd.seqpacket.pipe; on "
-                     "the simulated host a simulated devd is started when not given)")
-    sub.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
-                     help="where to serve metrics (default: 127.0.0.1:9913)")
-    sub.add_argument("--web.telemetry-path", dest="telemetry_path", metavar="PATH",
-                     help="metrics path (default: /metrics)")
-    sub.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
-                     help="exporter-toolkit web config: TLS and basic auth")
+    sub.add_argument(
+        "--devd-socket",
+        metavar="PATH",
+        help="devd's seqpacket socket (default: /var/run/devd.seqpacket.pipe; on "
+        "the simulated host a simulated devd is started when not given)",
+    )
+    sub.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        metavar="HOST:PORT",
+        help="where to serve metrics (default: 127.0.0.1:9913)",
+    )
+    sub.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        metavar="PATH",
+        help="metrics path (default: /metrics)",
+    )
+    sub.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="exporter-toolkit web config: TLS and basic auth",
+    )
     sub.add_argument("--pidfile", metavar="FILE")
-    sub.add_argument("--syslog", action=argparse.BooleanOptionalAction, default=None,
-                     help="log to syslog (facility daemon) instead of stderr")
+    sub.add_argument(
+        "--syslog",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="log to syslog (facility daemon) instead of stderr",
+    )
     sub.add_argument("--syslog-socket", metavar="PATH", help="default: /var/run/log")
     sub.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    sub.add_argument("--flush-on-exit", action="store_true",
-                     help="remove the rules this daemon added when it stops")
-    sub.add_argument("--output.file-path", dest="output_file", metavar="FILE",
-                     help="also write the metrics to FILE for node_exporter's textfile "
-                     "collector")
-    sub.add_argument("--state-dir", metavar="DIR",
-                     help="where applied rules and action state are kept (default: "
-                     "/var/db/rctlpolicy; beside the host file on the simulator)")
-    sub.add_argument("--jail-poll-interval", type=_seconds, metavar="SECONDS",
-                     help="how often the jail list is compared for jail patterns and "
-                     "ended episodes (default: 5)")
-    sub.add_argument("--reload-debounce", type=_seconds, metavar="SECONDS",
-                     help="how long the rules directory must be quiet before a reload "
-                     "(default: 0.3)")
-    sub.add_argument("--shutdown-timeout", type=_seconds, metavar="SECONDS",
-                     help="how long running actions may finish at shutdown (default: 10)")
+    sub.add_argument(
+        "--flush-on-exit",
+        action="store_true",
+        help="remove the rules this daemon added when it stops",
+    )
+    sub.add_argument(
+        "--output.file-path",
+        dest="output_file",
+        metavar="FILE",
+        help="also write the metrics to FILE for node_exporter's textfile collector",
+    )
+    sub.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where applied rules and action state are kept (default: "
+        "/var/db/rctlpolicy; beside the host file on the simulator)",
+    )
+    sub.add_argument(
+        "--jail-poll-interval",
+        type=_seconds,
+        metavar="SECONDS",
+        help="how often the jail list is compared for jail patterns and "
+        "ended episodes (default: 5)",
+    )
+    sub.add_argument(
+        "--reload-debounce",
+        type=_seconds,
+        metavar="SECONDS",
+        help="how long the rules directory must be quiet before a reload (default: 0.3)",
+    )
+    sub.add_argument(
+        "--shutdown-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="how long running actions may finish at shutdown (default: 10)",
+    )
 
 
 def _seconds(text: str) -> float:

@@ -211,14 +211,18 @@ class Resource(StrEnum):
         return self in _THROTTLE_ALLOWED
 
 
-_IN_MILLIONS = frozenset(Resource(n) for n, i in _RESOURCE_TABLE.items()
-                         if ResourceFlag.IN_MILLIONS in i.flags)
-_SLOPPY = frozenset(Resource(n) for n, i in _RESOURCE_TABLE.items()
-                    if ResourceFlag.SLOPPY in i.flags)
-_DENY_ALLOWED = frozenset(Resource(n) for n, i in _RESOURCE_TABLE.items()
-                          if ResourceFlag.DENIABLE in i.flags) | {Resource.MEMORYUSE}
-_THROTTLE_ALLOWED = frozenset(Resource(n) for n, i in _RESOURCE_TABLE.items()
-                              if ResourceFlag.DECAYING in i.flags) - {Resource.PCPU}
+_IN_MILLIONS = frozenset(
+    Resource(n) for n, i in _RESOURCE_TABLE.items() if ResourceFlag.IN_MILLIONS in i.flags
+)
+_SLOPPY = frozenset(
+    Resource(n) for n, i in _RESOURCE_TABLE.items() if ResourceFlag.SLOPPY in i.flags
+)
+_DENY_ALLOWED = frozenset(
+    Resource(n) for n, i in _RESOURCE_TABLE.items() if ResourceFlag.DENIABLE in i.flags
+) | {Resource.MEMORYUSE}
+_THROTTLE_ALLOWED = frozenset(
+    Resource(n) for n, i in _RESOURCE_TABLE.items() if ResourceFlag.DECAYING in i.flags
+) - {Resource.PCPU}
 
 #: Amounts above this are refused (ERANGE) for in-millions resources: INT64_MAX / 10^6.
 IN_MILLIONS_MAX = 9223372036854

@@ -143,41 +143,73 @@ def _load_conf(
         if syntax.text.endswith("\r"):
             # IFS has no carriage return: rc.d/rctl hands it to rctl(8) inside the rule.
             diagnostics.append(
-                Diagnostic(path, line.number, line.column + len(syntax.text), Severity.ERROR,
-                           "carriage-return", "the line ends with a carriage return, which "
-                           "becomes part of the rule and makes FreeBSD refuse it",
-                           "convert the file to Unix line endings", _printable(line.text))
+                Diagnostic(
+                    path,
+                    line.number,
+                    line.column + len(syntax.text),
+                    Severity.ERROR,
+                    "carriage-return",
+                    "the line ends with a carriage return, which "
+                    "becomes part of the rule and makes FreeBSD refuse it",
+                    "convert the file to Unix line endings",
+                    _printable(line.text),
+                )
             )
             checked, loads = parse_rule_syntax(syntax.text.rstrip("\r")), False
         if _QUOTING.search(checked.text):
             unquoted = _rc_unquote(checked.text)
             if unquoted is None:
                 diagnostics.append(
-                    Diagnostic(path, line.number, line.column + 1, Severity.ERROR,
-                               "conf-unbalanced-quote", "unbalanced quote: xargs(1) in "
-                               "rc.d/rctl stops here, so this rule and every rule after it "
-                               "fail to load at boot", "remove the quote",
-                               _printable(line.text), len(syntax.text))
+                    Diagnostic(
+                        path,
+                        line.number,
+                        line.column + 1,
+                        Severity.ERROR,
+                        "conf-unbalanced-quote",
+                        "unbalanced quote: xargs(1) in "
+                        "rc.d/rctl stops here, so this rule and every rule after it "
+                        "fail to load at boot",
+                        "remove the quote",
+                        _printable(line.text),
+                        len(syntax.text),
+                    )
                 )
                 continue
             diagnostics.append(
-                Diagnostic(path, line.number, line.column + 1, Severity.WARNING,
-                           "conf-quoting", "rc.d/rctl removes quotes and backslashes (read "
-                           "and xargs) before rctl(8) sees the rule; FreeBSD versions that "
-                           "ran rctl -a on each line kept them", "write the rule without "
-                           "quotes or backslashes", _printable(line.text), len(syntax.text))
+                Diagnostic(
+                    path,
+                    line.number,
+                    line.column + 1,
+                    Severity.WARNING,
+                    "conf-quoting",
+                    "rc.d/rctl removes quotes and backslashes (read "
+                    "and xargs) before rctl(8) sees the rule; FreeBSD versions that "
+                    "ran rctl -a on each line kept them",
+                    "write the rule without quotes or backslashes",
+                    _printable(line.text),
+                    len(syntax.text),
+                )
             )
             checked, precise = parse_rule_syntax(unquoted), False
         check = check_rule(checked, Layer.RCTL8, resolver)
         for problem in check.problems:
             if precise:
-                diagnostics.append(problem_diagnostic(problem, checked, path, line.number,
-                                                       line.column, line.text))
+                diagnostics.append(
+                    problem_diagnostic(problem, checked, path, line.number, line.column, line.text)
+                )
             else:
                 diagnostics.append(
-                    Diagnostic(path, line.number, line.column + 1, problem.severity,
-                               problem.code, f"{problem.message} (in '{checked.text}')",
-                               problem.suggestion, _printable(line.text), len(syntax.text))
+                    Diagnostic(
+                        path,
+                        line.number,
+                        line.column + 1,
+                        problem.severity,
+                        problem.code,
+                        f"{problem.message} (in '{checked.text}')",
+                        problem.suggestion,
+                        _printable(line.text),
+                        len(syntax.text),
+                    )
                 )
         if line.rest is not None:
             cut = check.error is not None and check.error.code == "missing-field"

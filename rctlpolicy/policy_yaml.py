@@ -100,9 +100,12 @@ def _mapping_items(
         if isinstance(key_node, yaml.ScalarNode):
             if key_node.value in items:
                 first = items[key_node.value][0].start_mark.line + 1
-                report.error(key_node, "duplicate-key",
-                             f"key '{key_node.value}' is given twice (first on line {first})",
-                             "merge the two into one")
+                report.error(
+                    key_node,
+                    "duplicate-key",
+                    f"key '{key_node.value}' is given twice (first on line {first})",
+                    "merge the two into one",
+                )
             items[key_node.value] = (key_node, value_node)
     return items
 
@@ -133,8 +136,14 @@ def load_yaml(
         return [], report.diagnostics
     except RecursionError:
         report.diagnostics.append(
-            Diagnostic(report.path, 1, 1, Severity.ERROR, "yaml-syntax",
-                       "the YAML document is nested too deeply to read")
+            Diagnostic(
+                report.path,
+                1,
+                1,
+                Severity.ERROR,
+                "yaml-syntax",
+                "the YAML document is nested too deeply to read",
+            )
         )
         return [], report.diagnostics
     except yaml.YAMLError as error:
@@ -496,5 +505,3 @@ def _max_runs(node: yaml.Node, report: _YamlReport) -> RunLimit | None:
         report.error(items["within"][1], "invalid-duration", "'within' must be positive")
         return None
     return RunLimit(int(count_text), within) if clean else None
-
-

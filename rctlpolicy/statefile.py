@@ -55,8 +55,9 @@ class JsonStateFile:
         return data
 
     def save(self, data: dict[str, Any]) -> None:
-        fd, temp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp",
-                                    dir=self.path.parent)
+        fd, temp = tempfile.mkstemp(
+            prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent
+        )
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 # dumps, not dump: only the one-shot path uses the C encoder (states can be big).
