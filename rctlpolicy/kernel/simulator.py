@@ -236,10 +236,22 @@ def _errno(check: RuleCheck | FilterCheck) -> str:
     return error.errno if error is not None and error.errno else "EINVAL"
 
 
+_FILTER_CACHE: dict[str, tuple[HostSpec, Filter]] = {}
+_FILTER_CACHE_SIZE = 4096
+
+
 def _parse_filter(host: HostSpec, text: str) -> Filter:
+    # A scrape asks for the usage of every jail: remember each filter for as long as the host
+    # it was checked against is the one in force (a pid filter depends on the process table).
+    cached = _FILTER_CACHE.get(text)
+    if cached is not None and cached[0] is host:
+        return cached[1]
     check = check_filter(parse_rule_syntax(text), Layer.KERNEL, host)
     if check.filter is None:
         raise SyscallError(_errno(check))
+    if len(_FILTER_CACHE) >= _FILTER_CACHE_SIZE:
+        _FILTER_CACHE.clear()
+    _FILTER_CACHE[text] = (host, check.filter)
     return check.filter
 
 
