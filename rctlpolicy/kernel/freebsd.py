@@ -29,6 +29,7 @@ from rctlpolicy.kernel.base import (
     SyscallError,
 )
 from rctlpolicy.model import EVERYTHING, SUBJECT_ALIASES, Filter, Resource, Rule
+from rctlpolicy.policy import no_cyclic_gc
 from rctlpolicy.semantics import OFFLINE, Layer, check_rule
 
 #: rctl(8)'s first output buffer (RCTL_DEFAULT_BUFSIZE) and its growth factor on ERANGE.
@@ -129,6 +130,11 @@ def parse_rules(output: str) -> list[Rule]:
     escape: a piece with fewer than the three ':' of a complete rule is the start of such a
     name and is joined with the next piece. Text that still is no rule raises KernelError.
     """
+    with no_cyclic_gc():  # thousands of small objects that stay alive; see policy.py
+        return _parse_rules(output)
+
+
+def _parse_rules(output: str) -> list[Rule]:
     rules: list[Rule] = []
     if not output:
         return rules
