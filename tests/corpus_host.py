@@ -9,6 +9,10 @@ import inspect
 from dataclasses import dataclass
 from types import ModuleType
 
+from rctlpolicy.grammar import parse_rule_syntax
+from rctlpolicy.model import Rule
+from rctlpolicy.semantics import Layer, check_rule
+
 
 @dataclass(frozen=True, slots=True)
 class CorpusHost:
@@ -75,3 +79,10 @@ def emitted_codes(module: ModuleType) -> set[str]:
                 )
             )
     return codes
+
+
+def rule(text: str) -> Rule:
+    """A rule as the kernel reads it (canonical text in, the same rule out)."""
+    checked = check_rule(parse_rule_syntax(text), Layer.KERNEL, notes=False).rule
+    assert checked is not None, text
+    return checked

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import pytest
 import yaml
+from corpus_host import rule
 
 from rctlpolicy.apply import (
     APPLIED_FILE,
@@ -24,24 +25,15 @@ from rctlpolicy.apply import (
     apply_rules,
     plan_for,
 )
-from rctlpolicy.grammar import parse_rule_syntax
 from rctlpolicy.kernel import KernelSetup, open_simulator
 from rctlpolicy.kernel.base import Jail, Kernel, KernelError, RacctStatus
 from rctlpolicy.kernel.host import default_host_path
 from rctlpolicy.lint import lint_files
 from rctlpolicy.model import EVERYTHING, Filter, Resource, Rule
 from rctlpolicy.policy import PolicyFile
-from rctlpolicy.semantics import Layer, check_rule
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "spec" / "rctl-corpus.jsonl"
 T = TypeVar("T")
-
-
-def rule(text: str) -> Rule:
-    """A rule as the kernel reads it (canonical text in, the same text out)."""
-    checked = check_rule(parse_rule_syntax(text), Layer.KERNEL, notes=False).rule
-    assert checked is not None, text
-    return checked
 
 
 def rules(*texts: str) -> list[Rule]:

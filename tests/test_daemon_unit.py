@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from corpus_host import rule
 
 from rctlpolicy.daemon import (
     _ReloadDebouncer,
@@ -25,20 +26,12 @@ from rctlpolicy.daemon import (
     save_in_progress,
 )
 from rctlpolicy.devd import RctlEvent, format_rctl_event, parse_rctl_event
-from rctlpolicy.grammar import parse_rule_syntax
-from rctlpolicy.model import Rule
 from rctlpolicy.policy_model import OnMatch, Policy, PolicyRule, SourceLocation
-from rctlpolicy.semantics import OFFLINE, Layer, check_rule
+from rctlpolicy.semantics import OFFLINE
 
 LONG = "customer-database-production-eu-west-1-replica-0001"  # cut inside jail=
 HUGE = "j" * 120  # cut inside the rule itself
 RUN = OnMatch(run=("/usr/bin/true", "{jail}"))
-
-
-def rule(text: str) -> Rule:
-    checked = check_rule(parse_rule_syntax(text), Layer.KERNEL, OFFLINE)
-    assert checked.rule is not None, text
-    return checked.rule
 
 
 def policy_rule(

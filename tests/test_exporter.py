@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from corpus_host import rule
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -33,12 +34,10 @@ from rctlpolicy.exporter import (
     renderer,
     write_textfile,
 )
-from rctlpolicy.grammar import parse_rule_syntax
 from rctlpolicy.kernel import KernelSetup, open_simulator
 from rctlpolicy.kernel.host import default_host_path
 from rctlpolicy.metric_names import METRIC_TYPES, metric_spec, resource_metrics
-from rctlpolicy.model import Resource, Rule
-from rctlpolicy.semantics import Layer, check_rule
+from rctlpolicy.model import Resource
 
 PROMTOOL = Path("/usr/bin/promtool")
 
@@ -55,12 +54,6 @@ RULES = (
     "loginclass:daemon:openfiles:deny=65536/process",
     "process:4242:openfiles:deny=1000",
 )
-
-
-def rule(text: str) -> Rule:
-    checked = check_rule(parse_rule_syntax(text), Layer.KERNEL, notes=False).rule
-    assert checked is not None, text
-    return checked
 
 
 @pytest.fixture

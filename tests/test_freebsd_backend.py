@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 import yaml
+from corpus_host import rule
 
 import rctlpolicy
-from rctlpolicy.grammar import parse_rule_syntax
 from rctlpolicy.kernel.base import (
     FREEBSD_ERRNO,
     Jail,
@@ -66,7 +66,6 @@ from rctlpolicy.model import (
     Rule,
     SubjectType,
 )
-from rctlpolicy.semantics import Layer, check_rule
 
 FREEBSD_ENOENT = 2
 MiB = 1024 * 1024
@@ -288,12 +287,6 @@ def backend(request: pytest.FixtureRequest) -> Callable[..., Setup]:
 def every_backend(request: pytest.FixtureRequest) -> Callable[..., Setup]:
     """Also through a real `python -m rctlpolicy.kernel.rctl8` child (about 0.15 s a call)."""
     return SETUPS[request.param]
-
-
-def rule(text: str) -> Rule:
-    check = check_rule(parse_rule_syntax(text), Layer.KERNEL, notes=False)
-    assert check.rule is not None, text
-    return check.rule
 
 
 def raw(subject: str, subject_id: str, resource: str, action: str, amount: int) -> Rule:

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from corpus_host import rule
 
-from rctlpolicy.grammar import parse_rule_syntax
 from rctlpolicy.model import Rule
 from rctlpolicy.plan import make_plan, normalize_desired
-from rctlpolicy.semantics import Layer, check_rule
-
-
-def rule(text: str) -> Rule:
-    check = check_rule(parse_rule_syntax(text), Layer.KERNEL, notes=False)
-    assert check.rule is not None, check.problems
-    return check.rule
 
 
 def rules(*texts: str) -> list[Rule]:

@@ -9,23 +9,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from corpus_host import rule
 
-from rctlpolicy.grammar import parse_rule_syntax
 from rctlpolicy.kernel import KernelSetup, open_simulator
 from rctlpolicy.kernel.base import RctlCall, RctlSyscalls
 from rctlpolicy.kernel.freebsd import FreeBSDKernel
 from rctlpolicy.kernel.host import default_host_path
-from rctlpolicy.model import Filter, Resource, Rule, SubjectType
-from rctlpolicy.semantics import Layer, check_rule
+from rctlpolicy.model import Filter, Resource, SubjectType
 from rctlpolicy.usage import HEADER, JailRow, JailTable, jail_usage_table, usage_lines
 
 GIB = 1 << 30
-
-
-def rule(text: str) -> Rule:
-    checked = check_rule(parse_rule_syntax(text), Layer.KERNEL, notes=False).rule
-    assert checked is not None, text
-    return checked
 
 
 @pytest.fixture
