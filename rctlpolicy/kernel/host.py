@@ -603,9 +603,8 @@ class KernelState:
 
     def live(self, host: HostSpec) -> KernelState:
         """Without the process rules of processes that are gone (they die with the process)."""
-        # Called on every system call: most kernels hold no process rule, and a plain scan
-        # for one is a fraction of the cost of a filter call per rule.
-        if not any(stored.rule.subject is SubjectType.PROCESS for stored in self.rules):
+        # Called on every system call: most kernels hold no process rule.
+        if not _has_process_rules(self.rules):
             return self
         return self.removed(
             lambda rule: (
@@ -640,6 +639,7 @@ class KernelState:
         containers = self.containers
         if key not in containers:
             containers = {**containers, key: self.next_seq}
+        had_process_rules = _has_process_rules(self.rules)
         state = KernelState(
             (*kept, StoredRule(rule, self.next_seq)),
             containers,
@@ -647,6 +647,10 @@ class KernelState:
             self.exceeded,
             self.rate_windows,
         )
+        if not gone:  # what the next live() asks, known without a scan
+            _remember_process_rules(
+                state.rules, had_process_rules or rule.subject is SubjectType.PROCESS
+            )
         return state._forget_unused(gone)
 
     def removed(self, matches: Callable[[Rule], bool]) -> tuple[KernelState, int]:
@@ -680,13 +684,13 @@ class KernelState:
             return self
         return KernelState(self.rules, containers, self.next_seq, exceeded, self.rate_windows)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, with_rules: bool = True) -> dict[str, Any]:
         return {
             "version": 1,
             "next_seq": self.next_seq,
             # One string per rule ("<seq> <rule with its per spelt out>"): the state is rewritten
             # on every add, and a string encodes many times faster than a mapping.
-            "rules": [_rule_entry(stored) for stored in self.rules],
+            "rules": [_rule_entry(stored) for stored in self.rules] if with_rules else [],
             "containers": dict(self.containers),
             "exceeded": sorted(self.exceeded),
             "rate_windows": {
@@ -739,6 +743,26 @@ class KernelState:
             log.warning("%s is malformed (%s); starting from an empty kernel", where, error)
             return cls()
         return cls(tuple(rules), containers, max(next_seq, highest + 1), exceeded, windows)
+
+
+# Whether a rules tuple holds a process rule: live() asks on every system call, and an apply's
+# adds each make a new tuple one rule longer, whose answer follows from the last one. One slot,
+# read and written as a whole, so threads never pair one tuple with another's answer.
+_process_scan: tuple[tuple[StoredRule, ...], bool] | None = None
+
+
+def _has_process_rules(rules: tuple[StoredRule, ...]) -> bool:
+    known = _process_scan
+    if known is not None and known[0] is rules:
+        return known[1]
+    found = any(stored.rule.subject is SubjectType.PROCESS for stored in rules)
+    _remember_process_rules(rules, found)
+    return found
+
+
+def _remember_process_rules(rules: tuple[StoredRule, ...], found: bool) -> None:
+    global _process_scan
+    _process_scan = (rules, found)
 
 
 # Both directions are memoized: every call re-reads and rewrites the whole state, whose entries
@@ -819,6 +843,13 @@ class StateStore:
     def __init__(self, path: Path) -> None:
         self.file = JsonStateFile(path)
         self._last: tuple[bytes, KernelState] | None = None
+        #: (inode, size, mtime_ns) of the file as this store last wrote or read it. Every
+        #: write is a rename to a new inode, so an unchanged identity means unchanged bytes
+        #: and the file need not even be read again.
+        self._identity: tuple[int, int, int] | None = None
+        #: The rules of the last state written and their JSON list items: an add appends one
+        #: rule, so only the new ones are encoded (the whole list was: quadratic in an apply).
+        self._encoded: tuple[tuple[StoredRule, ...], str] | None = None
 
     @staticmethod
     def path_beside(host_path: Path) -> Path:
@@ -847,8 +878,19 @@ class StateStore:
                 self._save(new)
         return result
 
+    def _file_identity(self) -> tuple[int, int, int] | None:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return None
+        return (info.st_ino, info.st_size, info.st_mtime_ns)
+
     def _load(self) -> KernelState:
         """The state in the file (the lock held)."""
+        identity = self._file_identity()
+        if identity is not None and identity == self._identity and self._last is not None:
+            return self._last[1]
+        self._identity = identity
         try:
             raw = self.path.read_bytes()
         except OSError:
@@ -861,9 +903,26 @@ class StateStore:
         self._last = (raw, state) if raw is not None else None
         return state
 
+    def _rules_json(self, rules: tuple[StoredRule, ...]) -> str:
+        """The JSON items of the rules list, reusing the last encoding when it is a prefix."""
+        previous = self._encoded
+        if previous is not None and rules[: len(previous[0])] == previous[0]:
+            known, text = previous
+            tail = rules[len(known) :]
+            if tail:
+                more = ",".join(json.dumps(_rule_entry(stored)) for stored in tail)
+                text = f"{text},{more}" if text else more
+        else:
+            text = ",".join(json.dumps(_rule_entry(stored)) for stored in rules)
+        self._encoded = (rules, text)
+        return text
+
     def _save(self, state: KernelState) -> None:
         """Replace the file atomically (the lock held); json.dumps is the C encoder."""
-        data = json.dumps(state.to_json(), separators=(",", ":")).encode()
+        document = state.to_json(with_rules=False)
+        rules_text = self._rules_json(state.rules)
+        head = json.dumps(document, separators=(",", ":"))
+        data = head.replace('"rules":[]', f'"rules":[{rules_text}]', 1).encode()
         fd, temp = tempfile.mkstemp(
             prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent
         )
@@ -876,3 +935,4 @@ class StateStore:
                 os.unlink(temp)
             raise
         self._last = (data, state)
+        self._identity = self._file_identity()
