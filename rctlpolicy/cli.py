@@ -598,7 +598,7 @@ def _daemon_options(sub: argparse.ArgumentParser) -> None:
         "--web.listen-address",
         dest="listen_address",
         metavar="HOST:PORT",
-        help="where to serve metrics (default: 127.0.0.1:9913)",
+        help="where to serve metrics (default: 127.0.0.1:10217)",
     )
     sub.add_argument(
         "--web.telemetry-path",

@@ -1,7 +1,7 @@
 """The daemon's configuration: command-line flags and the equivalent YAML file.
 
 The file uses the flags' names without dashes (`rules-dir: /usr/local/etc/rctlpolicy/rules`,
-`web.listen-address: "127.0.0.1:9913"`); a flag given on the command line wins over the file.
+`web.listen-address: "127.0.0.1:10217"`); a flag given on the command line wins over the file.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import yaml
 
 DEFAULT_CONFIG_PATH = Path("/usr/local/etc/rctlpolicy.yaml")
 DEFAULT_RULES_DIR = Path("/usr/local/etc/rctlpolicy/rules")
-#: Our own port: 9913 is not in Prometheus' default port allocation list for exporters
+#: Our own port. Prometheus' default port allocation list for exporters has filled its whole
+#: range 9100-9999 (9913, say, is nginx-vts-exporter's), so rctlpolicy takes one outside it
 #: (jail_exporter uses 9452, node_exporter 9100).
-DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9913"
+DEFAULT_LISTEN_ADDRESS = "127.0.0.1:10217"
 DEFAULT_DEVD_SOCKET = Path("/var/run/devd.seqpacket.pipe")
 DEFAULT_SYSLOG_SOCKET = "/var/run/log"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -120,7 +121,7 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not port_text.isdigit() or int(port_text) > 65535:
         raise ConfigError(f"web.listen-address: '{address}' is not HOST:PORT")
     host = host.strip("[]")
-    return host or "0.0.0.0", int(port_text)  # noqa: S104 (":9913" means every address)
+    return host or "0.0.0.0", int(port_text)  # noqa: S104 (":10217" means every address)
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

@@ -81,7 +81,7 @@ shutdown-timeout: 3
         ("jail-poll-interval: 0\n", "must be a positive number of seconds"),
         ("shutdown-timeout: true\n", "must be a positive number of seconds"),
         ("rules-dir: ''\n", "rules-dir: must be a non-empty string"),
-        ("web.listen-address: 9913\n", "must be a non-empty string"),
+        ("web.listen-address: 10217\n", "must be a non-empty string"),
         ("- a list\n", "the configuration is a mapping of settings"),
         ("key: [unclosed\n", "YAML error"),
     ],
@@ -147,10 +147,10 @@ def test_invalid_values_are_refused(flags: dict[str, object], message: str) -> N
 @pytest.mark.parametrize(
     ("address", "expected"),
     [
-        ("127.0.0.1:9913", ("127.0.0.1", 9913)),
+        ("127.0.0.1:10217", ("127.0.0.1", 10217)),
         ("[::1]:0", ("::1", 0)),
-        (":9913", ("0.0.0.0", 9913)),
-        (DEFAULT_LISTEN_ADDRESS, ("127.0.0.1", 9913)),
+        (":10217", ("0.0.0.0", 10217)),
+        (DEFAULT_LISTEN_ADDRESS, ("127.0.0.1", 10217)),
     ],
 )
 def test_split_address(address: str, expected: tuple[str, int]) -> None:

@@ -344,7 +344,7 @@ def test_configuration_example_loads(tmp_path: Path) -> None:
     path = tmp_path / "rctlpolicy.yaml"
     path.write_text(display, encoding="utf-8")
     config = build_config(load_config_file(path), {})
-    assert config.listen_address == ":9913"
+    assert config.listen_address == ":10217"
 
 
 # --- the sdist ---------------------------------------------------------------------------------
