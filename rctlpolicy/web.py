@@ -11,6 +11,7 @@ the HTTP exchange under an idle timeout.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import hmac
@@ -26,7 +27,7 @@ import socketserver
 import ssl
 import threading
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from http.server import BaseHTTPRequestHandler
@@ -46,6 +47,9 @@ PasswordCheck = Callable[[bytes, bytes], bool]
 
 DEFAULT_IDLE_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 64
+#: Longest a TLS handshake, or a request's line and headers, may take in all. The idle
+#: timeout bounds each read; this bounds a client that sends one byte every few seconds.
+DEFAULT_REQUEST_DEADLINE = 30.0
 
 
 class WebConfigError(Exception):
@@ -735,6 +739,20 @@ class _Connection:
                 pass
 
 
+@contextlib.contextmanager
+def _deadline(seconds: float, connection: _Connection) -> Iterator[None]:
+    """Abort the connection if the block has not finished within `seconds`."""
+    timer = threading.Timer(seconds, connection.abort)
+    timer.daemon = True
+    timer.name = "rctlpolicy-web-deadline"
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join()
+
+
 class _RequestHandler(BaseHTTPRequestHandler):
     """HTTP/1.1 with keep-alive over one connection, answering from a MetricsServer."""
 
@@ -745,10 +763,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
     server_version = "rctlpolicy"
     sys_version = ""
 
-    def __init__(self, sock: socket.socket, peer: str, app: MetricsServer) -> None:
+    def __init__(
+        self, sock: socket.socket, peer: str, app: MetricsServer, connection: _Connection
+    ) -> None:
         # Set before super().__init__, which serves the whole connection before returning.
         self._app = app
         self._peer = peer
+        self._connection = connection
         # BaseHTTPRequestHandler never reads .server; our state comes through _app.
         super().__init__(sock, (peer, 0), cast("socketserver.BaseServer", None))
 
@@ -756,16 +777,17 @@ class _RequestHandler(BaseHTTPRequestHandler):
         # Replaces the stdlib version so that every method reaches _respond (which answers 405)
         # instead of 501 for methods without a do_* function; timeouts and socket errors
         # propagate to the worker, which logs and closes.
-        self.raw_requestline = self.rfile.readline(_MAX_REQUEST_LINE + 1)
-        if len(self.raw_requestline) > _MAX_REQUEST_LINE:
-            self.requestline = self.request_version = self.command = ""
-            self.send_error(414)
-            return
-        if not self.raw_requestline:
-            self.close_connection = True
-            return
-        if not self.parse_request():
-            return
+        with _deadline(self._app.request_deadline, self._connection):
+            self.raw_requestline = self.rfile.readline(_MAX_REQUEST_LINE + 1)
+            if len(self.raw_requestline) > _MAX_REQUEST_LINE:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(414)
+                return
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if not self.parse_request():
+                return
         self._respond()
         self.wfile.flush()
 
@@ -876,6 +898,7 @@ class MetricsServer:
         *,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        request_deadline: float = DEFAULT_REQUEST_DEADLINE,
     ) -> None:
         if not telemetry_path.startswith("/"):
             raise ValueError(f"telemetry path must start with '/': {telemetry_path!r}")
@@ -890,6 +913,7 @@ class MetricsServer:
         )
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.request_deadline = request_deadline
         self._web_config = web_config
         self._state = self._build_state(web_config)
         self._lock = threading.Lock()
@@ -1079,12 +1103,13 @@ class MetricsServer:
                     )
                     connection.sock = sock
                 assert isinstance(sock, ssl.SSLSocket)
-                sock.do_handshake()
+                with _deadline(self.request_deadline, connection):
+                    sock.do_handshake()
                 sans = state.tls.client_allowed_sans
                 if sans and not _san_allowed(sock.getpeercert() or {}, sans):
                     logger.warning("TLS client %s: certificate has none of the allowed SANs", peer)
                     return
-            _RequestHandler(sock, peer, self)
+            _RequestHandler(sock, peer, self, connection)
         except TimeoutError:
             logger.debug("closing idle connection from %s", peer)
         except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError):

@@ -429,6 +429,31 @@ def test_idle_connections_are_closed_after_the_timeout(serve: ServerFactory) -> 
         assert idle.recv(1) == b""
 
 
+def test_a_trickling_client_is_cut_off_at_the_request_deadline(serve: ServerFactory) -> None:
+    # Each byte comes well within the idle timeout; only the whole-request deadline ends it.
+    server = serve(idle_timeout=5, request_deadline=0.3)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as slow:
+        slow.settimeout(0.05)
+        started = time.monotonic()
+        closed = False
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 400:
+            try:
+                slow.sendall(bytes([byte]))
+                data = slow.recv(1024)
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+            if not data or data.startswith(b"HTTP/1.1 400"):
+                closed = True
+                break
+        assert closed, "the trickling client was never cut off"
+        assert time.monotonic() - started < DEADLINE
+    # The server still answers everyone else.
+    assert request(server).status == 200
+
+
 def test_stop_closes_open_connections_at_once(serve: ServerFactory) -> None:
     server = serve(idle_timeout=60)
     with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as idle:
