@@ -20,7 +20,14 @@ from rctlpolicy.model import (
     SubjectType,
 )
 from rctlpolicy.policy import PolicyFile, load_policy
-from rctlpolicy.semantics import OFFLINE, Layer, check_filter, check_rule, sent_text
+from rctlpolicy.semantics import (
+    OFFLINE,
+    Layer,
+    check_filter,
+    check_rule,
+    parse_canonical,
+    sent_text,
+)
 
 # A few seconds for the whole file; raise max_examples locally to hunt for more.
 QUICK = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -127,6 +134,10 @@ def test_valid_rules_round_trip_through_the_kernel(text: str) -> None:
     again = check_rule(parse_rule_syntax(rule.canonical), Layer.KERNEL, HOST)
     assert again.rule == rule, again.problems
     assert again.error is None
+    # The fast reader of kernel listings agrees, or leaves the rule to the grammar.
+    assert parse_canonical(rule.canonical) in (rule, None)
+    if not rule.subject_id.startswith("-"):
+        assert parse_canonical(rule.canonical) == rule
     # What rctl(8) sends is a rule the kernel takes, and it is the same rule.
     sent = sent_text(checked.syntax, checked)
     assert sent is not None

@@ -32,6 +32,7 @@ from rctlpolicy.semantics import (
     RuleCheck,
     check_filter,
     check_rule,
+    parse_canonical,
     sent_text,
 )
 
@@ -513,3 +514,41 @@ def test_every_errno_has_an_example() -> None:
 def test_codes_are_kebab_case() -> None:
     for code in _possible_codes():
         assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)+", code), code
+
+
+# --- the fast reader of kernel listings ---------------------------------------------------------
+
+
+def test_parse_canonical_agrees_with_the_kernel_layer_on_the_corpus() -> None:
+    import json
+    from pathlib import Path
+
+    corpus = Path(__file__).resolve().parents[2] / "shared" / "spec" / "rctl-corpus.jsonl"
+    canonicals = {json.loads(line)["canonical"] for line in corpus.read_text().splitlines()}
+    hits = 0
+    for text in sorted(c for c in canonicals if c):
+        slow = check_rule(parse_rule_syntax(text), Layer.KERNEL, OFFLINE, notes=False).rule
+        fast = parse_canonical(text)
+        assert fast in (slow, None), text
+        hits += fast is not None
+    assert hits >= len([c for c in canonicals if c]) - 1  # only user:-1 takes the long way
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "USER:80:maxproc:deny=1",  # the kernel prints names in lowercase
+        "user:80:maxproc:deny=01",  # no leading zeros
+        "user:080:maxproc:deny=1",
+        "user:-1:maxproc:deny=1",  # a uid >= 2^31: the grammar handles it
+        "user:80:maxproc:deny=1/user",  # /per equal to the subject is never printed
+        "user:80:cputime:deny=1",  # never held by the kernel (EOPNOTSUPP)
+        "user:80:maxproc:throttle=1",
+        "jail:a:swapuse:deny=1/process",
+        "user:80:cputime:log=9223372036855",  # out of range (ERANGE)
+        "user:80:bogus:deny=1",
+        "jail:" + "j" * 256 + ":maxproc:deny=1",
+    ],
+)
+def test_parse_canonical_leaves_everything_else_to_the_grammar(text: str) -> None:
+    assert parse_canonical(text) is None

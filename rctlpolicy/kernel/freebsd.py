@@ -30,7 +30,7 @@ from rctlpolicy.kernel.base import (
 )
 from rctlpolicy.model import EVERYTHING, SUBJECT_ALIASES, Filter, Resource, Rule
 from rctlpolicy.policy import no_cyclic_gc
-from rctlpolicy.semantics import OFFLINE, Layer, check_rule
+from rctlpolicy.semantics import OFFLINE, Layer, check_rule, parse_canonical
 
 #: rctl(8)'s first output buffer (RCTL_DEFAULT_BUFSIZE) and its growth factor on ERANGE.
 RCTL_DEFAULT_BUFSIZE = 128 * 1024
@@ -119,6 +119,9 @@ class SubprocessRunner:
 # rules of the last one: memoized, a no-op plan of 10,000 rules does not parse them again.
 @functools.lru_cache(maxsize=1 << 16)
 def _kernel_rule(text: str) -> Rule | None:
+    fast = parse_canonical(text)
+    if fast is not None:
+        return fast
     check = check_rule(parse_rule_syntax(text), Layer.KERNEL, OFFLINE, notes=False)
     return check.rule
 
