@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rctlpolicy.diagnostics import Diagnostic, sorted_diagnostics
+from rctlpolicy.gcpause import no_cyclic_gc
 from rctlpolicy.model import Action, Severity
-from rctlpolicy.policy import LoadedPolicy, PolicyFile, load_policy, no_cyclic_gc
+from rctlpolicy.policy import LoadedPolicy, PolicyFile, load_policy
 from rctlpolicy.policy_model import Policy, PolicyRule
 from rctlpolicy.semantics import OFFLINE, Resolver
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from rctlpolicy.gcpause import no_cyclic_gc
 from rctlpolicy.model import Action, Resource, Rule, SubjectType
 
 #: What a deny replaces on add: the same subject, id, resource and per, any amount.
@@ -79,6 +80,13 @@ def make_plan(
 ) -> Plan:
     """Compare the policy's rules with the kernel's; `owned` holds the canonical texts of the
     rules earlier applies added (the only ones removed unless `prune`)."""
+    with no_cyclic_gc():
+        return _make_plan(desired, in_force, owned, prune)
+
+
+def _make_plan(
+    desired: Iterable[Rule], in_force: Iterable[Rule], owned: Iterable[str], prune: bool
+) -> Plan:
     wanted = _normalized(desired)
     current = {rule.canonical: rule for rule in in_force}
     owned_set = owned if isinstance(owned, set | frozenset) else set(owned)

@@ -6,14 +6,13 @@ returned as a Diagnostic with the file, line and column it is at; nothing raises
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-import gc
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from rctlpolicy.diagnostics import Diagnostic, sorted_diagnostics
+from rctlpolicy.gcpause import no_cyclic_gc
 from rctlpolicy.grammar import (
     SUBJECT,
     SUBJECT_ID,
@@ -57,20 +56,6 @@ def load_policy(files: Sequence[PolicyFile], resolver: Resolver = OFFLINE) -> Lo
     """Parse and validate every file; the policy holds the rules that are valid."""
     with no_cyclic_gc():
         return _load_policy(files, resolver)
-
-
-@contextlib.contextmanager
-def no_cyclic_gc() -> Iterator[None]:
-    """Loading 20,000 rules creates some 200,000 small acyclic objects that stay alive: the
-    cyclic collector would scan them again and again (a fifth of lint's time) and find
-    nothing. Reference counting still frees everything; collection resumes afterwards."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _load_policy(files: Sequence[PolicyFile], resolver: Resolver) -> LoadedPolicy:
@@ -322,6 +307,11 @@ def jail_pattern_matches(pattern: str, jail_name: str) -> bool:
 
 def expand_jail_patterns(policy: Policy, jail_names: Iterable[str]) -> list[PolicyRule]:
     """The policy's rules for the kernel: concrete rules, plus one rule per matching jail."""
+    with no_cyclic_gc():
+        return _expand_jail_patterns(policy, jail_names)
+
+
+def _expand_jail_patterns(policy: Policy, jail_names: Iterable[str]) -> list[PolicyRule]:
     names = sorted(set(jail_names))
     result: list[PolicyRule] = []
     for policy_rule in policy.rules:

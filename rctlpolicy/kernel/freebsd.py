@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rctlpolicy.amounts import kernel_strtoul
+from rctlpolicy.gcpause import no_cyclic_gc
 from rctlpolicy.grammar import parse_rule_syntax
 from rctlpolicy.kernel.base import (
     STRERROR,
@@ -29,7 +30,6 @@ from rctlpolicy.kernel.base import (
     SyscallError,
 )
 from rctlpolicy.model import EVERYTHING, SUBJECT_ALIASES, Filter, Resource, Rule
-from rctlpolicy.policy import no_cyclic_gc
 from rctlpolicy.semantics import OFFLINE, Layer, check_rule, parse_canonical
 
 #: rctl(8)'s first output buffer (RCTL_DEFAULT_BUFSIZE) and its growth factor on ERANGE.
