@@ -13,6 +13,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -689,3 +690,37 @@ def test_the_exposition_of_a_fixed_host_matches_the_golden_file(env: Env) -> Non
     if os.environ.get("RCTLPOLICY_UPDATE_GOLDEN"):
         golden.write_text(actual)
     assert actual == golden.read_text()
+
+
+# --- syslog ------------------------------------------------------------------------------------
+
+
+def test_syslog_gets_the_daemons_log_as_freebsd_syslogd_reads_it(env: Env) -> None:
+    """A fake syslogd: the SOCK_DGRAM socket FreeBSD has at /var/run/log."""
+    path = env.server.directory / "log"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslogd:
+        syslogd.bind(str(path))
+        syslogd.settimeout(10)
+        env.policy("p.yaml", ["jail:db1:maxproc:deny=100"])
+        daemon = env.start("--syslog", "--syslog-socket", str(path), wait=False)
+
+        def receive_until(needle: bytes) -> bytes:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                datagram = syslogd.recv(8192)
+                if needle in datagram:
+                    return datagram
+            raise AssertionError(f"no syslog message with {needle!r}")
+
+        started = receive_until(b"rctlpolicy started")
+        # daemon.info is <30>; the tag carries the pid; Python ends the datagram with a NUL.
+        tag = re.match(rb"<30>rctlpolicy\[(\d+)\]: rctlpolicy started: ", started)
+        assert tag is not None, started
+        assert int(tag.group(1)) == daemon.pid
+        assert started.endswith(b"\x00")
+        env.policy("p.yaml", ["jail:db1:maxproc:deny=1x"])
+        daemon.send_signal(signal.SIGHUP)
+        rejected = receive_until(b"rejected")
+        assert rejected.startswith(b"<27>rctlpolicy[")  # daemon.err
+        assert daemon.stop() == 0
+    assert env.host.rules() == ["jail:db1:maxproc:deny=100"]
