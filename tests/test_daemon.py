@@ -724,3 +724,48 @@ def test_syslog_gets_the_daemons_log_as_freebsd_syslogd_reads_it(env: Env) -> No
         assert rejected.startswith(b"<27>rctlpolicy[")  # daemon.err
         assert daemon.stop() == 0
     assert env.host.rules() == ["jail:db1:maxproc:deny=100"]
+
+
+# --- the metrics endpoint's web config -----------------------------------------------------------
+
+
+def test_web_config_basic_auth_guards_the_daemons_metrics(env: Env) -> None:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    import bcrypt
+
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web = env.root / "web.yml"
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": hashed}}))
+    env.policy("p.yaml", ["jail:db1:maxproc:deny=100"])
+    daemon = env.start("--web.config.file", str(web))
+
+    def scrape(password: str | None) -> int:
+        request = urllib.request.Request(daemon.url)
+        if password is not None:
+            token = base64.b64encode(f"prometheus:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert b"rctlpolicy_rules 1.0" in response.read()
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            error.close()
+            return int(error.code)
+
+    assert scrape(None) == 401
+    assert scrape("wrong") == 401
+    assert scrape("s3cret") == 200
+    assert daemon.stop() == 0
+
+
+def test_a_broken_web_config_fails_start_up(env: Env) -> None:
+    web = env.root / "web.yml"
+    web.write_text("tls_server_config: {cert_file: /nonexistent.crt, key_file: /nonexistent.key}\n")
+    env.policy("p.yaml", ["jail:db1:maxproc:deny=100"])
+    daemon = env.start("--web.config.file", str(web), wait=False)
+    assert daemon.proc.wait(30) == 1
+    daemon.log.join(5)
+    assert "web.yml" in daemon.log.text()
