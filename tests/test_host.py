@@ -454,3 +454,79 @@ def test_any_document_is_a_host_or_a_host_file_error(document: object) -> None:
         parse_host(text, "fuzz.yaml")
     except HostFileError as error:
         assert str(error).startswith("fuzz.yaml: ")
+
+
+# --- the state file's journal --------------------------------------------------------------------
+
+
+def _jail_rule(n: int) -> Rule:
+    return Rule(SubjectType.JAIL, f"j{n}", Resource.MAXPROC, Action.DENY, n, SubjectType.JAIL)
+
+
+def _add(store: StateStore, rule: Rule) -> None:
+    store.modify(lambda state: (state.added(rule), None))
+
+
+def test_adds_are_journalled_and_every_reader_sees_them(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    writer = StateStore(path)
+    for n in range(5):
+        _add(writer, _jail_rule(n))
+    lines = path.read_text().splitlines()
+    assert len(lines) == 5  # the first add wrote the snapshot, the others one line each
+    assert json.loads(lines[1])["add"] == "2 jail:j1:maxproc:deny=1/jail"
+    fresh = StateStore(path).read()
+    assert fresh == writer.read()
+    assert [s.rule for s in fresh.rules] == [_jail_rule(n) for n in range(5)]
+    assert fresh.containers["jail:j4"] == 5 and fresh.next_seq == 6
+
+
+def test_two_stores_interleave_through_the_journal(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    first, second = StateStore(path), StateStore(path)
+    for n in range(6):
+        _add(first if n % 2 else second, _jail_rule(n))
+    assert {s.rule for s in StateStore(path).read().rules} == {_jail_rule(n) for n in range(6)}
+
+
+def test_the_journal_is_folded_into_a_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    store = StateStore(path, journal_max=3)
+    for n in range(10):
+        _add(store, _jail_rule(n))
+    assert len(path.read_text().splitlines()) <= 4
+    assert len(StateStore(path).read().rules) == 10
+
+
+def test_a_removal_rewrites_the_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    store = StateStore(path)
+    for n in range(3):
+        _add(store, _jail_rule(n))
+    store.modify(lambda state: (state.removed(lambda rule: rule.subject_id == "j1")[0], None))
+    assert len(path.read_text().splitlines()) == 1
+    assert [s.rule for s in StateStore(path).read().rules] == [_jail_rule(0), _jail_rule(2)]
+
+
+def test_a_torn_journal_line_is_dropped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.json"
+    store = StateStore(path)
+    for n in range(3):
+        _add(store, _jail_rule(n))
+    with path.open("a") as handle:
+        handle.write('{"add": "4 jail:j')  # a writer killed half-way through its line
+    with caplog.at_level(logging.WARNING):
+        state = StateStore(path).read()
+    assert [s.rule for s in state.rules] == [_jail_rule(n) for n in range(3)]
+    assert "journal" in caplog.text
+
+
+def test_an_old_state_file_without_a_final_newline_takes_a_journal(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    old = KernelState().added(_jail_rule(0))
+    path.write_text(json.dumps(old.to_json()))  # as written before journals existed
+    store = StateStore(path)
+    _add(store, _jail_rule(1))
+    assert [s.rule for s in StateStore(path).read().rules] == [_jail_rule(0), _jail_rule(1)]

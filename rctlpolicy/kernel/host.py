@@ -825,6 +825,55 @@ def _decode_rule_entry(raw: str) -> StoredRule | None:
 _T = TypeVar("_T")
 
 
+def _decode_state_file(raw: bytes | None, where: str) -> tuple[KernelState, int]:
+    """The state a file holds, and how many journal lines it has.
+
+    The file is a JSON snapshot on its first line, then one JSON line per rule added since
+    (`{"add": "<seq> <rule>", "container": [key, seq] or null}`). A torn last line (a process
+    killed while appending) is dropped with a warning; a corrupt snapshot reads as empty.
+    """
+    if raw is None:
+        return KernelState(), 0
+    text = raw.decode("utf-8", errors="replace")
+    first, _, rest = text.partition("\n")
+    if not first.strip():
+        return KernelState(), 0
+    try:
+        data = json.loads(first)
+    except ValueError as error:
+        log.warning("state file %s is corrupt (%s); starting from an empty kernel", where, error)
+        return KernelState(), 0
+    if not isinstance(data, dict):
+        log.warning("state file %s does not hold an object; starting from empty", where)
+        return KernelState(), 0
+    state = KernelState.from_json(data, where)
+    lines = [line for line in rest.split("\n") if line.strip()]
+    if not lines:
+        return state, 0
+    rules = list(state.rules)
+    containers = dict(state.containers)
+    next_seq = state.next_seq
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            stored = _stored_rule(entry["add"])
+            container = entry.get("container")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            stored = None
+            container = None
+        if stored is None:
+            log.warning("%s: dropping a malformed journal line: %r", where, line[:200])
+            continue
+        rules.append(stored)
+        if isinstance(container, list) and len(container) == 2:
+            containers[str(container[0])] = int(container[1])
+        next_seq = max(next_seq, stored.seq + 1)
+    return (
+        KernelState(tuple(rules), containers, next_seq, state.exceeded, state.rate_windows),
+        len(lines),
+    )
+
+
 class StateStore:
     """The simulated kernel's state file: read and changed under an exclusive flock(2),
     replaced atomically (temp file, rename). A corrupt file reads as an empty kernel, with a
@@ -840,13 +889,18 @@ class StateStore:
     made a 10,000-rule apply take minutes.)
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, journal_max: int = 4096) -> None:
         self.file = JsonStateFile(path)
+        #: Adds appended to the file before it is rewritten as one snapshot.
+        self.journal_max = journal_max
         self._last: tuple[bytes, KernelState] | None = None
         #: (inode, size, mtime_ns) of the file as this store last wrote or read it. Every
         #: write is a rename to a new inode, so an unchanged identity means unchanged bytes
         #: and the file need not even be read again.
         self._identity: tuple[int, int, int] | None = None
+        #: Journal lines after the snapshot in the file (see _decode_state_file).
+        self._journal = 0
+        self._unterminated = False
         #: The rules of the last state written and their JSON list items: an add appends one
         #: rule, so only the new ones are encoded (the whole list was: quadratic in an apply).
         self._encoded: tuple[tuple[StoredRule, ...], str] | None = None
@@ -874,7 +928,7 @@ class StateStore:
         with self.file.locked():
             old = self._load()
             new, result = change(old)
-            if new is not old and new != old:
+            if new is not old and new != old and not self._append(old, new):
                 self._save(new)
         return result
 
@@ -898,10 +952,47 @@ class StateStore:
         last = self._last
         if raw is not None and last is not None and last[0] == raw:
             return last[1]
-        # JsonStateFile.load reads it again, and says what is wrong with a file it cannot use.
-        state = KernelState.from_json(self.file.load(), str(self.path))
+        state, self._journal = _decode_state_file(raw, str(self.path))
+        self._unterminated = raw is not None and raw != b"" and not raw.endswith(b"\n")
         self._last = (raw, state) if raw is not None else None
         return state
+
+    def _append(self, old: KernelState, new: KernelState) -> bool:
+        """Write an add that only appended one rule as a journal line instead of rewriting the
+        whole file (which made an apply quadratic); False when the change is not such an add
+        or the journal is long enough to be folded into a new snapshot."""
+        if self._journal >= self.journal_max or self._identity is None:
+            return False
+        if (
+            len(new.rules) != len(old.rules) + 1
+            or new.rules[:-1] != old.rules
+            or new.next_seq != old.next_seq + 1
+            or new.exceeded != old.exceeded
+            or new.rate_windows != old.rate_windows
+        ):
+            return False
+        added = new.rules[-1]
+        container: list[object] | None = None
+        if new.containers is not old.containers:
+            key = container_key(added.rule.subject, added.rule.subject_id)
+            if (
+                key in old.containers
+                or len(new.containers) != len(old.containers) + 1
+                or new.containers.get(key) != added.seq
+            ):
+                return False
+            container = [key, added.seq]
+        line = json.dumps({"add": _rule_entry(added), "container": container}) + "\n"
+        if self._unterminated:  # a file written before journals existed ends without one
+            line = "\n" + line
+            self._unterminated = False
+        with open(self.path, "ab") as handle:
+            handle.write(line.encode())
+        self._journal += 1
+        self._encoded = None  # the snapshot's rule list no longer holds every rule
+        self._last = (b"", new)
+        self._identity = self._file_identity()
+        return True
 
     def _rules_json(self, rules: tuple[StoredRule, ...]) -> str:
         """The JSON items of the rules list, reusing the last encoding when it is a prefix."""
@@ -922,7 +1013,7 @@ class StateStore:
         document = state.to_json(with_rules=False)
         rules_text = self._rules_json(state.rules)
         head = json.dumps(document, separators=(",", ":"))
-        data = head.replace('"rules":[]', f'"rules":[{rules_text}]', 1).encode()
+        data = head.replace('"rules":[]', f'"rules":[{rules_text}]', 1).encode() + b"\n"
         fd, temp = tempfile.mkstemp(
             prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent
         )
@@ -936,3 +1027,5 @@ class StateStore:
             raise
         self._last = (data, state)
         self._identity = self._file_identity()
+        self._journal = 0
+        self._unterminated = False
