@@ -219,29 +219,18 @@ class DaemonCollector(Collector):
             )
             build.add_metric([__version__], 1)
             yield build
-            yield GaugeMetricFamily(
-                names.RCTLPOLICY_RACCT_ENABLED,
-                _help(names.RCTLPOLICY_RACCT_ENABLED),
-                value=int(s.racct_enabled),
+            gauges: tuple[tuple[str, float], ...] = (
+                (names.RCTLPOLICY_RACCT_ENABLED, int(s.racct_enabled)),
+                (names.RCTLPOLICY_CONFIG_LAST_RELOAD_SUCCESSFUL, int(s.last_reload_ok)),
+                (
+                    names.RCTLPOLICY_CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
+                    s.last_reload_success,
+                ),
+                (names.RCTLPOLICY_RULES, s.rules),
+                (names.RCTLPOLICY_DEVD_CONNECTED, int(s.devd_connected)),
             )
-            yield GaugeMetricFamily(
-                names.RCTLPOLICY_CONFIG_LAST_RELOAD_SUCCESSFUL,
-                _help(names.RCTLPOLICY_CONFIG_LAST_RELOAD_SUCCESSFUL),
-                value=int(s.last_reload_ok),
-            )
-            yield GaugeMetricFamily(
-                names.RCTLPOLICY_CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
-                _help(names.RCTLPOLICY_CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS),
-                value=s.last_reload_success,
-            )
-            yield GaugeMetricFamily(
-                names.RCTLPOLICY_RULES, _help(names.RCTLPOLICY_RULES), value=s.rules
-            )
-            yield GaugeMetricFamily(
-                names.RCTLPOLICY_DEVD_CONNECTED,
-                _help(names.RCTLPOLICY_DEVD_CONNECTED),
-                value=int(s.devd_connected),
-            )
+            for name, value in gauges:
+                yield GaugeMetricFamily(name, _help(name), value=value)
             yield CounterMetricFamily(
                 names.RCTLPOLICY_DEVD_RECONNECTS_TOTAL,
                 _help(names.RCTLPOLICY_DEVD_RECONNECTS_TOTAL),

@@ -275,17 +275,29 @@ def _with_subject_id(syntax: RuleSyntax, subject_id: str) -> RuleSyntax:
     )
 
 
-def _on_match(node: yaml.Node, report: _YamlReport) -> OnMatch | None:
+def _section(
+    node: yaml.Node, report: _YamlReport, what: str, allowed: Sequence[str], example: str
+) -> tuple[dict[str, tuple[yaml.Node, yaml.Node]], bool] | None:
+    """A nested mapping (on_match, service, max_runs): its entries, and whether all its keys
+    are known; None (reported) when it is not a mapping at all."""
     if not isinstance(node, yaml.MappingNode):
-        report.error(
-            node,
-            "yaml-structure",
-            "'on_match' must be a mapping",
-            "on_match: {run: [/usr/sbin/service, -j, '{jail}', postgresql, restart]}",
-        )
+        report.error(node, "yaml-structure", f"'{what}' must be a mapping", example)
         return None
-    ok = report.unknown_keys(node, _ON_MATCH_KEYS, "on_match")
-    items = _mapping_items(node, report)
+    known = report.unknown_keys(node, allowed, what)
+    return _mapping_items(node, report), known
+
+
+def _on_match(node: yaml.Node, report: _YamlReport) -> OnMatch | None:
+    section = _section(
+        node,
+        report,
+        "on_match",
+        _ON_MATCH_KEYS,
+        "on_match: {run: [/usr/sbin/service, -j, '{jail}', postgresql, restart]}",
+    )
+    if section is None:
+        return None
+    items, ok = section
     commands = [key for key in ("run", "service", "signal") if key in items]
     if len(commands) != 1:
         report.error(
@@ -406,16 +418,12 @@ def _placeholders(node: yaml.ScalarNode, report: _YamlReport) -> list[str] | Non
 
 
 def _service(node: yaml.Node, report: _YamlReport) -> tuple[str, str] | None:
-    if not isinstance(node, yaml.MappingNode):
-        report.error(
-            node,
-            "yaml-structure",
-            "'service' must be a mapping",
-            "service: {name: postgresql, command: restart}",
-        )
+    section = _section(
+        node, report, "service", _SERVICE_KEYS, "service: {name: postgresql, command: restart}"
+    )
+    if section is None:
         return None
-    clean = report.unknown_keys(node, _SERVICE_KEYS, "service")
-    items = _mapping_items(node, report)
+    items, clean = section
     values: list[str] = []
     for key in _SERVICE_KEYS:
         if key not in items:
@@ -475,16 +483,10 @@ def _duration(
 
 
 def _max_runs(node: yaml.Node, report: _YamlReport) -> RunLimit | None:
-    if not isinstance(node, yaml.MappingNode):
-        report.error(
-            node,
-            "yaml-structure",
-            "'max_runs' must be a mapping",
-            "max_runs: {count: 3, within: 1h}",
-        )
+    section = _section(node, report, "max_runs", _MAX_RUNS_KEYS, "max_runs: {count: 3, within: 1h}")
+    if section is None:
         return None
-    clean = report.unknown_keys(node, _MAX_RUNS_KEYS, "max_runs")
-    items = _mapping_items(node, report)
+    items, clean = section
     if "count" not in items or "within" not in items:
         report.error(
             node,

@@ -1,18 +1,22 @@
 """Fixtures every test gets, and the markers the suite uses.
 
-Keep this file small: a fixture belongs here only if every test module wants it.
+Keep this file small: a fixture belongs here only if many test modules want it.
 """
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from rctlpolicy.kernel.host import default_host_path
+
 #: How long a thread started by a test may take to finish after the test returns.
-THREAD_GRACE_SECONDS = 2.0
+THREAD_GRACE_SECONDS = 5.0
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -31,3 +35,12 @@ def no_leaked_threads() -> Iterator[None]:
         thread.join(max(0.0, deadline - time.monotonic()))
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert not leaked, f"threads left running: {leaked}"
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Path:
+    """A copy of the bundled simulated host: jails db1 (jid 3), web1, web2; postgres is pid
+    4242; www is uid 80. Tests edit it freely."""
+    path = tmp_path / "host.yaml"
+    shutil.copyfile(default_host_path(), path)
+    return path

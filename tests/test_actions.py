@@ -66,19 +66,6 @@ ARGV_DUMP = "import json,sys; json.dump(sys.argv[2:], open(sys.argv[1], 'w'))"
 # --- fixtures and helpers ----------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    """Fail a test that leaves a thread running (engines must shut their workers down)."""
-    before = set(threading.enumerate())
-    yield
-    end = time.monotonic() + DEADLINE
-    leaked = [t for t in threading.enumerate() if t not in before]
-    for thread in leaked:
-        thread.join(max(0.0, end - time.monotonic()))
-    alive = [t.name for t in leaked if t.is_alive()]
-    assert not alive, f"threads leaked: {alive}"
-
-
 class Gate:
     """A unix socket that action children connect to and then wait on."""
 

@@ -8,7 +8,6 @@ against the same rules engine as `rctlpolicy apply`.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ from rctlpolicy.apply import (
 )
 from rctlpolicy.kernel import KernelSetup, open_simulator
 from rctlpolicy.kernel.base import Jail, Kernel, KernelError, RacctStatus
-from rctlpolicy.kernel.host import default_host_path
 from rctlpolicy.lint import lint_files
 from rctlpolicy.model import EVERYTHING, Filter, Resource, Rule
 from rctlpolicy.policy import PolicyFile
@@ -38,14 +36,6 @@ T = TypeVar("T")
 
 def rules(*texts: str) -> list[Rule]:
     return [rule(text) for text in texts]
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> Path:
-    """A copy of the bundled host: jails db1, web1, web2; postgres as pid 4242; www is 80."""
-    path = tmp_path / "host.yaml"
-    shutil.copyfile(default_host_path(), path)
-    return path
 
 
 @pytest.fixture

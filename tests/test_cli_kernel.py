@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -85,14 +84,6 @@ class Cli:
             check=False,
         )
         return Result(done.returncode, done.stdout, done.stderr)
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> Path:
-    """A copy of the bundled host: jails db1 (jid 3), web1, web2; www is uid 80."""
-    path = tmp_path / "host.yaml"
-    shutil.copyfile(default_host_path(), path)
-    return path
 
 
 @pytest.fixture

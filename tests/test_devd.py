@@ -64,14 +64,6 @@ EXAMPLE_NOMATCH = (
 )
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-    assert not leaked, f"threads left running: {leaked}"
-
-
 # --------------------------------------------------------------------------------------------
 # parse_devd_line
 

@@ -7,7 +7,6 @@ import shutil
 import socket
 import stat
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,14 +17,6 @@ from rctlpolicy.devdserver import DROP_MESSAGE, REAP_MESSAGE, DevdServer
 
 LINE = format_rctl_event("jail:pgjail:swapuse:devctl=536870912", 4242, 770, "pgjail")
 Connect = Callable[..., socket.socket]
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-    assert not leaked, f"threads left running: {leaked}"
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ jails vanish or RACCT go off.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 import threading
@@ -35,7 +34,6 @@ from rctlpolicy.exporter import (
     write_textfile,
 )
 from rctlpolicy.kernel import KernelSetup, open_simulator
-from rctlpolicy.kernel.host import default_host_path
 from rctlpolicy.metric_names import METRIC_TYPES, metric_spec, resource_metrics
 from rctlpolicy.model import Resource
 
@@ -54,13 +52,6 @@ RULES = (
     "loginclass:daemon:openfiles:deny=65536/process",
     "process:4242:openfiles:deny=1000",
 )
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> Path:
-    path = tmp_path / "host.yaml"
-    shutil.copyfile(default_host_path(), path)
-    return path
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,6 @@ from corpus_host import rule
 from rctlpolicy.kernel import KernelSetup, open_simulator
 from rctlpolicy.kernel.base import RctlCall, RctlSyscalls
 from rctlpolicy.kernel.freebsd import FreeBSDKernel
-from rctlpolicy.kernel.host import default_host_path
 from rctlpolicy.model import Filter, Resource, SubjectType
 from rctlpolicy.usage import HEADER, JailRow, JailTable, jail_usage_table, usage_lines
 
@@ -22,10 +20,8 @@ GIB = 1 << 30
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> KernelSetup:
-    path = tmp_path / "host.yaml"
-    shutil.copyfile(default_host_path(), path)
-    return open_simulator(path)
+def setup(host: Path) -> KernelSetup:
+    return open_simulator(host)
 
 
 def test_usage_lines_are_rctl_hu() -> None:

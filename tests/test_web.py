@@ -47,22 +47,6 @@ METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # --- fixtures -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    """Fail a test that leaves a thread running (every server must stop cleanly)."""
-    before = set(threading.enumerate())
-    yield
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        if not leaked:
-            return
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            pytest.fail(f"threads left running: {leaked}")
-        leaked[0].join(remaining)
-
-
 class FakeRender:
     """A render() that numbers its scrapes, so a stale body would show."""
 
