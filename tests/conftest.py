@@ -6,6 +6,7 @@ Keep this file small: a fixture belongs here only if many test modules want it.
 from __future__ import annotations
 
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -44,3 +45,12 @@ def host(tmp_path: Path) -> Path:
     path = tmp_path / "host.yaml"
     shutil.copyfile(default_host_path(), path)
     return path
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A short directory for unix sockets: sun_path holds about 100 bytes, and pytest's
+    tmp_path is too long for a socket path."""
+    path = Path(tempfile.mkdtemp(prefix="rp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

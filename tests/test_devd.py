@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import queue
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -518,14 +516,6 @@ def test_backoff_doubles_to_the_cap() -> None:
 
 FAST = Backoff(initial=0.01, factor=2.0, cap=0.05)
 TIMEOUT = 5.0
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    # sun_path holds about 100 bytes: pytest's tmp_path is too long for a socket path.
-    path = Path(tempfile.mkdtemp(prefix="rp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

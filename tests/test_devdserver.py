@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,14 +15,6 @@ from rctlpolicy.devdserver import DROP_MESSAGE, REAP_MESSAGE, DevdServer
 
 LINE = format_rctl_event("jail:pgjail:swapuse:devctl=536870912", 4242, 770, "pgjail")
 Connect = Callable[..., socket.socket]
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    # sun_path holds about 100 bytes: pytest's tmp_path is too long for a socket path.
-    path = Path(tempfile.mkdtemp(prefix="rp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
