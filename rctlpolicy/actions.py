@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Protocol, TypeAlias
 
 from rctlpolicy.clock import Clock
-from rctlpolicy.model import Rule, SubjectType
+from rctlpolicy.model import HOST_JAIL, JAIL_NAME_MAX, PID_MAX, UID_MAX, Rule, SubjectType
 from rctlpolicy.policy_model import PLACEHOLDERS, OnMatch, PolicyRule
 
 logger = logging.getLogger("rctlpolicy.actions")
@@ -54,12 +54,8 @@ ACTION_ENVIRONMENT: Mapping[str, str] = {"PATH": ACTION_PATH, "HOME": "/"}
 SERVICE_COMMAND = "/usr/sbin/service"
 
 #: The host's jail name in RCTL events: prison0 is called "0".
-HOST_JAIL = "0"
 
 #: kern_jail.c accepts a name whose length including its NUL is at most MAXHOSTNAMELEN (256).
-JAIL_NAME_MAX_BYTES = 255
-PID_MAX = 2**31 - 1  # pid_t is a signed 32-bit int
-UID_MAX = 2**32 - 1  # uid_t is an unsigned 32-bit int
 
 _DECIMAL = re.compile(r"-?[0-9]{1,20}")  # ASCII only: str.isdigit() also accepts "١٢" and "²"
 
@@ -122,9 +118,9 @@ def check_jail_name(name: str, field_name: str = "jail") -> str:
     if name == "":
         raise ActionInputError(field_name, name, "a jail name cannot be empty")
     size = len(name.encode("utf-8", "surrogateescape"))
-    if size > JAIL_NAME_MAX_BYTES:
+    if size > JAIL_NAME_MAX:
         raise ActionInputError(
-            field_name, name, f"{size} bytes; a jail name has at most {JAIL_NAME_MAX_BYTES}"
+            field_name, name, f"{size} bytes; a jail name has at most {JAIL_NAME_MAX}"
         )
     bad = _control_character(name)
     if bad is not None:

@@ -233,7 +233,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         plan = plan_for(
             setup.kernel,
             _desired_rules(policy, setup),
-            AppliedRules(setup.state_dir / "applied.json"),
+            AppliedRules.in_dir(setup.state_dir),
             args.prune,
         )
     except (KernelError, OSError) as error:
@@ -274,7 +274,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         report = apply_rules(
             setup.kernel,
             _desired_rules(policy, setup),
-            AppliedRules(setup.state_dir / "applied.json"),
+            AppliedRules.in_dir(setup.state_dir),
             args.prune,
         )
     except (KernelError, OSError) as error:

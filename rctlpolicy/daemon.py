@@ -36,7 +36,6 @@ from types import FrameType
 from typing import Any
 
 from rctlpolicy.actions import (
-    HOST_JAIL,
     ActionContext,
     ActionEngine,
     ActionError,
@@ -80,7 +79,7 @@ from rctlpolicy.files import (
 from rctlpolicy.formats import format_text
 from rctlpolicy.kernel.base import Kernel, KernelError
 from rctlpolicy.lint import lint_files
-from rctlpolicy.model import Action, Filter, Rule, Severity, SubjectType
+from rctlpolicy.model import HOST_JAIL, Action, Filter, Rule, Severity, SubjectType
 from rctlpolicy.policy import expand_jail_patterns
 from rctlpolicy.policy_model import OnMatch, Policy, PolicyRule
 from rctlpolicy.semantics import Resolver
@@ -413,7 +412,7 @@ class Daemon:
         self.resolver = resolver
         self.clock = clock or SystemClock()
         self.stats = DaemonStats()
-        self.applied = AppliedRules(state_dir / "applied.json")
+        self.applied = AppliedRules.in_dir(state_dir)
         self.engine = ActionEngine(
             self.clock,
             runner or SubprocessRunner(),

@@ -9,6 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, Flag, StrEnum, auto
 
+# --- FreeBSD's fixed sizes and names (each defined here once) ---------------------------------
+
+#: prison0's racct name: the host itself, parent of every jail, and the `jail=` of a host event.
+HOST_JAIL = "0"
+#: sys/sys/proc.h PID_MAX: FreeBSD never hands out a larger pid (kern.pid_max is at most this).
+PID_MAX = 99999
+#: uid_t is an unsigned 32-bit integer.
+UID_MAX = 2**32 - 1
+#: sys/sys/param.h MAXCOMLEN: p_comm keeps at most this many bytes of a command's name.
+MAXCOMLEN = 19
+#: MAXLOGNAME - 1: the longest login class name (the NUL takes the last byte).
+LOGINCLASS_NAME_MAX = 32
+#: MAXHOSTNAMELEN - 1: the longest jail name, in bytes (kern_jail.c checks only the length).
+JAIL_NAME_MAX = 255
+
 
 class SubjectType(StrEnum):
     """A rule's subject (and the values of its `per` field); kernel ids in `kernel_id`."""

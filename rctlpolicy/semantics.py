@@ -40,6 +40,8 @@ from rctlpolicy.grammar import (
 from rctlpolicy.model import (
     IN_MILLIONS_MAX,
     INT64_MAX,
+    JAIL_NAME_MAX,
+    LOGINCLASS_NAME_MAX,
     SUBJECT_ALIASES,
     Action,
     Filter,
@@ -51,8 +53,6 @@ from rctlpolicy.model import (
     format_subject_id,
 )
 
-LOGINCLASS_NAME_MAX = 32  # MAXLOGNAME - 1
-JAIL_NAME_MAX = 255  # MAXHOSTNAMELEN - 1
 RULE_TEXT_MAX = 4095  # RCTL_MAX_INBUFSIZE - 1 (the NUL)
 
 

@@ -50,8 +50,14 @@ from typing import Any, TypeVar
 import yaml
 
 from rctlpolicy.model import (
+    HOST_JAIL,
     IN_MILLIONS_MAX,
     INT64_MAX,
+    JAIL_NAME_MAX,
+    LOGINCLASS_NAME_MAX,
+    MAXCOMLEN,
+    PID_MAX,
+    UID_MAX,
     Action,
     Resource,
     Rule,
@@ -62,13 +68,7 @@ from rctlpolicy.statefile import JsonStateFile
 
 log = logging.getLogger("rctlpolicy.kernel.host")
 
-PID_MAX = 99999  # sys/sys/proc.h: FreeBSD never hands out a larger pid
-MAXCOMLEN = 19  # p_comm holds at most this many bytes
-LOGINCLASS_NAME_MAX = 32
-JAIL_NAME_MAX = 255
-HOST_JAIL = "0"  # prison0's racct name: the host itself, parent of every jail
 DEFAULT_LOGINCLASS = "default"
-UID_MAX = 2**32 - 1
 
 #: Sysctl defaults (spec section 9.3).
 DEFAULT_RATE_LIMIT = 10

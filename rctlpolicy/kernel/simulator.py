@@ -37,7 +37,6 @@ from typing import Literal
 from rctlpolicy.grammar import parse_rule_syntax
 from rctlpolicy.kernel.base import Jail, RctlCall, SyscallError
 from rctlpolicy.kernel.host import (
-    HOST_JAIL,
     HostProcess,
     HostSpec,
     KernelState,
@@ -47,6 +46,7 @@ from rctlpolicy.kernel.host import (
     load_host,
 )
 from rctlpolicy.model import (
+    HOST_JAIL,
     PROCESS_USAGE_RESOURCES,
     Action,
     Filter,
