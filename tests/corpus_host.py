@@ -1,17 +1,30 @@
-"""What the table tests share: the host the conformance corpus assumes (spec: Host
-assumptions), and the list of diagnostic codes a module can emit, read from its source.
+"""What the table tests share: the conformance corpus (tests/data/, see its README) and the
+host it assumes, and the list of diagnostic codes a module can emit, read from its source.
 """
 
 from __future__ import annotations
 
 import ast
 import inspect
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from rctlpolicy.grammar import parse_rule_syntax
 from rctlpolicy.model import Rule
 from rctlpolicy.semantics import Layer, check_rule
+
+DATA = Path(__file__).resolve().parent / "data"
+#: The rule corpus: one JSON object a line (fields in tests/data/README.md).
+CORPUS_PATH = DATA / "rctl-corpus.jsonl"
+
+
+def corpus_cases() -> list[dict[str, Any]]:
+    """Every case of the rule corpus, in file order."""
+    with CORPUS_PATH.open(encoding="utf-8") as stream:
+        return [json.loads(line) for line in stream if line.strip()]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import pytest
 import yaml
-from corpus_host import rule
+from corpus_host import corpus_cases, rule
 
 from rctlpolicy.apply import (
     APPLIED_FILE,
@@ -30,7 +30,6 @@ from rctlpolicy.lint import lint_files
 from rctlpolicy.model import EVERYTHING, Filter, Resource, Rule
 from rctlpolicy.policy import PolicyFile
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "spec" / "rctl-corpus.jsonl"
 T = TypeVar("T")
 
 
@@ -394,8 +393,7 @@ def test_an_apply_interrupted_at_any_call_converges_on_the_next(
 
 def corpus_rules() -> list[tuple[str, str]]:
     cases: list[tuple[str, str]] = []
-    for line in CORPUS.read_text().splitlines():
-        case = json.loads(line)
+    for case in corpus_cases():
         if case["layer"] != "rctl8" or case["mode"] != "add" or not case["valid"]:
             continue
         if any(ch.isspace() for ch in case["rule"]):
@@ -421,7 +419,6 @@ def corpus_setup(tmp_path: Path) -> KernelSetup:
     return open_simulator(path)
 
 
-@pytest.mark.skipif(not CORPUS.exists(), reason="the shared conformance corpus is not here")
 def test_every_rule_rctl8_accepts_applies_to_its_canonical_form(
     corpus_setup: KernelSetup, tmp_path: Path
 ) -> None:

@@ -5,7 +5,6 @@ sent, messages, exit status), output formats, flags, ENOSYS, buffer growth, and 
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from corpus_host import CORPUS_HOST
+from corpus_host import CORPUS_HOST, corpus_cases
 from test_freebsd_backend import REPO, Recording, raw, seed_rules, write_host
 
 from rctlpolicy.kernel.base import RctlCall, RctlSyscalls, SyscallError
@@ -27,14 +26,11 @@ from rctlpolicy.kernel.simulator import SimulatedKernel
 from rctlpolicy.model import PROCESS_USAGE_RESOURCES, Resource
 from rctlpolicy.semantics import Resolver
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "spec" / "rctl-corpus.jsonl"
 MiB = 1024 * 1024
 
 
 def _corpus() -> list[dict[str, Any]]:
-    with CORPUS.open(encoding="utf-8") as lines:
-        cases = [json.loads(line) for line in lines if line.strip()]
-    return [case for case in cases if case["layer"] == "rctl8"]
+    return [case for case in corpus_cases() if case["layer"] == "rctl8"]
 
 
 RCTL8_CASES = _corpus()

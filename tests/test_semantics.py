@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 import pytest
-from corpus_host import CORPUS_HOST, emitted_codes
+from corpus_host import CORPUS_HOST, corpus_cases, emitted_codes
 
 import rctlpolicy.semantics
 from rctlpolicy.grammar import SUBJECT, parse_rule_syntax
@@ -520,11 +520,7 @@ def test_codes_are_kebab_case() -> None:
 
 
 def test_parse_canonical_agrees_with_the_kernel_layer_on_the_corpus() -> None:
-    import json
-    from pathlib import Path
-
-    corpus = Path(__file__).resolve().parents[2] / "shared" / "spec" / "rctl-corpus.jsonl"
-    canonicals = {json.loads(line)["canonical"] for line in corpus.read_text().splitlines()}
+    canonicals = {case["canonical"] for case in corpus_cases()}
     hits = 0
     for text in sorted(c for c in canonicals if c):
         slow = check_rule(parse_rule_syntax(text), Layer.KERNEL, OFFLINE, notes=False).rule

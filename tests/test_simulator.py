@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from corpus_host import corpus_cases
 
 from rctlpolicy.clock import ManualClock
 from rctlpolicy.kernel.base import Jail, RctlCall, SyscallError
@@ -28,7 +28,6 @@ from rctlpolicy.kernel.simulator import (
 )
 from rctlpolicy.model import PROCESS_USAGE_RESOURCES, Action, Resource, Rule, SubjectType
 
-CORPUS = Path("/work/shared/spec/rctl-corpus.jsonl")
 BIG = 1 << 17  # rctl(8)'s first buffer size
 
 #: The conformance corpus's host: users www=80 and root=0, group wheel=0, pid 1 exists and
@@ -135,12 +134,9 @@ def test_negative_outbuflen_is_a_programming_error(kernel: SimulatedKernel) -> N
 
 
 def _corpus_cases() -> list[Any]:
-    if not CORPUS.exists():
-        return []
-    rows = [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
     return [
         pytest.param(row, id=f"{row['mode']}-{row['op']}-{row['rule'][:50]!r}")
-        for row in rows
+        for row in corpus_cases()
         if row["layer"] == "kernel"
     ]
 
@@ -148,7 +144,6 @@ def _corpus_cases() -> list[Any]:
 CORPUS_CASES = _corpus_cases()
 
 
-@pytest.mark.skipif(not CORPUS_CASES, reason="the shared corpus is not on this machine")
 @pytest.mark.parametrize("case", CORPUS_CASES)
 def test_corpus_kernel_layer(kernel: SimulatedKernel, case: dict[str, Any]) -> None:
     inbuf = z(case["rule"])
@@ -173,8 +168,6 @@ def test_corpus_kernel_layer(kernel: SimulatedKernel, case: dict[str, Any]) -> N
 
 
 def test_corpus_was_found() -> None:
-    if not CORPUS.exists():
-        pytest.skip("the shared corpus is not on this machine")
     assert len(CORPUS_CASES) > 150
 
 
