@@ -31,9 +31,11 @@ def _use_colour(stream: TextIO) -> bool:
 
 
 def _cmd_lint(args: argparse.Namespace) -> int:
+    from rctlpolicy.diagnostics import Diagnostic, DiagnosticCollector
     from rctlpolicy.files import PolicyReadError, read_policy_files
-    from rctlpolicy.formats import format_github, format_json, format_parsable, format_text
-    from rctlpolicy.lint import lint_files
+    from rctlpolicy.formats import LINT_PER_FILE, Style, render, render_json
+    from rctlpolicy.lint import lint_into
+    from rctlpolicy.model import Severity
     from rctlpolicy.semantics import OFFLINE, Resolver
 
     try:
@@ -46,17 +48,30 @@ def _cmd_lint(args: argparse.Namespace) -> int:
         from rctlpolicy.hostinfo import SystemResolver
 
         resolver = SystemResolver()
-    result = lint_files(files, resolver)
-    shown = [d for d in result.diagnostics if not args.quiet or d.severity.value != "info"]
+
+    def not_a_note(diagnostic: Diagnostic) -> bool:
+        return diagnostic.severity is not Severity.INFO
+
+    # Only what is printed is kept (JSON prints everything): a file of random text has
+    # hundreds of thousands of findings, and memory must not grow with them.
     if args.format == "json":
-        sys.stdout.write(format_json(result.diagnostics, result.policy))
-    elif args.format == "parsable":
-        sys.stdout.write(format_parsable(shown))
-    elif args.format == "github":
-        sys.stdout.write(format_github(shown))
+        collected = DiagnosticCollector()
     else:
-        sys.stdout.write(format_text(shown, _use_colour(sys.stdout)))
-    return EXIT_FINDINGS if result.failed(args.strict) else EXIT_OK
+        collected = DiagnosticCollector(LINT_PER_FILE, not_a_note if args.quiet else None)
+    policy = lint_into(files, collected.add, resolver)
+    if args.format == "json":
+        chunks = render_json(collected.diagnostics(), policy)
+    else:
+        chunks = render(
+            collected.diagnostics(),
+            Style(args.format),
+            per_file=LINT_PER_FILE,
+            colour=args.format == "text" and _use_colour(sys.stdout),
+            omitted=collected.omitted,
+        )
+    for chunk in chunks:
+        sys.stdout.write(chunk)
+    return EXIT_FINDINGS if collected.failed(args.strict) else EXIT_OK
 
 
 # --- kernel commands: show, usage, plan, apply ------------------------------------------------

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rctlpolicy.diagnostics import Diagnostic, sorted_diagnostics
+from rctlpolicy.diagnostics import Diagnostic, DiagnosticCollector, Report, fails
 from rctlpolicy.gcpause import no_cyclic_gc
 from rctlpolicy.model import Action, Severity
-from rctlpolicy.policy import LoadedPolicy, PolicyFile, load_policy
+from rctlpolicy.policy import PolicyFile, read_policy
 from rctlpolicy.policy_model import Policy, PolicyRule
 from rctlpolicy.semantics import OFFLINE, Resolver
 
@@ -27,22 +27,39 @@ class LintResult:
     diagnostics: tuple[Diagnostic, ...]
 
     def failed(self, strict: bool = False) -> bool:
-        worst = {Severity.ERROR} | ({Severity.WARNING} if strict else set())
-        return any(d.severity in worst for d in self.diagnostics)
+        return any(fails(d.severity, strict) for d in self.diagnostics)
 
 
 def lint_files(files: Sequence[PolicyFile], resolver: Resolver = OFFLINE) -> LintResult:
     """Load the policy and run every cross-rule check over it."""
+    collected = DiagnosticCollector()
+    policy = lint_into(files, collected.add, resolver)
+    return LintResult(policy, tuple(collected.diagnostics()))
+
+
+def lint_into(files: Sequence[PolicyFile], report: Report, resolver: Resolver = OFFLINE) -> Policy:
+    """`lint_files`, streaming: each diagnostic goes to `report` as it is found (in no
+    particular order; a `DiagnosticCollector` sorts them), and the policy is returned."""
     with no_cyclic_gc():
-        return _lint(files, resolver)
+        policy = read_policy(files, report, resolver)
+        sources = SourceLines({f.path: f.text for f in files})
+        for diagnostic in policy_checks(policy, sources):
+            report(diagnostic)
+        return policy
 
 
-def _lint(files: Sequence[PolicyFile], resolver: Resolver) -> LintResult:
-    loaded: LoadedPolicy = load_policy(files, resolver)
-    sources = {f.path: f.text.splitlines() for f in files}
-    diagnostics = list(loaded.diagnostics)
-    diagnostics.extend(policy_checks(loaded.policy, sources))
-    return LintResult(loaded.policy, tuple(sorted_diagnostics(diagnostics)))
+class SourceLines:
+    """The policy files' lines, split only when a cross-rule finding quotes one of them."""
+
+    def __init__(self, texts: dict[str, str]) -> None:
+        self._texts = texts
+        self._lines: dict[str, list[str]] = {}
+
+    def line(self, path: str, number: int) -> str | None:
+        lines = self._lines.get(path)
+        if lines is None:
+            lines = self._lines[path] = self._texts.get(path, "").splitlines()
+        return lines[number - 1] if 0 < number <= len(lines) else None
 
 
 def _diagnostic(
@@ -51,10 +68,9 @@ def _diagnostic(
     code: str,
     message: str,
     suggestion: str | None,
-    sources: dict[str, list[str]],
+    sources: SourceLines,
 ) -> Diagnostic:
-    lines = sources.get(rule.source.path, [])
-    line = lines[rule.source.line - 1] if 0 < rule.source.line <= len(lines) else None
+    line = sources.line(rule.source.path, rule.source.line)
     return Diagnostic(
         rule.source.path,
         rule.source.line,
@@ -72,7 +88,7 @@ def _where(rule: PolicyRule) -> str:
     return f"{rule.source.path}:{rule.source.line}"
 
 
-def policy_checks(policy: Policy, sources: dict[str, list[str]]) -> list[Diagnostic]:
+def policy_checks(policy: Policy, sources: SourceLines) -> list[Diagnostic]:
     diagnostics: list[Diagnostic] = []
     first_by_canonical: dict[str, PolicyRule] = {}
     limit_by_key: dict[tuple[object, ...], PolicyRule] = {}

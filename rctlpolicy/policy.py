@@ -11,13 +11,13 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from rctlpolicy.diagnostics import Diagnostic, sorted_diagnostics
+from rctlpolicy.diagnostics import Diagnostic, DiagnosticCollector, Report
 from rctlpolicy.gcpause import no_cyclic_gc
 from rctlpolicy.grammar import (
     SUBJECT,
     SUBJECT_ID,
     RuleSyntax,
-    parse_conf,
+    iter_conf,
     parse_rule_syntax,
 )
 from rctlpolicy.model import SUBJECT_ALIASES, Rule, Severity
@@ -54,26 +54,31 @@ class LoadedPolicy:
 
 def load_policy(files: Sequence[PolicyFile], resolver: Resolver = OFFLINE) -> LoadedPolicy:
     """Parse and validate every file; the policy holds the rules that are valid."""
+    collected = DiagnosticCollector()
+    policy = read_policy(files, collected.add, resolver)
+    return LoadedPolicy(policy, tuple(collected.diagnostics()))
+
+
+def read_policy(
+    files: Sequence[PolicyFile], report: Report, resolver: Resolver = OFFLINE
+) -> Policy:
+    """Parse and validate every file, sending each diagnostic to `report` as it is found (in
+    no particular order); the policy holds the rules that are valid."""
     with no_cyclic_gc():
-        return _load_policy(files, resolver)
+        rules: list[PolicyRule] = []
+        for policy_file in files:
+            if policy_file.is_yaml:
+                # Imported on demand: PyYAML is a good part of a start-up that pre-commit
+                # pays on every commit, and many policies are rctl.conf files only.
+                from rctlpolicy.policy_yaml import load_yaml
 
-
-def _load_policy(files: Sequence[PolicyFile], resolver: Resolver) -> LoadedPolicy:
-    rules: list[PolicyRule] = []
-    diagnostics: list[Diagnostic] = []
-    for policy_file in files:
-        if policy_file.is_yaml:
-            # Imported on demand: PyYAML is a good part of a start-up that pre-commit pays
-            # on every commit, and many policies are rctl.conf files only.
-            from rctlpolicy.policy_yaml import load_yaml
-
-            file_rules, file_diagnostics = load_yaml(policy_file, resolver)
-        else:
-            file_rules, file_diagnostics = _load_conf(policy_file, resolver)
-        rules.extend(file_rules)
-        diagnostics.extend(file_diagnostics)
-    policy = Policy(tuple(rules), tuple(f.path for f in files))
-    return LoadedPolicy(policy, tuple(sorted_diagnostics(diagnostics)))
+                file_rules, file_diagnostics = load_yaml(policy_file, resolver)
+                for diagnostic in file_diagnostics:
+                    report(diagnostic)
+            else:
+                file_rules = _load_conf(policy_file, resolver, report)
+            rules.extend(file_rules)
+        return Policy(tuple(rules), tuple(f.path for f in files))
 
 
 # --- rules -> diagnostics --------------------------------------------------------------------
@@ -114,20 +119,17 @@ def glob_subject(syntax: RuleSyntax) -> bool:
 # --- rctl.conf -------------------------------------------------------------------------------
 
 
-def _load_conf(
-    policy_file: PolicyFile, resolver: Resolver
-) -> tuple[list[PolicyRule], list[Diagnostic]]:
+def _load_conf(policy_file: PolicyFile, resolver: Resolver, report: Report) -> list[PolicyRule]:
     rules: list[PolicyRule] = []
-    diagnostics: list[Diagnostic] = []
     path = policy_file.path
-    for line in parse_conf(policy_file.text):
+    for line in iter_conf(policy_file.text):
         syntax = line.rule
         if syntax is None:
             continue
         checked, precise, loads = syntax, True, True
         if syntax.text.endswith("\r"):
             # IFS has no carriage return: rc.d/rctl hands it to rctl(8) inside the rule.
-            diagnostics.append(
+            report(
                 Diagnostic(
                     path,
                     line.number,
@@ -144,7 +146,7 @@ def _load_conf(
         if _QUOTING.search(checked.text):
             unquoted = _rc_unquote(checked.text)
             if unquoted is None:
-                diagnostics.append(
+                report(
                     Diagnostic(
                         path,
                         line.number,
@@ -160,7 +162,7 @@ def _load_conf(
                     )
                 )
                 continue
-            diagnostics.append(
+            report(
                 Diagnostic(
                     path,
                     line.number,
@@ -179,11 +181,11 @@ def _load_conf(
         check = check_rule(checked, Layer.RCTL8, resolver)
         for problem in check.problems:
             if precise:
-                diagnostics.append(
+                report(
                     problem_diagnostic(problem, checked, path, line.number, line.column, line.text)
                 )
             else:
-                diagnostics.append(
+                report(
                     Diagnostic(
                         path,
                         line.number,
@@ -198,15 +200,13 @@ def _load_conf(
                 )
         if line.rest is not None:
             cut = check.error is not None and check.error.code == "missing-field"
-            diagnostics.append(
-                _trailing_text(line.text, line.rest, line.rest_column, path, line.number, cut)
-            )
+            report(_trailing_text(line.text, line.rest, line.rest_column, path, line.number, cut))
         if not loads:
             continue
         if check.rule is None:
             continue
         if glob_subject(syntax):
-            diagnostics.append(
+            report(
                 Diagnostic(
                     path,
                     line.number,
@@ -224,7 +224,7 @@ def _load_conf(
         rules.append(
             PolicyRule(check.rule, SourceLocation(path, line.number, line.column + 1), syntax.text)
         )
-    return rules, diagnostics
+    return rules
 
 
 def _rc_unquote(word: str) -> str | None:

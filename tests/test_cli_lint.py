@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import random
 import select
 import subprocess
 import sys
@@ -407,3 +408,69 @@ def test_crlf_file_fails_like_crlf_on_stdin(workdir: Path) -> None:
     from_file = run_script(["lint", "--format", "parsable", "dos.conf"], workdir)
     assert "dos.conf:1:25: [error]" in from_file.stdout
     assert from_file.returncode == EXIT_FINDINGS
+
+
+# --- how much is printed, and the memory it takes ----------------------------------------------
+
+
+def test_at_most_200_findings_per_file_then_how_many_more(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.conf").write_text("jail:a:bogus:deny=1\n" * 250)
+    (tmp_path / "b.conf").write_text("jail:b:bogus:deny=1\njail:b:maxproc:deny=1 # x\n")
+    for fmt in ("text", "parsable", "github"):
+        code, out, _ = run_main(["lint", "--format", fmt, str(tmp_path)], capsys)
+        assert code == EXIT_FINDINGS
+        lines = out.splitlines()
+        assert f"... and 50 more in {tmp_path / 'a.conf'}" in lines
+        assert sum(str(tmp_path / "a.conf") in line for line in lines) == 201
+        assert not [line for line in lines if line.startswith("... and") and "b.conf" in line]
+    code, out, _ = run_main(["lint", "--format", "json", str(tmp_path)], capsys)
+    assert code == EXIT_FINDINGS
+    assert len(json.loads(out)["diagnostics"]) == 250 + 2
+
+
+def test_quiet_notes_do_not_count_towards_the_cap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "a.conf"
+    notes = "".join(f"jail:a{n}:maxproc:deny=1 # note\n" for n in range(5))
+    path.write_text(notes + "jail:a:bogus:deny=1\n" * 201)
+    _, out, _ = run_main(["lint", "-q", "--format", "parsable", str(path)], capsys)
+    assert out.splitlines()[-1] == f"... and 1 more in {path}"
+    assert "(trailing-comment)" not in out
+
+
+def _random_text(size: int) -> str:
+    rng = random.Random(11)
+    return "".join(rng.choice("abcdefgjlmpsu0123456789:=/ #\t-_.\n") for _ in range(size))
+
+
+def _peak_rss_kib(args: list[str], cwd: Path) -> int:
+    """The largest resident set of `rctlpolicy ARGS`, measured by a parent of its own."""
+    wrapper = (
+        "import resource, subprocess, sys\n"
+        "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=False)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper, str(CONSOLE_SCRIPT), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return int(done.stdout)
+
+
+def test_memory_stays_flat_however_many_findings_a_file_has(tmp_path: Path) -> None:
+    """Random text makes tens of thousands of findings; lint holds no more memory for them
+    than for a file of comments of the same size (it used to hold them all, and their text)."""
+    size = 600_000
+    (tmp_path / "random.conf").write_text(_random_text(size))
+    comment = "# " + "x" * 40 + "\n"
+    (tmp_path / "comments.conf").write_text(comment * (size // len(comment)))
+    quiet = _peak_rss_kib(["lint", "comments.conf"], tmp_path)
+    noisy = _peak_rss_kib(["lint", "random.conf"], tmp_path)
+    assert noisy <= quiet * 1.25, (noisy, quiet)

@@ -4,7 +4,13 @@ rctl.conf (spec 10), with the offsets the carets are placed by.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
+from corpus_host import corpus_cases
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rctlpolicy.grammar import (
     ACTION,
@@ -19,6 +25,7 @@ from rctlpolicy.grammar import (
     SUBJECT_ID,
     parse_conf,
     parse_rule_syntax,
+    pyparsing_grammar,
 )
 
 Fields = tuple[str | None, str | None, str | None, str | None, str | None, str | None]
@@ -186,3 +193,45 @@ def test_conf_rule_offsets_are_relative_to_the_word() -> None:
     (line,) = parse_conf("    jail:db1:memoryuze:deny=8g\n")
     assert line.rule is not None
     assert line.column + line.rule.starts[RESOURCE] + 1 == 14
+
+
+# --- the hot path cuts every string as the grammar of record (pyparsing) does --------------
+
+#: Strings made mostly of what the grammar cares about: separators, blanks, newlines, '#'.
+SEPARATORS = st.lists(
+    st.sampled_from([*":=/ \t\n\r#\0ab1é", "user", "jail", "deny", "10"]), max_size=30
+).map("".join)
+SAME_CUT = settings(max_examples=400, deadline=None)
+
+
+def _corpus_texts() -> list[str]:
+    return [case["rule"] for case in corpus_cases()]
+
+
+@pytest.mark.parametrize("text", [text for text, _ in CUTS] + _corpus_texts())
+def test_the_hot_path_cuts_rules_like_pyparsing(text: str) -> None:
+    assert parse_rule_syntax(text) == pyparsing_grammar().rule_syntax(text)
+
+
+def test_the_hot_path_reads_rctl_conf_like_pyparsing() -> None:
+    corpus = "\n".join(_corpus_texts())
+    for text in (corpus, corpus + "\n", "  " + corpus.replace("\n", "  # x\n\t")):
+        assert parse_conf(text) == pyparsing_grammar().conf(text)
+
+
+@SAME_CUT
+@given(st.one_of(SEPARATORS, st.text(max_size=40)))
+def test_any_string_is_cut_the_same_way(text: str) -> None:
+    assert parse_rule_syntax(text) == pyparsing_grammar().rule_syntax(text)
+    assert parse_conf(text) == pyparsing_grammar().conf(text)
+
+
+def test_lint_does_not_import_pyparsing() -> None:
+    """The grammar of record is built on first use: the hot path never needs it."""
+    code = (
+        "import sys; from rctlpolicy.lint import lint_files; from rctlpolicy.policy import "
+        "PolicyFile; lint_files([PolicyFile('a.conf', 'jail:a:maxproc:deny=1\\n')]); "
+        "print('pyparsing' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "False\n"
