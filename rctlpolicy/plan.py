@@ -52,7 +52,9 @@ def _deny_key(rule: Rule) -> DenyKey:
 
 
 def _normalized(rules: Iterable[Rule]) -> dict[str, Rule]:
-    """canonical -> rule, in the order the kernel would list them as added last."""
+    """What the kernel would hold after adding `rules` in order, canonical -> rule, in the
+    order it would list them: exact duplicates collapse, and for deny only the last amount
+    per (subject, id, resource, per) survives."""
     by_canonical: dict[str, Rule] = {}
     last_deny: dict[DenyKey, str] = {}
     for rule in rules:
@@ -67,12 +69,6 @@ def _normalized(rules: Iterable[Rule]) -> dict[str, Rule]:
         by_canonical.pop(canonical, None)
         by_canonical[canonical] = rule
     return by_canonical
-
-
-def normalize_desired(rules: Iterable[Rule]) -> list[Rule]:
-    """What the kernel would hold after adding `rules` in order: exact duplicates collapse,
-    and for deny only the last amount per (subject, id, resource, per) survives."""
-    return list(_normalized(rules).values())
 
 
 def make_plan(

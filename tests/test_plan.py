@@ -6,7 +6,7 @@ import pytest
 from corpus_host import rule
 
 from rctlpolicy.model import Rule
-from rctlpolicy.plan import make_plan, normalize_desired
+from rctlpolicy.plan import make_plan
 
 
 def rules(*texts: str) -> list[Rule]:
@@ -70,5 +70,8 @@ def test_log_rules_with_other_amounts_coexist() -> None:
         ),
     ],
 )
-def test_normalize_desired_mirrors_kernel_add(texts: tuple[str, ...], expected: list[str]) -> None:
-    assert [r.canonical for r in normalize_desired(rules(*texts))] == expected
+def test_desired_rules_are_added_as_the_kernel_would_hold_them(
+    texts: tuple[str, ...], expected: list[str]
+) -> None:
+    plan = make_plan(rules(*texts), [], owned=())
+    assert [r.canonical for r in plan.to_add] == expected
