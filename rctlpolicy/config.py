@@ -2,6 +2,7 @@
 
 The file uses the flags' names without dashes (`rules-dir: /usr/local/etc/rctlpolicy/rules`,
 `web.listen-address: "127.0.0.1:10217"`); a flag given on the command line wins over the file.
+It is read with `rctlpolicy.yamlload`, so a setting given twice is an error, not the last one.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
+from rctlpolicy import yamlload
 
 DEFAULT_CONFIG_PATH = Path("/usr/local/etc/rctlpolicy.yaml")
 DEFAULT_RULES_DIR = Path("/usr/local/etc/rctlpolicy/rules")
@@ -131,8 +132,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"{path}: {error.strerror or error}") from error
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
+        data = yamlload.load(text)
+    except yamlload.YamlError as error:
         raise ConfigError(f"{path}: YAML error: {error}") from error
     if data is None:
         return {}

@@ -1,36 +1,32 @@
 """The rctlpolicy daemon: keep the kernel in line with the policy, act on devd's RCTL events,
 serve metrics.
 
-Threads and what they own:
+Threads and what they own (each loop a small thread class that stops on a sentinel):
 - the main thread: signals (through a self-pipe, so a handler never takes a lock), reloads and
   reconciles, one at a time, in `run()`;
 - the devd reader (`DevdClient`): only reads the socket and queues lines, so devd never waits;
-- the dispatcher: parses queued lines, finds the policy rule, hands it to the action engine
-  (which runs commands on its own workers), and resynchronises after each (re)connect;
-- the jail watcher: notices jails starting and stopping (jail patterns) and ends episodes;
-- watchdog's observer, debounced into reload requests;
+- the dispatcher (`QueueLoop`): parses queued lines, finds the policy rule, hands it to the
+  action engine (which runs commands on its own workers), and resynchronises after each
+  (re)connect;
+- the jail watcher (`PeriodicLoop`): notices jails starting and stopping (jail patterns),
+  retries a failed apply and ends episodes;
+- watchdog's observer, debounced into reload requests (`rctlpolicy.watcher`);
 - the metrics server's accept thread and connection workers.
 Nothing that goes wrong after start-up stops the daemon: it is logged and counted.
 
-The pure decisions (which policy rule a possibly truncated event is about, which jail it came
-from, whether a save is half-way through) are module functions, tested on their own.
+Loading the policy is `rctlpolicy.policyload`; the process around the daemon (logging, the
+pidfile) is `rctlpolicy.service`. The pure decisions about events (which policy rule a possibly
+truncated event is about, which jail it came from) are module functions, tested on their own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import errno
 import html
 import logging
-import os
-import queue
-import select
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -70,25 +66,16 @@ from rctlpolicy.exporter import (
     renderer,
     write_textfile,
 )
-from rctlpolicy.files import (
-    PolicyReadError,
-    UnsafeFileError,
-    check_safe_ownership,
-    read_policy_files,
-)
 from rctlpolicy.formats import format_text
 from rctlpolicy.kernel.base import Kernel, KernelError
-from rctlpolicy.lint import lint_files
+from rctlpolicy.loops import PeriodicLoop, QueueLoop, Wakeup
 from rctlpolicy.model import HOST_JAIL, Action, Filter, Rule, Severity, SubjectType
-from rctlpolicy.policy import expand_jail_patterns
 from rctlpolicy.policy_model import OnMatch, Policy, PolicyRule
+from rctlpolicy.policyload import LoadedRules, expand, load_rules, save_in_progress
 from rctlpolicy.semantics import Resolver
+from rctlpolicy.watcher import ReloadDebouncer, RulesWatcher
 
 log = logging.getLogger("rctlpolicy")
-
-#: Editor backups whose presence beside a vanished policy file means a save is under way
-#: (vim and emacs rename the file to NAME~ and write NAME anew).
-_BACKUP_SUFFIXES = ("~", ".bak")
 
 
 class StartupError(Exception):
@@ -97,109 +84,6 @@ class StartupError(Exception):
     def __init__(self, message: str, diagnostics: Iterable[Diagnostic] = ()) -> None:
         super().__init__(message)
         self.diagnostics = tuple(diagnostics)
-
-
-# --- the policy ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyLoad:
-    """The rules directory read and linted: the policy (None when it has errors)."""
-
-    policy: Policy | None
-    diagnostics: tuple[Diagnostic, ...]
-    #: Bytes of each file read, to recognise an editor's save half-way through next time.
-    file_sizes: Mapping[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedRules:
-    """A policy that passed lint, with its rules expanded for the running jails."""
-
-    policy: Policy
-    expanded: tuple[PolicyRule, ...]
-    by_canonical: Mapping[str, PolicyRule] = field(hash=False, compare=False)
-    jail_names: frozenset[str]
-    file_sizes: Mapping[str, int] = field(default_factory=dict, hash=False, compare=False)
-
-
-def load_rules(rules_dir: Path, resolver: Resolver) -> PolicyLoad:
-    """Read and lint the rules directory; the policy is None when it has errors.
-
-    A YAML file that makes the daemon run commands must be safe from other users
-    (`check_safe_ownership`); an unsafe one is an error like any lint error.
-    """
-    try:
-        files = read_policy_files([rules_dir])
-    except PolicyReadError as error:
-        problem = Diagnostic(error.path, 0, 0, Severity.ERROR, "io-error", error.reason)
-        return PolicyLoad(None, (problem,))
-    try:
-        result = lint_files(files, resolver)
-    except OSError as error:  # the resolver's data source (the simulated host file) broke
-        problem = Diagnostic(str(rules_dir), 0, 0, Severity.ERROR, "io-error", str(error))
-        return PolicyLoad(None, (problem,))
-    diagnostics = list(result.diagnostics)
-    for policy_file in files:
-        if not policy_file.is_yaml:
-            continue
-        runs_commands = any(
-            r.on_match is not None and r.source.path == policy_file.path
-            for r in result.policy.rules
-        )
-        if runs_commands:
-            try:
-                check_safe_ownership(Path(policy_file.path))
-            except UnsafeFileError as error:
-                diagnostics.append(
-                    Diagnostic(policy_file.path, 0, 0, Severity.ERROR, "unsafe-file", str(error))
-                )
-    sizes = {f.path: len(f.text.encode("utf-8")) for f in files}
-    if any(d.severity is Severity.ERROR for d in diagnostics):
-        return PolicyLoad(None, tuple(diagnostics), sizes)
-    return PolicyLoad(result.policy, tuple(diagnostics), sizes)
-
-
-def expand(
-    policy: Policy, jail_names: Iterable[str], file_sizes: Mapping[str, int] | None = None
-) -> LoadedRules:
-    """The policy's rules for these running jails, indexed by their canonical form."""
-    names = frozenset(jail_names)
-    expanded = tuple(expand_jail_patterns(policy, names))
-    by_canonical: dict[str, PolicyRule] = {}
-    for policy_rule in expanded:
-        # The first rule with on_match wins for a canonical form named twice.
-        known = by_canonical.get(policy_rule.canonical)
-        if known is None or (known.on_match is None and policy_rule.on_match is not None):
-            by_canonical[policy_rule.canonical] = policy_rule
-    return LoadedRules(policy, expanded, by_canonical, names, dict(file_sizes or {}))
-
-
-def save_in_progress(previous_sizes: Mapping[str, int]) -> str | None:
-    """Why the rules directory looks like an editor is half-way through saving, or None.
-
-    Two moments of the common save patterns would otherwise load as a smaller policy and
-    unload good rules: vim's backup dance (NAME renamed to NAME~, then NAME written anew) leaves
-    a loaded file missing beside its backup, and truncate-and-write leaves it empty. An atomic
-    rename has no such moment. Only files that held something at the last load count, so a
-    file deliberately emptied is reloaded once the caller stops waiting.
-    """
-    for path_text, size in sorted(previous_sizes.items()):
-        if size == 0:
-            continue
-        path = Path(path_text)
-        try:
-            now = path.stat().st_size
-        except FileNotFoundError:
-            for suffix in _BACKUP_SUFFIXES:
-                if path.with_name(path.name + suffix).exists():
-                    return f"{path} is missing while its backup {path.name}{suffix} exists"
-            continue
-        except OSError:
-            continue  # the load that follows reports it
-        if now == 0:
-            return f"{path} is empty"
-    return None
 
 
 # --- events -> policy rules ------------------------------------------------------------------
@@ -274,118 +158,12 @@ class _Episode(enum.Enum):
     RESYNC = "resync"  # the resync after a (re)connect; the kernel's event may still come
 
 
-# --- plumbing --------------------------------------------------------------------------------
-
-
-class _SignalPipe:
-    """Signals and requests from other threads become bytes on a pipe the main loop reads."""
-
-    RELOAD = b"H"
-    STOP = b"T"
-    RECONCILE = b"J"
-
-    def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe()
-        os.set_blocking(self.write_fd, False)
-        os.set_blocking(self.read_fd, False)
-        self._closed = False
-
-    def send(self, what: bytes) -> None:
-        # A full pipe already holds a request; a closed one means we are past caring.
-        with contextlib.suppress(OSError):
-            if not self._closed:
-                os.write(self.write_fd, what)
-
-    def receive(self, timeout: float) -> bytes:
-        ready, _, _ = select.select([self.read_fd], [], [], timeout)
-        if not ready:
-            return b""
-        try:
-            return os.read(self.read_fd, 512)
-        except BlockingIOError:
-            return b""
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            os.close(self.read_fd)
-            os.close(self.write_fd)
-
-
-class _ReloadDebouncer:
-    """watchdog events -> one reload request once the directory has been quiet for a while,
-    so an editor's save (temp file, rename, backup dance, truncate-and-write) is one reload."""
-
-    def __init__(self, delay: float, fire: Callable[[], None]) -> None:
-        self.delay = delay
-        self.fire = fire
-        self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
-        self._closed = False
-
-    def poke(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = threading.Timer(self.delay, self.fire)
-            self._timer.daemon = True
-            self._timer.name = "rctlpolicy-reload-debounce"
-            self._timer.start()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
-            if timer.is_alive() and timer is not threading.current_thread():
-                timer.join(1.0)
-
-
-def _is_policy_path(path: str) -> bool:
-    from rctlpolicy.files import POLICY_SUFFIXES, is_editor_droppings
-
-    name = os.path.basename(path)
-    if name.endswith(_BACKUP_SUFFIXES):
-        # A backup appearing or going away is a step of a save: wait for the whole of it.
-        name = name.removesuffix("~").removesuffix(".bak")
-    return name.endswith(POLICY_SUFFIXES) and not is_editor_droppings(name)
-
-
-class _RulesWatcher:
-    """Watches the rules directory with watchdog (imported here: lint never loads it)."""
-
-    def __init__(self, directory: Path, debouncer: _ReloadDebouncer) -> None:
-        from watchdog.events import FileSystemEvent, FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        outer = self
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                if event.event_type in ("opened", "closed_no_write"):
-                    return
-                paths = [str(event.src_path), str(getattr(event, "dest_path", "") or "")]
-                if event.is_directory or any(p and _is_policy_path(p) for p in paths):
-                    outer.debouncer.poke()
-
-        self.debouncer = debouncer
-        self.observer = Observer()
-        self.observer.name = "rctlpolicy-rules-watcher"
-        self.observer.daemon = True
-        self.observer.schedule(Handler(), str(directory), recursive=False)
-
-    def start(self) -> None:
-        self.observer.start()
-
-    def stop(self) -> None:
-        self.observer.stop()
-        self.observer.join(5.0)
-
-
 # --- the daemon ------------------------------------------------------------------------------
+
+#: Requests to the main loop, one byte each on its wakeup pipe.
+_RELOAD = b"H"
+_STOP = b"T"
+_RECONCILE = b"J"
 
 
 class Daemon:
@@ -426,30 +204,34 @@ class Daemon:
         self._retry_at = 0.0
         self._reconcile_reason = "jails started or stopped"
         self._jails_error: str | None = None
-        self._control = _SignalPipe()
+        self._control = Wakeup()
         self._stopping = threading.Event()
         self._started = False
-        self._events: queue.Queue[DevdItem] = queue.Queue()
+        self._dispatcher: QueueLoop[DevdItem] = QueueLoop("rctlpolicy-dispatch", self._dispatch)
+        #: What the devd reader feeds and the dispatcher takes from.
+        self._events = self._dispatcher.items
+        self._jail_watcher = PeriodicLoop(
+            "rctlpolicy-jails", config.jail_poll_interval, self._watch_jails
+        )
         self._connections = 0
         self._episodes: dict[str, _Episode] = {}
         self._episodes_lock = threading.Lock()
         self._textfile_lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
         self.registry = make_registry(
             [JailCollector(kernel, self.stats), DaemonCollector(self.stats)]
         )
         self.web: Any = None
         self.devd: DevdClient | None = None
         self._devd_paths = devd_paths
-        self._watcher: _RulesWatcher | None = None
-        self._debouncer = _ReloadDebouncer(
-            config.reload_debounce, lambda: self._control.send(_SignalPipe.RELOAD)
+        self._watcher: RulesWatcher | None = None
+        self._debouncer = ReloadDebouncer(
+            config.reload_debounce, lambda: self._control.post(_RELOAD)
         )
         # How long a save that looks half-way through may hold a reload back.
         self._settle_limit = max(2.0, 10 * config.reload_debounce)
         self._deferred_since: float | None = None
         self._previous_handlers: dict[int, Any] = {}
-        self.ready = threading.Event()
+        self._previous_wakeup_fd = -1
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -457,15 +239,22 @@ class Daemon:
         """Before any slow start-up work: an early HUP must not kill the process."""
 
         def handler(signum: int, frame: FrameType | None) -> None:
-            self._control.send(_SignalPipe.RELOAD if signum == signal.SIGHUP else _SignalPipe.STOP)
+            self._control.post(_RELOAD if signum == signal.SIGHUP else _STOP)
 
         for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             self._previous_handlers[signum] = signal.signal(signum, handler)
+        # The signal may be delivered to any thread, and Python runs the handler only when
+        # the main thread next runs bytecode: the wakeup fd wakes the main loop's select.
+        self._previous_wakeup_fd = signal.set_wakeup_fd(
+            self._control.write_fileno(), warn_on_full_buffer=False
+        )
 
     def restore_signal_handlers(self) -> None:
         """Put back the handlers install_signal_handlers() replaced."""
         for signum, previous in self._previous_handlers.items():
             signal.signal(signum, previous)
+        if self._previous_handlers:
+            signal.set_wakeup_fd(self._previous_wakeup_fd)
         self._previous_handlers.clear()
 
     def start(self) -> None:
@@ -473,7 +262,7 @@ class Daemon:
         when the metrics address cannot be bound)."""
         # Watch first: an edit made while we start must still lead to a reload.
         try:
-            self._watcher = _RulesWatcher(self.config.rules_dir, self._debouncer)
+            self._watcher = RulesWatcher(self.config.rules_dir, self._debouncer.poke)
             self._watcher.start()
         except OSError as error:
             log.error("cannot watch %s (%s); reload with SIGHUP", self.config.rules_dir, error)
@@ -492,13 +281,8 @@ class Daemon:
         self.stats.reloaded(ok, self._rule_count(), self.clock.time())
         self._start_web()
         self._start_devd()
-        for target, name in (
-            (self._dispatch_loop, "rctlpolicy-dispatch"),
-            (self._jail_loop, "rctlpolicy-jails"),
-        ):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            self._threads.append(thread)
-            thread.start()
+        self._dispatcher.start()
+        self._jail_watcher.start()
         self._started = True
         self._write_textfile()
         log.info(
@@ -507,7 +291,6 @@ class Daemon:
             self.config.rules_dir,
             self.metrics_url,
         )
-        self.ready.set()
 
     def _start_web(self) -> None:
         from rctlpolicy.web import MetricsServer, WebConfigError
@@ -564,14 +347,14 @@ class Daemon:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT (or `request_stop`); returns the exit status (0)."""
-        while not self._stopping.is_set():
-            requests = self._control.receive(timeout=1.0)
-            if _SignalPipe.STOP in requests:
+        while True:
+            requests = self._control.wait()
+            if _STOP in requests:
                 break
             try:
-                if _SignalPipe.RELOAD in requests:
+                if _RELOAD in requests:
                     self.reload("signal or file change")
-                elif _SignalPipe.RECONCILE in requests:
+                elif _RECONCILE in requests:
                     self.reconcile(self._reconcile_reason)
             except Exception:  # a reload that breaks must not take the daemon down
                 log.exception("error while reloading")
@@ -580,11 +363,11 @@ class Daemon:
 
     def request_stop(self) -> None:
         """Ask the main loop to stop, from any thread (as SIGTERM does)."""
-        self._control.send(_SignalPipe.STOP)
+        self._control.post(_STOP)
 
     def request_reload(self) -> None:
         """Ask the main loop to reload, from any thread (as SIGHUP does)."""
-        self._control.send(_SignalPipe.RELOAD)
+        self._control.post(_RELOAD)
 
     def reload(self, reason: str) -> bool | None:
         """Re-read the policy; an invalid one changes nothing in the kernel.
@@ -595,7 +378,7 @@ class Daemon:
         previous = self._loaded.file_sizes if self._loaded is not None else {}
         unfinished = save_in_progress(previous)
         if unfinished is not None:
-            now = time.monotonic()
+            now = self.clock.monotonic()
             if self._deferred_since is None:
                 self._deferred_since = now
             if now - self._deferred_since < self._settle_limit:
@@ -678,7 +461,7 @@ class Daemon:
             self._retry_delay = min(
                 max(2 * self._retry_delay, self.config.jail_poll_interval), 300.0
             )
-            self._retry_at = time.monotonic() + self._retry_delay
+            self._retry_at = self.clock.monotonic() + self._retry_delay
         return ok
 
     def _rule_count(self) -> int:
@@ -699,17 +482,6 @@ class Daemon:
         return names
 
     # --- devd events ---------------------------------------------------------------------
-
-    def _dispatch_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                item = self._events.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            try:
-                self._dispatch(item)
-            except Exception:  # one bad event must never stop the dispatcher
-                log.exception("error while handling a devd message")
 
     def _dispatch(self, item: DevdItem) -> None:
         if isinstance(item, Connected):
@@ -860,25 +632,23 @@ class Daemon:
                 with self._episodes_lock:
                     self._episodes.pop(canonical, None)
 
-    def _jail_loop(self) -> None:
-        while not self._stopping.wait(self.config.jail_poll_interval):
-            try:
-                loaded = self._loaded
-                if loaded is not None:
-                    if self._install_failed and time.monotonic() >= self._retry_at:
-                        self._reconcile_reason = "retrying the apply that failed"
-                        self._control.send(_SignalPipe.RECONCILE)
-                    elif (
-                        any(r.jail_pattern for r in loaded.policy.rules)
-                        and self._jail_names() != loaded.jail_names
-                    ):
-                        self._reconcile_reason = "jails started or stopped"
-                        self._control.send(_SignalPipe.RECONCILE)
-                self._end_finished_episodes()
-                self.stats.exhausted = frozenset(self.engine.exhausted())
-                self._write_textfile()
-            except Exception:
-                log.exception("error in the jail watcher")
+    def _watch_jails(self) -> None:
+        """One tick of the jail watcher: reconcile when jails came or went (or the last apply
+        failed and its retry is due), end finished episodes, refresh the textfile."""
+        loaded = self._loaded
+        if loaded is not None:
+            if self._install_failed and self.clock.monotonic() >= self._retry_at:
+                self._reconcile_reason = "retrying the apply that failed"
+                self._control.post(_RECONCILE)
+            elif (
+                any(r.jail_pattern for r in loaded.policy.rules)
+                and self._jail_names() != loaded.jail_names
+            ):
+                self._reconcile_reason = "jails started or stopped"
+                self._control.post(_RECONCILE)
+        self._end_finished_episodes()
+        self.stats.exhausted = frozenset(self.engine.exhausted())
+        self._write_textfile()
 
     def _on_outcome(self, outcome: ActionOutcome) -> None:
         timed = outcome.outcome in (Outcome.OK, Outcome.FAILED, Outcome.TIMEOUT)
@@ -909,8 +679,10 @@ class Daemon:
         if self.devd is not None:
             self.devd.stop()
         self.engine.shutdown(self.config.shutdown_timeout)
-        for thread in self._threads:
-            thread.join(5.0)
+        for loop in (self._dispatcher, self._jail_watcher):
+            if loop.is_alive():
+                loop.stop()
+                loop.join(5.0)
         if self._started and self.config.flush_on_exit:
             try:
                 report = apply_rules(self.kernel, [], self.applied)
@@ -924,7 +696,7 @@ class Daemon:
         log.info("stopped")
 
     def close(self) -> None:
-        """Release the signal pipe; call after restore_signal_handlers()."""
+        """Release the wakeup pipe; call after restore_signal_handlers()."""
         self._control.close()
 
     # --- helpers -------------------------------------------------------------------------
@@ -954,53 +726,3 @@ def _landing_page(path: str) -> bytes:
         "<html><head><title>rctlpolicy</title></head><body><h1>rctlpolicy</h1>"
         f'<p><a href="{html.escape(path)}">Metrics</a></p></body></html>\n'
     ).encode()
-
-
-def write_pidfile(path: Path) -> None:
-    """Write our pid atomically (a reader never sees an empty pidfile)."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}")
-    temp.write_text(f"{os.getpid()}\n")
-    os.replace(temp, path)
-
-
-def remove_pidfile(path: Path) -> None:
-    """Remove the pidfile if it is still ours."""
-    try:
-        if path.read_text().strip() == str(os.getpid()):
-            path.unlink()
-    except OSError as error:
-        if error.errno != errno.ENOENT:
-            log.warning("cannot remove pidfile %s: %s", path, error)
-
-
-def setup_logging(config: DaemonConfig) -> None:
-    """syslog (facility daemon, FreeBSD's /var/run/log) or stderr."""
-    import logging.handlers
-
-    level = getattr(logging, config.log_level.upper())
-    root = logging.getLogger("rctlpolicy")
-    root.setLevel(level)
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    handler: logging.Handler
-    if config.syslog:
-
-        class _SysLog(logging.handlers.SysLogHandler):
-            def handleError(self, record: logging.LogRecord) -> None:
-                # syslogd restarting must not lose the message or raise: stderr catches it.
-                import sys
-
-                sys.stderr.write(f"rctlpolicy: {record.getMessage()}\n")
-
-        handler = _SysLog(
-            address=config.syslog_socket, facility=logging.handlers.SysLogHandler.LOG_DAEMON
-        )
-        handler.ident = f"rctlpolicy[{os.getpid()}]: "
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    else:
-        handler = logging.StreamHandler()
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s rctlpolicy[%(process)d] %(levelname)s: %(message)s")
-        )
-    root.addHandler(handler)
-    logging.raiseExceptions = False

@@ -3,22 +3,81 @@
 `run_daemon` is what `rctlpolicy daemon` runs: logging, pidfile, the kernel, the simulated devd
 when the simulated host is used without a devd socket, signals, the main loop.
 `handle_event` is what `rctlpolicy handle` runs for one event from a devd.conf notify block.
+`setup_logging` and the pidfile are the process's, not the daemon's: both commands log alike.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import logging.handlers
+import os
 import sys
 from pathlib import Path
 
 from rctlpolicy.config import DaemonConfig
-from rctlpolicy.daemon import Daemon, StartupError, remove_pidfile, setup_logging, write_pidfile
+from rctlpolicy.daemon import Daemon, StartupError
 from rctlpolicy.diagnostics import Diagnostic
 from rctlpolicy.formats import format_text
 from rctlpolicy.kernel import KernelSetup, KernelSetupError, open_kernel
 from rctlpolicy.model import Severity
+from rctlpolicy.safeio import PUBLIC_MODE, make_directory, read_bytes, write_atomic
 
 log = logging.getLogger("rctlpolicy")
+
+
+# --- the process: logging and the pidfile -----------------------------------------------------
+
+
+class _SysLogHandler(logging.handlers.SysLogHandler):
+    def handleError(self, record: logging.LogRecord) -> None:
+        # syslogd restarting must not lose the message or raise: stderr catches it.
+        sys.stderr.write(f"rctlpolicy: {record.getMessage()}\n")
+
+
+def setup_logging(config: DaemonConfig) -> None:
+    """syslog (facility daemon, FreeBSD's /var/run/log) or stderr."""
+    level = getattr(logging, config.log_level.upper())
+    root = logging.getLogger("rctlpolicy")
+    root.setLevel(level)
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    handler: logging.Handler
+    if config.syslog:
+        handler = _SysLogHandler(
+            address=config.syslog_socket, facility=logging.handlers.SysLogHandler.LOG_DAEMON
+        )
+        handler.ident = f"rctlpolicy[{os.getpid()}]: "
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s rctlpolicy[%(process)d] %(levelname)s: %(message)s")
+        )
+    root.addHandler(handler)
+    logging.raiseExceptions = False
+
+
+def write_pidfile(path: Path) -> None:
+    """Write our pid atomically (a reader never sees an empty pidfile), mode 0644.
+
+    Through `safeio.write_atomic`: the pidfile's directory may be writable by others, who must
+    not be able to plant the temporary name or redirect the write with a symlink.
+    """
+    write_atomic(path, f"{os.getpid()}\n", mode=PUBLIC_MODE)
+
+
+def remove_pidfile(path: Path) -> None:
+    """Remove the pidfile if it is still ours."""
+    try:
+        if read_bytes(path, limit=64).strip() == str(os.getpid()).encode():
+            path.unlink()
+    except OSError as error:
+        if error.errno != errno.ENOENT:
+            log.warning("cannot remove pidfile %s: %s", path, error)
+
+
+# --- the daemon -------------------------------------------------------------------------------
 
 
 def _problems(diagnostics: tuple[Diagnostic, ...]) -> str:
@@ -101,9 +160,10 @@ def handle_event(
         SubprocessRunner,
     )
     from rctlpolicy.clock import SystemClock
-    from rctlpolicy.daemon import event_jail, expand, identify_rule, load_rules
+    from rctlpolicy.daemon import event_jail, identify_rule
     from rctlpolicy.devd import RCTL_HEADER, MalformedEvent, parse_rctl_event
     from rctlpolicy.kernel.base import KernelError
+    from rctlpolicy.policyload import expand, load_rules
 
     setup_logging(config)
     try:
@@ -146,7 +206,7 @@ def handle_event(
         print(f"rctlpolicy handle: {error}", file=sys.stderr)
         return 1
     state_dir = config.state_dir or setup.state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
+    make_directory(state_dir)
     state_path: Path = state_dir / "actions.json"
     with FileState(state_path) as state:
         engine = ActionEngine(SystemClock(), SubprocessRunner(), state)

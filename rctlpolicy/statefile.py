@@ -2,7 +2,9 @@
 
 Used for the rules an apply added, the action engine's cooldowns across `handle` runs and the
 simulated kernel's rules: each is read and changed under an exclusive flock(2) on a lock file
-beside it, and replaced with rename(2) so a reader never sees half a file.
+beside it, and replaced through `rctlpolicy.safeio` (an unpredictable no-follow temporary file,
+fsync, rename, mode 0600), so a reader never sees half a file and nobody who can write the state
+directory can redirect a write. The directory is created 0700.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from rctlpolicy.safeio import STATE_MODE, make_directory, open_lock_file, read_bytes, write_atomic
 
 log = logging.getLogger("rctlpolicy.state")
 
@@ -28,8 +31,8 @@ class JsonStateFile:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the file's lock; `load` and `save` are then safe to call."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        make_directory(self.path.parent)
+        fd = open_lock_file(self.lock_path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -38,14 +41,14 @@ class JsonStateFile:
 
     def load(self) -> dict[str, Any]:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            raw = read_bytes(self.path)
         except FileNotFoundError:
             return {}
         except OSError as error:
             log.warning("cannot read state file %s (%s); starting from empty", self.path, error)
             return {}
         try:
-            data = json.loads(text)
+            data = json.loads(raw)
         except ValueError as error:
             log.warning("state file %s is corrupt (%s); starting from empty", self.path, error)
             return {}
@@ -55,20 +58,8 @@ class JsonStateFile:
         return data
 
     def save(self, data: dict[str, Any]) -> None:
-        fd, temp = tempfile.mkstemp(
-            prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent
-        )
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                # dumps, not dump: only the one-shot path uses the C encoder (states can be big).
-                handle.write(json.dumps(data, separators=(",", ":")))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
+        # dumps, not dump: only the one-shot path uses the C encoder (states can be big).
+        write_atomic(self.path, json.dumps(data, separators=(",", ":")), mode=STATE_MODE)
 
     def read(self) -> dict[str, Any]:
         with self.locked():

@@ -94,6 +94,15 @@ def test_file_errors_say_what_and_where(tmp_path: Path, text: str, message: str)
     assert str(path) in str(caught.value)
 
 
+def test_a_setting_given_twice_is_an_error_not_the_last_one(tmp_path: Path) -> None:
+    path = config_file(tmp_path, "rules-dir: /etc/rp/rules\nlog-level: info\nrules-dir: /tmp/x\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config_file(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "line 3" in message and "'rules-dir' is given twice (first on line 1)" in message
+
+
 def test_an_unknown_key_suggests_nothing_when_nothing_is_close(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config_file(config_file(tmp_path, "zzz: 1\n"))

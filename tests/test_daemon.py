@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -593,6 +594,7 @@ def test_pidfile_output_file_and_flush_on_exit_keeps_foreign_rules(env: Env) -> 
         "--pidfile", str(pidfile), "--output.file-path", str(metrics_file), "--flush-on-exit"
     )
     assert pidfile.read_text() == f"{daemon.pid}\n"
+    assert stat.S_IMODE(pidfile.stat().st_mode) == 0o644
     text = wait_until(
         lambda: metrics_file.read_text() if metrics_file.exists() else None, 5, "metrics file"
     )

@@ -1,5 +1,5 @@
 """The daemon's pure decisions: which rule and jail an RCTL event is about (the kernel cuts its
-messages at 127 bytes), when a reload must wait for an editor, which rules a resync may act on.
+messages at 127 bytes), which rules a resync may act on.
 
 Events are built as the kernel writes them (`format_rctl_event`) and read by the daemon's parser,
 so the tables exercise the real cut points.
@@ -7,27 +7,18 @@ so the tables exercise the real cut points.
 
 from __future__ import annotations
 
-import os
-import threading
-from pathlib import Path
-
 import pytest
 from corpus_host import rule
 
 from rctlpolicy.daemon import (
-    _ReloadDebouncer,
     event_jail,
-    expand,
     identify_rule,
-    load_rules,
     needs_event_fields,
     resync_candidate,
     rule_text_may_be_cut,
-    save_in_progress,
 )
 from rctlpolicy.devd import RctlEvent, format_rctl_event, parse_rctl_event
-from rctlpolicy.policy_model import OnMatch, Policy, PolicyRule, SourceLocation
-from rctlpolicy.semantics import OFFLINE
+from rctlpolicy.policy_model import OnMatch, PolicyRule, SourceLocation
 
 LONG = "customer-database-production-eu-west-1-replica-0001"  # cut inside jail=
 HUGE = "j" * 120  # cut inside the rule itself
@@ -157,68 +148,3 @@ def test_actions_that_need_an_event_cannot_run_from_a_resync() -> None:
     assert needs_event_fields(OnMatch(run=("/usr/bin/logger", "{ruid}")))
     assert needs_event_fields(OnMatch(signal="TERM"))
     assert not needs_event_fields(OnMatch(service=("postgresql", "restart")))
-
-
-def test_expand_prefers_the_rule_with_an_action_for_a_canonical_form_named_twice() -> None:
-    plain = policy_rule(DB1, on_match=None)
-    acting = policy_rule(DB1)
-    loaded = expand(Policy((plain, acting)), {"db1"})
-    assert loaded.by_canonical[DB1].on_match == RUN
-    assert len(loaded.expanded) == 2
-
-
-# --- reloads -----------------------------------------------------------------------------------
-
-
-def test_save_in_progress_recognises_the_moments_of_editor_saves(tmp_path: Path) -> None:
-    path = tmp_path / "p.yaml"
-    path.write_text("rules: []\n")
-    sizes = {str(path): 10}
-    assert save_in_progress(sizes) is None
-    path.write_text("")  # truncate-and-write, before the write
-    assert "p.yaml is empty" in (save_in_progress(sizes) or "")
-    path.rename(tmp_path / "p.yaml~")  # vim: the backup, before the new file
-    assert "missing while its backup p.yaml~ exists" in (save_in_progress(sizes) or "")
-    (tmp_path / "p.yaml~").unlink()  # a file removed for good is not a save
-    assert save_in_progress(sizes) is None
-    assert save_in_progress({str(path): 0}) is None  # it was empty before: nothing to lose
-
-
-def test_the_debouncer_fires_once_after_a_burst_of_pokes() -> None:
-    fired: list[int] = []
-    done = threading.Event()
-
-    def fire() -> None:
-        fired.append(1)
-        done.set()
-
-    debouncer = _ReloadDebouncer(0.05, fire)
-    for _ in range(20):
-        debouncer.poke()
-    assert done.wait(5)
-    debouncer.close()
-    assert fired == [1]
-
-
-def test_load_rules_refuses_a_policy_others_can_change(tmp_path: Path) -> None:
-    rules = tmp_path / "rules"
-    rules.mkdir(mode=0o755)
-    policy = rules / "p.yaml"
-    policy.write_text(f"rules:\n  - rule: {DB1}\n    on_match: {{run: [/usr/bin/true]}}\n")
-    assert load_rules(rules, OFFLINE).policy is not None
-    os.chmod(policy, 0o666)
-    load = load_rules(rules, OFFLINE)
-    assert load.policy is None
-    assert [d.code for d in load.diagnostics if d.severity.value == "error"] == ["unsafe-file"]
-
-
-def test_load_rules_reports_an_unreadable_directory(tmp_path: Path) -> None:
-    load = load_rules(tmp_path / "missing", OFFLINE)
-    assert load.policy is None
-    assert load.diagnostics[0].code == "io-error"
-
-
-def test_load_rules_records_the_size_of_each_file(tmp_path: Path) -> None:
-    (tmp_path / "a.conf").write_text("jail:db1:maxproc:deny=10\n")
-    load = load_rules(tmp_path, OFFLINE)
-    assert load.file_sizes == {str(tmp_path / "a.conf"): 25}
