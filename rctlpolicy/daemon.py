@@ -82,7 +82,7 @@ from rctlpolicy.lint import lint_files
 from rctlpolicy.model import HOST_JAIL, Action, Filter, Rule, Severity, SubjectType
 from rctlpolicy.policy import expand_jail_patterns
 from rctlpolicy.policy_model import OnMatch, Policy, PolicyRule
-from rctlpolicy.semantics import Resolver
+from rctlpolicy.semantics.resolver import Resolver
 
 log = logging.getLogger("rctlpolicy")
 

@@ -27,7 +27,7 @@ from rctlpolicy.daemon import (
 )
 from rctlpolicy.devd import RctlEvent, format_rctl_event, parse_rctl_event
 from rctlpolicy.policy_model import OnMatch, Policy, PolicyRule, SourceLocation
-from rctlpolicy.semantics import OFFLINE
+from rctlpolicy.semantics.resolver import OFFLINE
 
 LONG = "customer-database-production-eu-west-1-replica-0001"  # cut inside jail=
 HUGE = "j" * 120  # cut inside the rule itself
