@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from rctlpolicy.kernel.base import Kernel, KernelError
 from rctlpolicy.model import EVERYTHING, Rule
 from rctlpolicy.plan import Plan, make_plan
-from rctlpolicy.semantics import Resolver
+from rctlpolicy.semantics.resolver import Resolver
 from rctlpolicy.statefile import JsonStateFile
 
 log = logging.getLogger("rctlpolicy.apply")

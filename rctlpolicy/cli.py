@@ -36,7 +36,7 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     from rctlpolicy.formats import LINT_PER_FILE, Style, render, render_json
     from rctlpolicy.lint import lint_into
     from rctlpolicy.model import Severity
-    from rctlpolicy.semantics import OFFLINE, Resolver
+    from rctlpolicy.semantics.resolver import OFFLINE, Resolver
 
     try:
         files = read_policy_files(args.paths)
@@ -92,7 +92,7 @@ def _parse_filter(text: str | None, setup: Any) -> Any:
     from rctlpolicy.grammar import parse_rule_syntax
     from rctlpolicy.kernel.base import STRERROR
     from rctlpolicy.model import Filter
-    from rctlpolicy.semantics import Layer, check_filter
+    from rctlpolicy.semantics.check import Layer, check_filter
 
     if text is None:
         return Filter()

@@ -72,7 +72,7 @@ from rctlpolicy.loops import PeriodicLoop, QueueLoop, Wakeup
 from rctlpolicy.model import HOST_JAIL, Action, Filter, Rule, Severity, SubjectType
 from rctlpolicy.policy_model import OnMatch, Policy, PolicyRule
 from rctlpolicy.policyload import LoadedRules, expand, load_rules, save_in_progress
-from rctlpolicy.semantics import Resolver
+from rctlpolicy.semantics.resolver import Resolver
 from rctlpolicy.watcher import ReloadDebouncer, RulesWatcher
 
 log = logging.getLogger("rctlpolicy")

@@ -18,7 +18,7 @@ from rctlpolicy.gcpause import no_cyclic_gc
 from rctlpolicy.model import Action, Severity
 from rctlpolicy.policy import PolicyFile, read_policy
 from rctlpolicy.policy_model import Policy, PolicyRule
-from rctlpolicy.semantics import OFFLINE, Resolver
+from rctlpolicy.semantics.resolver import OFFLINE, Resolver
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,9 @@ from rctlpolicy.grammar import (
 )
 from rctlpolicy.model import SUBJECT_ALIASES, Rule, Severity
 from rctlpolicy.policy_model import Policy, PolicyRule, SourceLocation
-from rctlpolicy.semantics import OFFLINE, Layer, Problem, Resolver, check_rule
+from rctlpolicy.semantics.check import Layer, check_rule
+from rctlpolicy.semantics.problems import Problem
+from rctlpolicy.semantics.resolver import OFFLINE, Resolver
 
 CONF_SUFFIXES = (".conf", ".rules")
 YAML_SUFFIXES = (".yaml", ".yml")

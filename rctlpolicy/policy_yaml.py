@@ -18,7 +18,8 @@ from rctlpolicy.grammar import SUBJECT_ID, RuleSyntax, parse_rule_syntax
 from rctlpolicy.model import SIGNAL_NUMBERS, Action, Rule, Severity
 from rctlpolicy.policy import PolicyFile, glob_subject, problem_diagnostic
 from rctlpolicy.policy_model import PLACEHOLDERS, OnMatch, PolicyRule, RunLimit, SourceLocation
-from rctlpolicy.semantics import Layer, Resolver, check_rule
+from rctlpolicy.semantics.check import Layer, check_rule
+from rctlpolicy.semantics.resolver import Resolver
 
 # --- YAML --------------------------------------------------------------------------------------
 

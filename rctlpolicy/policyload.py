@@ -22,7 +22,7 @@ from rctlpolicy.lint import lint_files
 from rctlpolicy.model import Severity
 from rctlpolicy.policy import expand_jail_patterns
 from rctlpolicy.policy_model import Policy, PolicyRule
-from rctlpolicy.semantics import Resolver
+from rctlpolicy.semantics.resolver import Resolver
 
 #: Editor backups whose presence beside a vanished policy file means a save is under way
 #: (vim and emacs rename the file to NAME~ and write NAME anew).

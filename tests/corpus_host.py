@@ -5,16 +5,19 @@ host it assumes, and the list of diagnostic codes a module can emit, read from i
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import json
+import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from rctlpolicy.codes import Code
 from rctlpolicy.grammar import parse_rule_syntax
 from rctlpolicy.model import Rule
-from rctlpolicy.semantics import Layer, check_rule
+from rctlpolicy.semantics.check import Layer, check_rule
 
 DATA = Path(__file__).resolve().parent / "data"
 #: The rule corpus: one JSON object a line (fields in tests/data/README.md).
@@ -53,7 +56,7 @@ class CorpusHost:
 CORPUS_HOST = CorpusHost()
 
 #: Where the diagnostic code is among the arguments of the calls that create findings.
-_CODE_ARGUMENT = {"Problem": 2, "Diagnostic": 4, "error": 1, "at": 2, "_diagnostic": 2}
+_CODE_ARGUMENT = {"Problem": 1, "Diagnostic": 4, "error": 1, "at": 2, "_diagnostic": 2}
 
 
 def _call_name(call: ast.Call) -> str | None:
@@ -64,34 +67,56 @@ def _call_name(call: ast.Call) -> str | None:
     return None
 
 
+def _sources(module: ModuleType) -> list[str]:
+    """The module's source, or every module's of a package."""
+    if not hasattr(module, "__path__"):
+        return [inspect.getsource(module)]
+    return [
+        inspect.getsource(importlib.import_module(f"{module.__name__}.{info.name}"))
+        for info in pkgutil.iter_modules(module.__path__)
+    ]
+
+
 def emitted_codes(module: ModuleType) -> set[str]:
-    """Every diagnostic code written in `module`'s source, as a literal or an f-string.
+    """Every diagnostic code `module` (or each module of a package) emits: the registered codes
+    it names (`Code.UNKNOWN_RESOURCE`), and codes written as literals or f-strings in the
+    calls that create findings.
 
     An f-string code comes back as a template with `{}` for each substitution
     (`f"unknown-{kind}"` is `"unknown-{}"`), so a test must say what it expands to.
     """
-    tree = ast.parse(inspect.getsource(module))
     codes: set[str] = set()
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        index = _CODE_ARGUMENT.get(_call_name(node) or "")
-        if index is None:
-            continue
-        argument: ast.expr | None = node.args[index] if len(node.args) > index else None
-        for keyword in node.keywords:
-            if keyword.arg == "code":
-                argument = keyword.value
-        if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
-            codes.add(argument.value)
-        elif isinstance(argument, ast.JoinedStr):
-            codes.add(
-                "".join(
-                    str(part.value) if isinstance(part, ast.Constant) else "{}"
-                    for part in argument.values
-                )
-            )
+    for source in _sources(module):
+        for node in ast.walk(ast.parse(source)):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "Code"
+            ):
+                codes.add(str(getattr(Code, node.attr)))
+            if isinstance(node, ast.Call):
+                codes |= _literal_code(node)
     return codes
+
+
+def _literal_code(call: ast.Call) -> set[str]:
+    index = _CODE_ARGUMENT.get(_call_name(call) or "")
+    if index is None:
+        return set()
+    argument: ast.expr | None = call.args[index] if len(call.args) > index else None
+    for keyword in call.keywords:
+        if keyword.arg == "code":
+            argument = keyword.value
+    if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
+        return {argument.value}
+    if isinstance(argument, ast.JoinedStr):
+        return {
+            "".join(
+                str(part.value) if isinstance(part, ast.Constant) else "{}"
+                for part in argument.values
+            )
+        }
+    return set()
 
 
 def rule(text: str) -> Rule:

@@ -14,7 +14,7 @@ from corpus_host import CORPUS_HOST, corpus_cases
 
 from rctlpolicy.grammar import parse_rule_syntax
 from rctlpolicy.model import SubjectType
-from rctlpolicy.semantics import FilterCheck, Layer, check_filter, check_rule, sent_text
+from rctlpolicy.semantics.check import FilterCheck, Layer, check_filter, check_rule, sent_text
 
 CORPUS_SIZE = 282
 

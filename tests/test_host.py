@@ -25,7 +25,7 @@ from rctlpolicy.kernel.host import (
     parse_host,
 )
 from rctlpolicy.model import Action, Resource, Rule, SubjectType
-from rctlpolicy.semantics import Resolver
+from rctlpolicy.semantics.resolver import Resolver
 
 HOST = """
 users: {root: 0, www: 80, pgsql: 770}

@@ -9,7 +9,7 @@ from corpus_host import rule
 
 from rctlpolicy.policy_model import OnMatch, Policy, PolicyRule, SourceLocation
 from rctlpolicy.policyload import expand, load_rules, save_in_progress
-from rctlpolicy.semantics import OFFLINE
+from rctlpolicy.semantics.resolver import OFFLINE
 
 DB1 = "jail:db1:memoryuse:devctl=4294967296"
 RUN = OnMatch(run=("/usr/bin/true", "{jail}"))

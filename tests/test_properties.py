@@ -20,14 +20,9 @@ from rctlpolicy.model import (
     SubjectType,
 )
 from rctlpolicy.policy import PolicyFile, load_policy
-from rctlpolicy.semantics import (
-    OFFLINE,
-    Layer,
-    check_filter,
-    check_rule,
-    parse_canonical,
-    sent_text,
-)
+from rctlpolicy.semantics.canonical import parse_canonical
+from rctlpolicy.semantics.check import Layer, check_filter, check_rule, sent_text
+from rctlpolicy.semantics.resolver import OFFLINE
 
 # A few seconds for the whole file; raise max_examples locally to hunt for more.
 QUICK = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

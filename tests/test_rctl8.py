@@ -24,7 +24,7 @@ from rctlpolicy.kernel.host import HostSpec, load_host
 from rctlpolicy.kernel.rctl8 import USAGE, NameLookup, run_rctl
 from rctlpolicy.kernel.simulator import SimulatedKernel
 from rctlpolicy.model import PROCESS_USAGE_RESOURCES, Resource
-from rctlpolicy.semantics import Resolver
+from rctlpolicy.semantics.resolver import Resolver
 
 MiB = 1024 * 1024
 

@@ -24,17 +24,10 @@ from rctlpolicy.model import (
     Severity,
     SubjectType,
 )
-from rctlpolicy.semantics import (
-    OFFLINE,
-    Layer,
-    Problem,
-    Resolver,
-    RuleCheck,
-    check_filter,
-    check_rule,
-    parse_canonical,
-    sent_text,
-)
+from rctlpolicy.semantics.canonical import parse_canonical
+from rctlpolicy.semantics.check import Layer, RuleCheck, check_filter, check_rule, sent_text
+from rctlpolicy.semantics.problems import Problem
+from rctlpolicy.semantics.resolver import OFFLINE, Resolver
 
 K, R8 = Layer.KERNEL, Layer.RCTL8
 

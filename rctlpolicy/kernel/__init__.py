@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from rctlpolicy.kernel.base import Kernel, RctlSyscalls
 from rctlpolicy.model import Rule, SubjectType
-from rctlpolicy.semantics import Resolver
+from rctlpolicy.semantics.resolver import Resolver
 
 if TYPE_CHECKING:  # rctl8 is also run with `python -m`: importing it here would warn
     from rctlpolicy.kernel.host import HostSpec

@@ -30,7 +30,9 @@ from rctlpolicy.kernel.base import (
     SyscallError,
 )
 from rctlpolicy.model import EVERYTHING, SUBJECT_ALIASES, Filter, Resource, Rule
-from rctlpolicy.semantics import OFFLINE, Layer, check_rule, parse_canonical
+from rctlpolicy.semantics.canonical import parse_canonical
+from rctlpolicy.semantics.check import Layer, check_rule
+from rctlpolicy.semantics.resolver import OFFLINE
 
 #: rctl(8)'s first output buffer (RCTL_DEFAULT_BUFSIZE) and its growth factor on ERANGE.
 RCTL_DEFAULT_BUFSIZE = 128 * 1024

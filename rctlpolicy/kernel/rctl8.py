@@ -2,7 +2,7 @@
 
 `run_rctl` behaves like usr.bin/rctl: the same flags (getopt "ahlnru"), the same rewriting of
 operands (subject aliases, user names, expand_number(3) amounts, via
-`rctlpolicy.semantics.sent_text`), the same output and messages, and the same exit status.
+`rctlpolicy.semantics.check.sent_text`), the same output and messages, and the same exit status.
 Over the simulated host it is the rctl(8) that tests and the command fallback run::
 
     RCTLPOLICY_SIM_HOST=host.yaml python -m rctlpolicy.kernel.rctl8 -a user:www:maxproc:deny=10
@@ -30,16 +30,16 @@ from rctlpolicy.kernel.freebsd import (
     RCTL_DEFAULT_BUFSIZE,
     RacctProbe,
 )
-from rctlpolicy.semantics import (
+from rctlpolicy.semantics.check import (
     FilterCheck,
     Layer,
-    Problem,
-    Resolver,
     RuleCheck,
     check_filter,
     check_rule,
     sent_text,
 )
+from rctlpolicy.semantics.problems import Problem
+from rctlpolicy.semantics.resolver import Resolver
 
 PROGRAM = "rctl"
 USAGE = "usage: rctl [ -h ] [-a rule | -l filter | -r filter | -u filter | filter]"

@@ -55,7 +55,7 @@ from rctlpolicy.model import (
     SubjectType,
     format_subject_id,
 )
-from rctlpolicy.semantics import FilterCheck, Layer, RuleCheck, check_filter, check_rule
+from rctlpolicy.semantics.check import FilterCheck, Layer, RuleCheck, check_filter, check_rule
 
 #: RCTL_MAX_INBUFSIZE: the rule text and its NUL must fit.
 MAX_INBUFSIZE = 4096
