@@ -10,11 +10,14 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rctlpolicy import __version__
+
+if TYPE_CHECKING:  # imported where used: `rctlpolicy lint` on every commit stays light
+    from rctlpolicy.semantics.resolver import Resolver
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -36,18 +39,26 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     from rctlpolicy.formats import LINT_PER_FILE, Style, render, render_json
     from rctlpolicy.lint import lint_into
     from rctlpolicy.model import Severity
-    from rctlpolicy.semantics.resolver import OFFLINE, Resolver
 
+    if args.list_codes:
+        from rctlpolicy.codedocs import json_document, text_table
+
+        sys.stdout.write(json_document() if args.format == "json" else text_table())
+        return EXIT_OK
+    if not args.paths:
+        args.lint_parser.print_usage(sys.stderr)
+        print("rctlpolicy lint: error: give a PATH (or --list-codes)", file=sys.stderr)
+        return EXIT_USAGE
     try:
         files = read_policy_files(args.paths)
     except PolicyReadError as error:
         print(f"rctlpolicy lint: {error}", file=sys.stderr)
         return EXIT_USAGE
-    resolver: Resolver = OFFLINE
-    if args.resolve:
-        from rctlpolicy.hostinfo import SystemResolver
-
-        resolver = SystemResolver()
+    empty = _directories_without_policy(args.paths)
+    resolved = _lint_resolver(args)
+    if resolved is None:
+        return EXIT_USAGE
+    resolver, running_jails = resolved
 
     def not_a_note(diagnostic: Diagnostic) -> bool:
         return diagnostic.severity is not Severity.INFO
@@ -58,20 +69,68 @@ def _cmd_lint(args: argparse.Namespace) -> int:
         collected = DiagnosticCollector()
     else:
         collected = DiagnosticCollector(LINT_PER_FILE, not_a_note if args.quiet else None)
-    policy = lint_into(files, collected.add, resolver)
-    if args.format == "json":
-        chunks = render_json(collected.diagnostics(), policy)
-    else:
-        chunks = render(
+    policy = lint_into(files, collected.add, resolver, running_jails)
+    chunks = (
+        render_json(collected.diagnostics(), policy)
+        if args.format == "json"
+        else render(
             collected.diagnostics(),
             Style(args.format),
             per_file=LINT_PER_FILE,
             colour=args.format == "text" and _use_colour(sys.stdout),
             omitted=collected.omitted,
         )
+    )
     for chunk in chunks:
         sys.stdout.write(chunk)
-    return EXIT_FINDINGS if collected.failed(args.strict) else EXIT_OK
+    failed = collected.failed(args.strict) or (args.strict and bool(empty))
+    return EXIT_FINDINGS if failed else EXIT_OK
+
+
+def _directories_without_policy(paths: Sequence[str]) -> list[str]:
+    """Warn (stderr) about each directory PATH that holds no policy file; returns them."""
+    from rctlpolicy.files import POLICY_SUFFIXES, PolicyReadError, policy_paths
+
+    empty = []
+    for raw in paths:
+        path = Path(raw)
+        if raw == "-" or not path.is_dir():
+            continue
+        try:
+            if policy_paths(path):
+                continue
+        except PolicyReadError:
+            continue  # reading it said why
+        empty.append(raw)
+        patterns = ", ".join(f"*{suffix}" for suffix in POLICY_SUFFIXES)
+        print(
+            f"rctlpolicy lint: warning: {raw}: no policy file in this directory "
+            f"(looked for {patterns})",
+            file=sys.stderr,
+        )
+    return empty
+
+
+def _lint_resolver(args: argparse.Namespace) -> tuple[Resolver, Collection[str] | None] | None:
+    """What `lint` looks names up with, and the running jails (None: not known). With
+    --resolve: this machine, or the simulated host of --sim-host. None after saying why."""
+    from rctlpolicy.semantics.resolver import OFFLINE
+
+    if not args.resolve:
+        return OFFLINE, None
+    if args.sim_host:
+        from rctlpolicy.kernel import KernelSetupError, open_simulator
+
+        try:
+            setup = open_simulator(args.sim_host)
+            return setup.resolver, [jail.name for jail in setup.kernel.jails()]
+        except (KernelSetupError, OSError) as error:
+            print(f"rctlpolicy lint: {error}", file=sys.stderr)
+            return None
+    from rctlpolicy.hostinfo import SystemResolver
+
+    resolver = SystemResolver()
+    return resolver, resolver.running_jails()
 
 
 # --- kernel commands: show, usage, plan, apply ------------------------------------------------
@@ -423,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 clean (or only warnings without --strict), 1 findings, "
         "2 usage or I/O errors.",
     )
-    lint.add_argument("paths", nargs="+", metavar="PATH", help="policy file, directory or -")
+    lint.add_argument("paths", nargs="*", metavar="PATH", help="policy file, directory or -")
     lint.add_argument(
         "--format",
         choices=("text", "parsable", "json", "github"),
@@ -434,7 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     lint.add_argument(
         "--resolve",
         action="store_true",
-        help="check user names and pids against this machine, as rctl(8) would",
+        help="check user names and pids against this machine, as rctl(8) would, and warn "
+        "about jails and login classes it does not have and jail patterns no running jail "
+        "matches",
     )
     lint.add_argument(
         "-q",
@@ -442,7 +503,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="hide informational notes (JSON always includes them)",
     )
-    lint.set_defaults(handler=_cmd_lint)
+    lint.add_argument(
+        "--sim-host",
+        metavar="FILE",
+        help="with --resolve: look names, processes and jails up on this simulated host "
+        "instead of this machine",
+    )
+    lint.add_argument(
+        "--list-codes",
+        action="store_true",
+        help="list every diagnostic code with its severity and meaning, and exit",
+    )
+    lint.set_defaults(handler=_cmd_lint, lint_parser=lint)
 
     def kernel_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(

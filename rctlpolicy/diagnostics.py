@@ -6,6 +6,7 @@ from bisect import insort
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from rctlpolicy.codes import DiagnosticCode
 from rctlpolicy.model import Severity
 
 #: Where a producer of diagnostics sends each one as it is found.
@@ -27,6 +28,21 @@ class Diagnostic:
     source_line: str | None = None
     #: How many characters the caret underlines (at least 1).
     width: int = 1
+
+    @classmethod
+    def of(
+        cls,
+        code: DiagnosticCode,
+        path: str,
+        line: int,
+        column: int,
+        message: str,
+        suggestion: str | None = None,
+        source_line: str | None = None,
+        width: int = 1,
+    ) -> Diagnostic:
+        """A finding of a registered code, at the severity the registry gives it."""
+        return cls(path, line, column, code.severity, code, message, suggestion, source_line, width)
 
     @property
     def sort_key(self) -> tuple[str, int, int, int, str]:

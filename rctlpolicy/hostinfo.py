@@ -64,6 +64,11 @@ class SystemResolver:
         return True
 
     def jail_exists(self, name: str) -> bool | None:
+        jails = self.running_jails()
+        return None if jails is None else name in jails
+
+    def running_jails(self) -> set[str] | None:
+        """The names of the jails running now (jls(8)); None where they cannot be listed."""
         if not _ON_FREEBSD:
             return None  # no jails to ask about
         if self._jails is None:
@@ -74,7 +79,7 @@ class SystemResolver:
                 self._jails = {jail.name for jail in list_jails_jls(SubprocessRunner())}
             except Exception:
                 return None
-        return name in self._jails
+        return self._jails
 
     def loginclass_exists(self, name: str) -> bool | None:
         if not self._classes_read:

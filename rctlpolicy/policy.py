@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from rctlpolicy.codes import Code
 from rctlpolicy.diagnostics import Diagnostic, DiagnosticCollector, Report
 from rctlpolicy.gcpause import no_cyclic_gc
 from rctlpolicy.grammar import (
@@ -124,20 +125,24 @@ def glob_subject(syntax: RuleSyntax) -> bool:
 def _load_conf(policy_file: PolicyFile, resolver: Resolver, report: Report) -> list[PolicyRule]:
     rules: list[PolicyRule] = []
     path = policy_file.path
-    for line in iter_conf(policy_file.text):
+    text = policy_file.text
+    # The number of a last line that lacks its newline (rc.d/rctl never reads it), else 0.
+    unterminated = text.count("\n") + 1 if text and not text.endswith("\n") else 0
+    for line in iter_conf(text):
         syntax = line.rule
         if syntax is None:
             continue
+        if line.number == unterminated:
+            report(_no_final_newline(line.text, path, line.number))
         checked, precise, loads = syntax, True, True
         if syntax.text.endswith("\r"):
             # IFS has no carriage return: rc.d/rctl hands it to rctl(8) inside the rule.
             report(
-                Diagnostic(
+                Diagnostic.of(
+                    Code.CARRIAGE_RETURN,
                     path,
                     line.number,
                     line.column + len(syntax.text),
-                    Severity.ERROR,
-                    "carriage-return",
                     "the line ends with a carriage return, which "
                     "becomes part of the rule and makes FreeBSD refuse it",
                     "convert the file to Unix line endings",
@@ -149,12 +154,11 @@ def _load_conf(policy_file: PolicyFile, resolver: Resolver, report: Report) -> l
             unquoted = _rc_unquote(checked.text)
             if unquoted is None:
                 report(
-                    Diagnostic(
+                    Diagnostic.of(
+                        Code.CONF_UNBALANCED_QUOTE,
                         path,
                         line.number,
                         line.column + 1,
-                        Severity.ERROR,
-                        "conf-unbalanced-quote",
                         "unbalanced quote: xargs(1) in "
                         "rc.d/rctl stops here, so this rule and every rule after it "
                         "fail to load at boot",
@@ -165,12 +169,11 @@ def _load_conf(policy_file: PolicyFile, resolver: Resolver, report: Report) -> l
                 )
                 continue
             report(
-                Diagnostic(
+                Diagnostic.of(
+                    Code.CONF_QUOTING,
                     path,
                     line.number,
                     line.column + 1,
-                    Severity.WARNING,
-                    "conf-quoting",
                     "rc.d/rctl removes quotes and backslashes (read "
                     "and xargs) before rctl(8) sees the rule; FreeBSD versions that "
                     "ran rctl -a on each line kept them",
@@ -201,7 +204,7 @@ def _load_conf(policy_file: PolicyFile, resolver: Resolver, report: Report) -> l
                     )
                 )
         if line.rest is not None:
-            cut = check.error is not None and check.error.code == "missing-field"
+            cut = check.error is not None and check.error.code == Code.MISSING_FIELD
             report(_trailing_text(line.text, line.rest, line.rest_column, path, line.number, cut))
         if not loads:
             continue
@@ -209,12 +212,11 @@ def _load_conf(policy_file: PolicyFile, resolver: Resolver, report: Report) -> l
             continue
         if glob_subject(syntax):
             report(
-                Diagnostic(
+                Diagnostic.of(
+                    Code.GLOB_IN_CONF,
                     path,
                     line.number,
                     line.column + syntax.starts[SUBJECT_ID] + 1,
-                    Severity.WARNING,
-                    "glob-in-conf",
                     f"rctl.conf has no patterns: this names a jail literally called "
                     f"'{check.rule.subject_id}'",
                     "put jail patterns in a YAML policy file, where rctlpolicy expands "
@@ -227,6 +229,21 @@ def _load_conf(policy_file: PolicyFile, resolver: Resolver, report: Report) -> l
             PolicyRule(check.rule, SourceLocation(path, line.number, line.column + 1), syntax.text)
         )
     return rules
+
+
+def _no_final_newline(text: str, path: str, number: int) -> Diagnostic:
+    # sh's `read` returns non-zero at the end of the file even when it assigned a last line
+    # that lacks its newline, so rc.d/rctl's `while read var comments` loop ends before it.
+    return Diagnostic.of(
+        Code.CONF_NO_FINAL_NEWLINE,
+        path,
+        number,
+        len(text) + 1,
+        "the last line has no newline: rc.d/rctl's `while read` loop stops before it, so "
+        "this rule is never applied at boot",
+        "end the file with a newline",
+        _printable(text),
+    )
 
 
 def _rc_unquote(word: str) -> str | None:
@@ -266,35 +283,32 @@ def _trailing_text(
 ) -> Diagnostic:
     if rest.startswith("#"):
         # A comment after the rule is fine: that is how rc.d/rctl's `read var comments` works.
-        return Diagnostic(
+        return Diagnostic.of(
+            Code.TRAILING_COMMENT,
             path,
             number,
             rest_column + 1,
-            Severity.INFO,
-            "trailing-comment",
             "text after the rule is ignored by rc.d/rctl",
             None,
             text,
             len(rest),
         )
     if rule_cut_short:
-        return Diagnostic(
+        return Diagnostic.of(
+            Code.CONF_CUT_AT_BLANK,
             path,
             number,
             rest_column + 1,
-            Severity.WARNING,
-            "conf-cut-at-blank",
             "rc.d/rctl reads only up to the first blank: this part of the rule is dropped",
             "remove the blanks inside the rule",
             text,
             len(rest),
         )
-    return Diagnostic(
+    return Diagnostic.of(
+        Code.CONF_TRAILING_TEXT,
         path,
         number,
         rest_column + 1,
-        Severity.WARNING,
-        "conf-trailing-text",
         "text after the rule is silently dropped by rc.d/rctl",
         "start a comment with '#', or put one rule per line",
         text,

@@ -1,6 +1,7 @@
 """rctlpolicy's YAML policy format: rules, and what to do when a devctl rule fires.
 
-Diagnostics point at the YAML node they are about (PyYAML's marks give line and column).
+The text is read through `rctlpolicy.yamlload` (the one YAML loader: size limits, keys given
+twice); diagnostics point at the YAML node they are about (its marks give line and column).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import yaml
 
 from rctlpolicy.amounts import parse_duration
+from rctlpolicy.codes import Code, code_named
 from rctlpolicy.diagnostics import Diagnostic
 from rctlpolicy.grammar import SUBJECT_ID, RuleSyntax, parse_rule_syntax
 from rctlpolicy.model import SIGNAL_NUMBERS, Action, Rule, Severity
@@ -20,6 +22,7 @@ from rctlpolicy.policy import PolicyFile, glob_subject, problem_diagnostic
 from rctlpolicy.policy_model import PLACEHOLDERS, OnMatch, PolicyRule, RunLimit, SourceLocation
 from rctlpolicy.semantics.check import Layer, check_rule
 from rctlpolicy.semantics.resolver import Resolver
+from rctlpolicy.yamlload import YamlError, compose, duplicate_keys
 
 # --- YAML --------------------------------------------------------------------------------------
 
@@ -87,28 +90,27 @@ class _YamlReport:
                     if close
                     else f"{where} keys are: " + (", ".join(allowed))
                 )
-                self.error(key_node, "unknown-key", f"unknown key '{key}' in {where}", hint)
+                self.error(key_node, Code.UNKNOWN_KEY, f"unknown key '{key}' in {where}", hint)
         return clean
 
 
 def _mapping_items(
     node: yaml.MappingNode, report: _YamlReport
 ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-    """The mapping's entries by key; a key given twice is an error (PyYAML would silently
-    keep the last one, and the rules under the first would vanish)."""
-    items: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-    for key_node, value_node in node.value:
-        if isinstance(key_node, yaml.ScalarNode):
-            if key_node.value in items:
-                first = items[key_node.value][0].start_mark.line + 1
-                report.error(
-                    key_node,
-                    "duplicate-key",
-                    f"key '{key_node.value}' is given twice (first on line {first})",
-                    "merge the two into one",
-                )
-            items[key_node.value] = (key_node, value_node)
-    return items
+    """The mapping's entries by key; a key given twice is an error (YAML would silently keep
+    the last one, and the rules under the first would vanish)."""
+    for repeated, first in duplicate_keys(node):
+        report.error(
+            repeated,
+            Code.DUPLICATE_KEY,
+            f"key '{repeated.value}' is given twice (first on line {first.start_mark.line + 1})",
+            "merge the two into one",
+        )
+    return {
+        key_node.value: (key_node, value_node)
+        for key_node, value_node in node.value
+        if isinstance(key_node, yaml.ScalarNode)
+    }
 
 
 def load_yaml(
@@ -116,40 +118,15 @@ def load_yaml(
 ) -> tuple[list[PolicyRule], list[Diagnostic]]:
     report = _YamlReport(policy_file)
     try:
-        root = yaml.compose(policy_file.text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        line = mark.line + 1 if mark else 1
-        column = mark.column + 1 if mark else 1
-        message = f"YAML syntax error: {error.problem or error.context}"
-        report.diagnostics.append(
-            Diagnostic(
-                report.path,
-                line,
-                column,
-                Severity.ERROR,
-                "yaml-syntax",
-                message,
-                None,
-                report.source(line),
-            )
+        root = compose(policy_file.text)
+    except YamlError as error:
+        line, column = error.line or 1, error.column or 1
+        code = code_named(error.code) or Code.YAML_SYNTAX
+        message = (
+            error.message if code is Code.YAML_TOO_LARGE else f"YAML syntax error: {error.message}"
         )
-        return [], report.diagnostics
-    except RecursionError:
         report.diagnostics.append(
-            Diagnostic(
-                report.path,
-                1,
-                1,
-                Severity.ERROR,
-                "yaml-syntax",
-                "the YAML document is nested too deeply to read",
-            )
-        )
-        return [], report.diagnostics
-    except yaml.YAMLError as error:
-        report.diagnostics.append(
-            Diagnostic(report.path, 1, 1, Severity.ERROR, "yaml-syntax", f"YAML error: {error}")
+            Diagnostic.of(code, report.path, line, column, message, None, report.source(line))
         )
         return [], report.diagnostics
     if root is None:
@@ -157,7 +134,7 @@ def load_yaml(
     if not isinstance(root, yaml.MappingNode):
         report.error(
             root,
-            "yaml-structure",
+            Code.YAML_STRUCTURE,
             "a policy file is a mapping with a 'rules' list",
             "start the file with 'rules:'",
         )
@@ -165,13 +142,13 @@ def load_yaml(
     report.unknown_keys(root, _TOP_KEYS, "the policy file")
     items = _mapping_items(root, report)
     if "rules" not in items:
-        report.error(root, "yaml-structure", "no 'rules' list in this policy file")
+        report.error(root, Code.YAML_STRUCTURE, "no 'rules' list in this policy file")
         return [], report.diagnostics
     rules_node = items["rules"][1]
     if isinstance(rules_node, yaml.ScalarNode) and rules_node.value in ("", "~", "null"):
         return [], report.diagnostics
     if not isinstance(rules_node, yaml.SequenceNode):
-        report.error(rules_node, "yaml-structure", "'rules' must be a list")
+        report.error(rules_node, Code.YAML_STRUCTURE, "'rules' must be a list")
         return [], report.diagnostics
     rules: list[PolicyRule] = []
     for entry in rules_node.value:
@@ -197,14 +174,14 @@ def _yaml_rule(entry: yaml.Node, report: _YamlReport, resolver: Resolver) -> Pol
         if "rule" not in items:
             report.error(
                 entry,
-                "missing-key",
+                Code.MISSING_KEY,
                 "a rule entry needs a 'rule' key",
                 "rule: jail:NAME:RESOURCE:ACTION=AMOUNT",
             )
             return None
         candidate = items["rule"][1]
         if not isinstance(candidate, yaml.ScalarNode):
-            report.error(candidate, "yaml-structure", "'rule' must be a string")
+            report.error(candidate, Code.YAML_STRUCTURE, "'rule' must be a string")
             return None
         rule_node = candidate
         if "comment" in items:
@@ -212,13 +189,13 @@ def _yaml_rule(entry: yaml.Node, report: _YamlReport, resolver: Resolver) -> Pol
             if isinstance(comment_node, yaml.ScalarNode):
                 comment = comment_node.value
             else:
-                report.error(comment_node, "yaml-structure", "'comment' must be a string")
+                report.error(comment_node, Code.YAML_STRUCTURE, "'comment' must be a string")
         if "on_match" in items:
             on_match_node = items["on_match"][1]
     else:
         report.error(
             entry,
-            "yaml-structure",
+            Code.YAML_STRUCTURE,
             "each rule is a string or a mapping with 'rule' (and 'on_match')",
         )
         return None
@@ -255,7 +232,7 @@ def _yaml_rule(entry: yaml.Node, report: _YamlReport, resolver: Resolver) -> Pol
     if on_match_node is not None and rule.action is not Action.DEVCTL:
         report.error(
             on_match_node,
-            "on-match-not-devctl",
+            Code.ON_MATCH_NOT_DEVCTL,
             f"on_match can never run: the rule's action is '{rule.action}', and only "
             "devctl rules send events",
             f"change the action to devctl (…:{rule.resource}:devctl={rule.amount})",

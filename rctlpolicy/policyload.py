@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rctlpolicy.codes import Code
 from rctlpolicy.diagnostics import Diagnostic
 from rctlpolicy.files import (
     PolicyReadError,
@@ -59,12 +60,12 @@ def load_rules(rules_dir: Path, resolver: Resolver) -> PolicyLoad:
     try:
         files = read_policy_files([rules_dir])
     except PolicyReadError as error:
-        problem = Diagnostic(error.path, 0, 0, Severity.ERROR, "io-error", error.reason)
+        problem = Diagnostic.of(Code.IO_ERROR, error.path, 0, 0, error.reason)
         return PolicyLoad(None, (problem,))
     try:
         result = lint_files(files, resolver)
     except OSError as error:  # the resolver's data source (the simulated host file) broke
-        problem = Diagnostic(str(rules_dir), 0, 0, Severity.ERROR, "io-error", str(error))
+        problem = Diagnostic.of(Code.IO_ERROR, str(rules_dir), 0, 0, str(error))
         return PolicyLoad(None, (problem,))
     diagnostics = list(result.diagnostics)
     for policy_file in files:
@@ -79,7 +80,7 @@ def load_rules(rules_dir: Path, resolver: Resolver) -> PolicyLoad:
                 check_safe_ownership(Path(policy_file.path))
             except UnsafeFileError as error:
                 diagnostics.append(
-                    Diagnostic(policy_file.path, 0, 0, Severity.ERROR, "unsafe-file", str(error))
+                    Diagnostic.of(Code.UNSAFE_FILE, policy_file.path, 0, 0, str(error))
                 )
     sizes = {f.path: len(f.text.encode("utf-8")) for f in files}
     if any(d.severity is Severity.ERROR for d in diagnostics):

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from rctlpolicy.codes import Code
+
 #: No file rctlpolicy reads needs more; the largest real policies have tens of thousands.
 MAX_NODES = 200_000
 
@@ -55,8 +57,12 @@ def _too_large(max_nodes: int) -> YamlError:
     return YamlError(
         f"the document has more than {max_nodes:,} YAML nodes (aliases counted as what they "
         "expand to); no rctlpolicy file needs that many",
-        code="yaml-too-large",
+        code=Code.YAML_TOO_LARGE,
     )
+
+
+def _too_deep() -> YamlError:
+    return YamlError("the document is nested too deeply to read", code=Code.YAML_SYNTAX)
 
 
 def _count_nodes(text: str, max_nodes: int) -> None:
@@ -85,13 +91,13 @@ def _expanded_size(root: yaml.Node, max_nodes: int) -> int:
             children = [part for pair in node.value for part in pair]
         if not children_done:
             if id(node) in open_nodes:
-                raise YamlError("an alias refers to a node that contains it", code="yaml-syntax")
+                raise YamlError("an alias refers to a node that contains it", code=Code.YAML_SYNTAX)
             open_nodes.add(id(node))
             stack.append((node, True))
             for child in children:
                 if id(child) in open_nodes:
                     raise YamlError(
-                        "an alias refers to a node that contains it", code="yaml-syntax"
+                        "an alias refers to a node that contains it", code=Code.YAML_SYNTAX
                     )
                 if id(child) not in sizes:
                     stack.append((child, False))
@@ -109,9 +115,9 @@ def _from_yaml_error(error: yaml.YAMLError) -> YamlError:
         mark = error.problem_mark or error.context_mark
         message = str(error.problem or error.context or "malformed YAML")
         if mark is not None:
-            return YamlError(message, mark.line + 1, mark.column + 1, code="yaml-syntax")
-        return YamlError(message, code="yaml-syntax")
-    return YamlError(str(error), code="yaml-syntax")
+            return YamlError(message, mark.line + 1, mark.column + 1, code=Code.YAML_SYNTAX)
+        return YamlError(message, code=Code.YAML_SYNTAX)
+    return YamlError(str(error), code=Code.YAML_SYNTAX)
 
 
 def compose(text: str, *, max_nodes: int = MAX_NODES) -> yaml.Node | None:
@@ -124,7 +130,9 @@ def compose(text: str, *, max_nodes: int = MAX_NODES) -> yaml.Node | None:
         _count_nodes(text, max_nodes)
         root = yaml.compose(text, Loader=_Loader)
     except RecursionError:
-        raise YamlError("the document is nested too deeply to read", code="yaml-syntax") from None
+        raise YamlError(
+            "the document is nested too deeply to read", code=Code.YAML_SYNTAX
+        ) from None
     except yaml.YAMLError as error:
         raise _from_yaml_error(error) from None
     if root is not None:
@@ -177,7 +185,9 @@ def load(text: str, *, max_nodes: int = MAX_NODES) -> Any:
         return constructor.construct_document(root)
     except yaml.constructor.ConstructorError as error:
         converted = _from_yaml_error(error)
-        code = "duplicate-key" if "given twice" in converted.message else "yaml-syntax"
+        code = Code.DUPLICATE_KEY if "given twice" in converted.message else Code.YAML_SYNTAX
         raise YamlError(converted.message, converted.line, converted.column, code=code) from None
     except RecursionError:
-        raise YamlError("the document is nested too deeply to read", code="yaml-syntax") from None
+        raise YamlError(
+            "the document is nested too deeply to read", code=Code.YAML_SYNTAX
+        ) from None

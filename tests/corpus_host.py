@@ -87,7 +87,11 @@ def emitted_codes(module: ModuleType) -> set[str]:
     """
     codes: set[str] = set()
     for source in _sources(module):
-        for node in ast.walk(ast.parse(source)):
+        stack: list[ast.AST] = [ast.parse(source)]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, ast.Compare):
+                continue  # `problem.code == Code.X` reads a code, it does not emit one
             if (
                 isinstance(node, ast.Attribute)
                 and isinstance(node.value, ast.Name)
@@ -96,6 +100,7 @@ def emitted_codes(module: ModuleType) -> set[str]:
                 codes.add(str(getattr(Code, node.attr)))
             if isinstance(node, ast.Call):
                 codes |= _literal_code(node)
+            stack.extend(ast.iter_child_nodes(node))
     return codes
 
 

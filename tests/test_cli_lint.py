@@ -474,3 +474,65 @@ def test_memory_stays_flat_however_many_findings_a_file_has(tmp_path: Path) -> N
     quiet = _peak_rss_kib(["lint", "comments.conf"], tmp_path)
     noisy = _peak_rss_kib(["lint", "random.conf"], tmp_path)
     assert noisy <= quiet * 1.25, (noisy, quiet)
+
+
+# --- a directory without policy files; jail patterns against a host ---------------------------
+
+
+def test_a_directory_without_policy_files_is_a_warning_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "typos").mkdir()
+    (tmp_path / "typos" / "db.rule").write_text("jail:db1:maxproc:deny=10\n")
+    for directory in ("empty", "typos"):
+        done = run_script(["lint", directory], tmp_path)
+        assert (done.returncode, done.stdout) == (EXIT_OK, "")
+        assert done.stderr == (
+            f"rctlpolicy lint: warning: {directory}: no policy file in this directory "
+            "(looked for *.conf, *.rules, *.yaml, *.yml)\n"
+        )
+        strict = run_script(["lint", "--strict", directory], tmp_path)
+        assert (strict.returncode, strict.stderr) == (EXIT_FINDINGS, done.stderr)
+
+
+def test_files_and_directories_with_policy_files_say_nothing_on_stderr(workdir: Path) -> None:
+    (workdir / "rules").mkdir()
+    (workdir / "rules" / "a.conf").write_text("jail:a:maxproc:deny=1\n")
+    done = run_script(["lint", "--strict", "rules", "good.conf"], workdir)
+    assert (done.returncode, done.stdout, done.stderr) == (EXIT_OK, "", "")
+
+
+def test_resolve_on_a_simulated_host_names_the_jails_a_pattern_missed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host = tmp_path / "host.yaml"
+    host.write_text("jails:\n  db1: {jid: 3}\n  web1: {jid: 4}\nusers: {www: 80}\n")
+    policy = tmp_path / "rules.yaml"
+    policy.write_text(
+        "rules:\n  - jail:mail-*:maxproc:deny=10\n  - jail:web*:maxproc:deny=10\n"
+        "  - user:www:maxproc:deny=10\n"
+    )
+    args = ["lint", "--format", "parsable", str(policy)]
+    assert run_main(args, capsys)[1] == ""  # offline: nothing is known about running jails
+    code, out, err = run_main(["lint", "--resolve", "--sim-host", str(host), *args[1:]], capsys)
+    assert (code, err) == (EXIT_OK, "")
+    assert out == (
+        f"{policy}:2:5: [warning] the jail pattern 'mail-*' matches no running jail "
+        "(running: db1, web1) (jail-pattern-unmatched)\n"
+    )
+    strict = run_main(
+        ["lint", "--strict", "--resolve", "--sim-host", str(host), str(policy)], capsys
+    )
+    assert strict[0] == EXIT_FINDINGS
+
+
+def test_resolve_on_a_simulated_host_that_cannot_be_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "host.yaml").write_text("jails: [")
+    (tmp_path / "a.conf").write_text("jail:a:maxproc:deny=1\n")
+    code, out, err = run_main(
+        ["lint", "--resolve", "--sim-host", str(tmp_path / "host.yaml"), str(tmp_path / "a.conf")],
+        capsys,
+    )
+    assert (code, out) == (EXIT_USAGE, "")
+    assert err.startswith("rctlpolicy lint: ")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 from corpus_host import emitted_codes
 
-import rctlpolicy.lint
+import rctlpolicy.checks
 from rctlpolicy.diagnostics import Diagnostic
 from rctlpolicy.lint import LintResult, lint_files
 from rctlpolicy.model import Severity
@@ -137,20 +137,55 @@ def test_the_policy_holds_the_valid_rules() -> None:
     assert [r.canonical for r in result.policy.rules] == ["jail:a:maxproc:deny=1"]
 
 
-#: One policy per code lint.py emits (the tests above look at each in detail).
+#: One policy per code the checks emit (the tests above look at each in detail).
 EXAMPLES = {
     "duplicate-rule": ("a.conf", "jail:a:nthr:log=1\njail:a:nthr:log=1\n"),
     "conflicting-amounts": ("a.conf", "jail:a:nthr:deny=1\njail:a:nthr:deny=2\n"),
     "devctl-without-on-match": ("a.conf", "jail:a:nthr:devctl=1\n"),
+    "jail-pattern-unmatched": ("p.yaml", "rules:\n  - jail:mail-*:maxproc:deny=10\n"),
 }
 
 
 @pytest.mark.parametrize("code", EXAMPLES)
 def test_example(code: str) -> None:
-    (diagnostic,) = with_code(lint(EXAMPLES[code]), code)
+    path, text = EXAMPLES[code]
+    result = lint_files([PolicyFile(path, text)], running_jails={"db1"})
+    (diagnostic,) = with_code(result, code)
     assert diagnostic.severity is Severity.WARNING
     assert diagnostic.line == len(EXAMPLES[code][1].splitlines())
 
 
 def test_every_lint_code_has_an_example() -> None:
-    assert set(EXAMPLES) == emitted_codes(rctlpolicy.lint)
+    assert set(EXAMPLES) == emitted_codes(rctlpolicy.checks)
+
+
+# --- jail patterns against the running jails (lint --resolve) ----------------------------------
+
+PATTERNS = "rules:\n  - jail:mail-*:maxproc:deny=10\n  - jail:db*:maxproc:deny=10\n"
+
+
+def test_a_pattern_matching_no_running_jail_names_the_pattern_and_the_jails() -> None:
+    result = lint_files([PolicyFile("p.yaml", PATTERNS)], running_jails={"db1", "web1"})
+    (warning,) = with_code(result, "jail-pattern-unmatched")
+    assert (warning.line, warning.column) == (2, 5)
+    assert "'mail-*'" in warning.message
+    assert "running: db1, web1" in warning.message
+    assert not result.failed() and result.failed(strict=True)
+
+
+def test_no_running_jail_at_all_is_said() -> None:
+    result = lint_files([PolicyFile("p.yaml", PATTERNS)], running_jails=())
+    messages = [d.message for d in with_code(result, "jail-pattern-unmatched")]
+    assert len(messages) == 2
+    assert all("no jail is running" in m for m in messages)
+
+
+def test_many_running_jails_are_named_up_to_ten() -> None:
+    jails = {f"web{n:02d}" for n in range(25)}
+    result = lint_files([PolicyFile("p.yaml", PATTERNS)], running_jails=jails)
+    (first, _) = with_code(result, "jail-pattern-unmatched")
+    assert "web00, web01" in first.message and "web09 and 15 more" in first.message
+
+
+def test_without_the_running_jails_patterns_are_not_judged() -> None:
+    assert with_code(lint(("p.yaml", PATTERNS)), "jail-pattern-unmatched") == []

@@ -358,6 +358,15 @@ FINDINGS = [
     Finding("a.conf", "jail:a:maxproc:deny='1'\n", 1, 1, "conf-quoting", Severity.WARNING),
     Finding("a.conf", "jail:a:maxproc:deny=1\r\n", 1, 22, "carriage-return", Severity.ERROR),
     Finding("a.conf", "jail:w*:maxproc:deny=1\n", 1, 6, "glob-in-conf", Severity.WARNING, "YAML"),
+    Finding(
+        "a.conf",
+        "# x\njail:a:maxproc:deny=1",
+        2,
+        22,
+        "conf-no-final-newline",
+        Severity.ERROR,
+        "boot",
+    ),
     # YAML structure
     Finding("p.yaml", "rules:\n  - [unclosed\n", 3, 1, "yaml-syntax", Severity.ERROR),
     Finding("p.yaml", "rules:\n  - a\n   b: c\n", 3, 5, "yaml-syntax", Severity.ERROR),
@@ -583,6 +592,20 @@ def test_yaml_syntax_error_shows_the_line() -> None:
     assert at(error) == (3, 7)
     assert error.source_line == "   bad: indent"
     assert error.message.startswith("YAML syntax error: ")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["jail:a:maxproc:deny=1\n", "jail:a:maxproc:deny=1\n# no rule on the last line", "\n  ", ""],
+)
+def test_a_last_line_without_newline_matters_only_when_it_holds_a_rule(text: str) -> None:
+    assert [d for d in load("a.conf", text).diagnostics if d.code == "conf-no-final-newline"] == []
+
+
+def test_a_rule_on_a_last_line_without_newline_stays_in_the_policy() -> None:
+    loaded = load("a.conf", "jail:a:maxproc:deny=1  # x")
+    assert [r.canonical for r in loaded.policy.rules] == ["jail:a:maxproc:deny=1"]
+    assert not loaded.ok  # the error: rc.d/rctl would never apply it
 
 
 def test_yaml_reader_error_is_a_diagnostic() -> None:
