@@ -135,28 +135,38 @@ def as_int64(value: int) -> int:
     return value - 2**64 if value > INT64_MAX else value
 
 
-_STRTOD_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?\Z")
+_STRTOD_DECIMAL = re.compile(r"[+-]?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?\Z")
 _STRTOD_HEX = re.compile(
-    r"0[xX](?:[0-9a-fA-F]+(?:\.[0-9a-fA-F]*)?|\.[0-9a-fA-F]+)(?:[pP][+-]?[0-9]+)?\Z"
+    r"[+-]?0[xX](?:[0-9a-fA-F]+(?:\.[0-9a-fA-F]*)?|\.[0-9a-fA-F]+)(?:[pP][+-]?[0-9]+)?\Z"
 )
+INT64_MIN = -(2**63)
 
 
-def strtod_uid(text: str) -> int | None:
-    """rctl(8)'s numeric uid: strtod(3) over the whole string, then a cast to int.
+def strtod_id(text: str) -> int | None:
+    """rctl(8)'s numeric id (rctl.c:parse_user, humanize_ids): strtod(3) over the whole
+    string (an optional sign, then digits), stored in an id_t, a 64-bit signed integer.
 
-    Only called for ids that start with a digit. None when strtod would leave characters
-    over ("trailing characters after numerical id"). Values the cast cannot represent give
-    INT_MIN, as amd64's conversion instruction does.
+    The double is truncated toward zero; a value int64 cannot hold (or NaN) becomes INT64_MIN,
+    as amd64's conversion instruction (cvttsd2si) gives. None when strtod would leave
+    characters over ("trailing characters after numerical id").
     """
     if _STRTOD_DECIMAL.match(text):
         number = float(text)
     elif _STRTOD_HEX.match(text):
-        number = float.fromhex(text)
+        sign = -1.0 if text.startswith("-") else 1.0
+        number = sign * float.fromhex(text.lstrip("+-"))
     else:
         return None
-    if math.isnan(number) or number >= 2**31 or number <= -(2**31) - 1:
-        return INT_MIN
+    if math.isnan(number) or not -(2.0**63) <= number < 2.0**63:
+        return INT64_MIN
     return int(number)
+
+
+def as_c_int(value: int) -> int:
+    """C's `(int)value` of a 64-bit integer: its low 32 bits, as a signed int (what rctl(8)'s
+    `%d` of `(int)id` prints, and what the kernel's uid_t holds, printed with %d)."""
+    value &= 0xFFFFFFFF
+    return value - 2**32 if value > INT_MAX else value
 
 
 _HN_PREFIXES = ("", "K", "M", "G", "T", "P", "E")

@@ -5,17 +5,19 @@ from __future__ import annotations
 import pytest
 
 from rctlpolicy.amounts import (
+    INT64_MIN,
     INT_MIN,
     UINT64_MAX,
     AmountError,
     AmountProblem,
     ExpandedNumber,
+    as_c_int,
     as_int64,
     expand_number,
     humanize_number,
     kernel_strtoul,
     parse_duration,
-    strtod_uid,
+    strtod_id,
 )
 
 # --- expand_number(3), current generation (spec 5.2 G4) -----------------------------------
@@ -130,11 +132,11 @@ def test_as_int64(unsigned: int, signed: int) -> None:
     assert as_int64(unsigned) == signed
 
 
-# --- rctl(8)'s uids: strtod(3) then a cast to int (spec 2.2) --------------------------------
+# --- rctl(8)'s uids: strtod(3) into an id_t, then a cast to int (spec 2.2) ---------------
 
 
 @pytest.mark.parametrize(
-    ("text", "uid"),
+    ("text", "id_t"),
     [
         ("80", 80),
         ("80.7", 80),
@@ -144,18 +146,42 @@ def test_as_int64(unsigned: int, signed: int) -> None:
         ("0x.8p1", 1),
         ("0", 0),
         ("2147483647", 2147483647),
-        # Beyond int: amd64's conversion gives INT_MIN.
-        ("2147483648", INT_MIN),
-        ("4294967295", INT_MIN),
-        ("1e100", INT_MIN),
+        # An id_t holds 64 bits; beyond them amd64's conversion gives INT64_MIN.
+        ("2147483648", 2147483648),
+        ("4294967295", 4294967295),
+        ("4294967296", 4294967296),
+        ("1e10", 10_000_000_000),
+        ("9223372036854775807", INT64_MIN),  # rounds up to 2^63 as a double
+        ("1e19", INT64_MIN),
+        ("1e100", INT64_MIN),
+        ("-1", -1),
+        ("-80.9", -80),
+        ("-1e100", INT64_MIN),
         ("80x", None),
         ("1e", None),
         ("0x", None),
         ("80 ", None),
     ],
 )
-def test_strtod_uid(text: str, uid: int | None) -> None:
-    assert strtod_uid(text) == uid
+def test_strtod_id(text: str, id_t: int | None) -> None:
+    assert strtod_id(text) == id_t
+
+
+@pytest.mark.parametrize(
+    ("value", "as_int"),
+    [
+        (80, 80),
+        (2147483647, 2147483647),
+        (2147483648, INT_MIN),
+        (4294967295, -1),
+        (4294967296, 0),
+        (10_000_000_000, 1410065408),
+        (INT64_MIN, 0),
+        (-1, -1),
+    ],
+)
+def test_as_c_int_keeps_the_low_32_bits(value: int, as_int: int) -> None:
+    assert as_c_int(value) == as_int
 
 
 # --- humanize_number(3) as rctl -h calls it (spec 7.3) --------------------------------------

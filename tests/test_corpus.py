@@ -4,19 +4,23 @@ the grammar and FreeBSD's semantics exactly as the spec describes the two layers
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from corpus_host import CORPUS_HOST, corpus_cases
+from corpus_host import CORPUS_HOST, DATA, corpus_cases
 
-from rctlpolicy.grammar import parse_rule_syntax
-from rctlpolicy.model import SubjectType
+from rctlpolicy.grammar import parse_conf, parse_rule_syntax
+from rctlpolicy.lint import lint_files
+from rctlpolicy.model import Severity, SubjectType
+from rctlpolicy.policy import PolicyFile
 from rctlpolicy.semantics.check import FilterCheck, Layer, check_filter, check_rule, sent_text
 
-CORPUS_SIZE = 282
+CORPUS_SIZE = 288
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,3 +100,40 @@ def test_the_suite_reads_no_data_from_beside_the_repository() -> None:
     tests = Path(__file__).resolve().parent
     readers = [p.name for p in sorted(tests.glob("*.py")) if outside.search(p.read_text())]
     assert readers == []
+
+
+# --- rctl.conf as rc.d/rctl reads it (tests/data/rctl-conf-corpus.jsonl) ----------------------
+
+CONF_CASES = [
+    json.loads(line)
+    for line in (DATA / "rctl-conf-corpus.jsonl").read_text(encoding="utf-8").splitlines()
+]
+#: rc.d/rctl's reading of the file (libexec/rc/rc.d/rctl: rctl_start), as sh(1) runs it: a
+#: `while read var comments` loop that skips first words starting with '#' and empty ones, and
+#: prints the others one a line (they go to `xargs rctl -a`).
+READ_LOOP = (
+    'while read var comments; do case "${var}" in "#"*|"") ;; '
+    '*) printf "%s\\n" "${var}" ;; esac; done < "$1"'
+)
+
+
+@pytest.mark.parametrize("case", CONF_CASES, ids=lambda case: repr(case["text"])[:40])
+def test_the_rules_rc_d_rctl_applies_are_the_words_lint_reads(case: dict[str, Any]) -> None:
+    text: str = case["text"]
+    words = [line.rule.text for line in parse_conf(text) if line.rule is not None]
+    lint = lint_files([PolicyFile("rctl.conf", text)])
+    codes = sorted({d.code for d in lint.diagnostics if d.severity is not Severity.INFO})
+    assert codes == case["codes"], case["why"]
+    lost = "conf-no-final-newline" in codes
+    assert (words[:-1] if lost else words) == case["applied"], case["why"]
+
+
+@pytest.mark.skipif(not Path("/bin/sh").exists(), reason="no /bin/sh")
+def test_the_conf_corpus_is_what_sh_reads(tmp_path: Path) -> None:
+    for number, case in enumerate(CONF_CASES):
+        path = tmp_path / f"rctl{number}.conf"
+        path.write_bytes(case["text"].encode())
+        done = subprocess.run(
+            ["/bin/sh", "-c", READ_LOOP, "sh", str(path)], capture_output=True, check=True
+        )
+        assert done.stdout.decode().split("\n")[:-1] == case["applied"], case["why"]

@@ -352,6 +352,8 @@ NOTES = [
     Note("jail:db1:maxproc:deny=1k", 23, "binary-suffix", Severity.INFO, "1024 count"),
     Note("user:80.5:maxproc:deny=1", 6, "numeric-id-format", Severity.WARNING, "write 80"),
     Note("user:0x50:maxproc:deny=1", 6, "numeric-id-format", Severity.WARNING, "means user 80"),
+    Note("user:4294967296:maxproc:deny=1", 6, "numeric-id-format", Severity.WARNING, "user 0"),
+    Note("u:4294967295:maxproc:deny=1", 3, "numeric-id-format", Severity.WARNING, "user -1"),
     Note("jail:3:maxproc:deny=10", 6, "jail-id-not-jid", Severity.WARNING, "jls"),
     Note("jail:0:maxproc:deny=10", 6, "jail-id-not-jid", Severity.WARNING, "jail:0 is the host"),
     Note("jail:db1:memoryuse:deny=8g", 20, "memoryuse-deny-pages-out", Severity.INFO, "vmemoryuse"),
@@ -520,7 +522,10 @@ def test_parse_canonical_agrees_with_the_kernel_layer_on_the_corpus() -> None:
         fast = parse_canonical(text)
         assert fast in (slow, None), text
         hits += fast is not None
-    assert hits >= len([c for c in canonicals if c]) - 1  # only user:-1 takes the long way
+    # Only negative uids (printed for uids >= 2^31) take the long way.
+    long_way = {c for c in canonicals if c and c.startswith("user:-")}
+    assert long_way == {"user:-1:maxproc:deny=1", "user:-2147483648:maxproc:deny=1"}
+    assert hits == len([c for c in canonicals if c]) - len(long_way)
 
 
 @pytest.mark.parametrize(

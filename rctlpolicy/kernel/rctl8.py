@@ -13,13 +13,12 @@ Without RCTLPOLICY_SIM_HOST it runs over the real libc (on FreeBSD, a second rct
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TextIO
 
-from rctlpolicy.amounts import as_int64, humanize_number, kernel_strtoul, strtod_uid
+from rctlpolicy.amounts import as_int64, humanize_number, kernel_strtoul, strtod_id
 from rctlpolicy.grammar import AMOUNT, SUBJECT_ID, RuleSyntax, parse_rule_syntax
 from rctlpolicy.kernel.base import STRERROR, RctlCall, RctlSyscalls, SyscallError
 from rctlpolicy.kernel.freebsd import (
@@ -204,7 +203,8 @@ class _Rctl:
             uid = _strtod_id(subject_id)
             if uid is None:
                 raise self.errx(f"malformed uid '{subject_id}'")
-            # id_t -> uid_t for getpwuid(3): the kernel prints uids >= 2^31 as negative.
+            # getpwuid(3) takes a uid_t: the id_t's low 32 bits (the kernel prints uids
+            # >= 2^31 as negative numbers).
             name = self.names.name_of_uid(uid & 0xFFFFFFFF)
             if name is not None:
                 subject_id = name
@@ -234,22 +234,14 @@ def _inbuf(sent: str) -> bytes:
     return sent.encode("utf-8", "surrogateescape").split(b"\0", 1)[0] + b"\0"
 
 
-_C_SIGN = re.compile(r"[ \t\n\v\f\r]*([+-]?)(.*)\Z", re.DOTALL)
+_C_BLANKS = " \t\n\v\f\r"
 
 
 def _strtod_id(text: str) -> int | None:
-    """strtod(3) over a whole id as rctl.c:humanize_ids reads it (the kernel prints %d)."""
+    """The id_t rctl.c:humanize_ids reads with strtod(3) from the kernel's `%d` of a uid."""
     if not text:
         return 0  # strtod converts nothing and consumes all of "": rctl.c accepts it as 0
-    match = _C_SIGN.match(text)
-    assert match is not None
-    sign, digits = match.groups()
-    if not digits[:1].isdigit():
-        return None
-    number = strtod_uid(digits)
-    if number is None:
-        return None
-    return -number if sign == "-" else number
+    return strtod_id(text.lstrip(_C_BLANKS))
 
 
 def _humanize_amount(rule: str) -> str:

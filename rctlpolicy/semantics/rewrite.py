@@ -8,7 +8,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from rctlpolicy.amounts import AmountError, AmountProblem, ExpandedNumber, expand_number, strtod_uid
+from rctlpolicy.amounts import (
+    AmountError,
+    AmountProblem,
+    ExpandedNumber,
+    as_c_int,
+    expand_number,
+    strtod_id,
+)
 from rctlpolicy.codes import Code
 from rctlpolicy.grammar import AMOUNT, RESOURCE, SUBJECT, SUBJECT_ID, RuleSyntax
 from rctlpolicy.model import SUBJECT_ALIASES, Resource, Unit
@@ -76,7 +83,7 @@ def _resolve_id(subject: str, name: str, resolver: Resolver, out: Rewrite) -> No
     lookup = resolver.uid_of if user else resolver.gid_of
     number = lookup(name)
     if number is not None:
-        out.fields[SUBJECT_ID] = str(_as_c_int(number))
+        out.fields[SUBJECT_ID] = str(as_c_int(number))
         return
     if not name[0].isdigit():
         if resolver.checks_names:
@@ -105,8 +112,9 @@ def _resolve_id(subject: str, name: str, resolver: Resolver, out: Rewrite) -> No
         else:
             out.user_name = user
         return
-    number = strtod_uid(name)
-    if number is None:
+    # parse_user reads the id with strtod(3) into an id_t; expand_rule prints `(int)id`.
+    id_t = strtod_id(name)
+    if id_t is None:
         out.problems.append(
             Problem(
                 SUBJECT_ID,
@@ -118,14 +126,10 @@ def _resolve_id(subject: str, name: str, resolver: Resolver, out: Rewrite) -> No
         )
         out.bad_fields.add(SUBJECT_ID)
         return
+    number = as_c_int(id_t)
     out.fields[SUBJECT_ID] = str(number)
-    if not name.isdigit():
+    if not name.isdigit() or int(name) != number:
         out.uid_note = f"rctl(8) reads ids with strtod(3): '{name}' means {subject} {number}"
-
-
-def _as_c_int(number: int) -> int:
-    number &= 0xFFFFFFFF
-    return number - 2**32 if number >= 2**31 else number
 
 
 _TIME_WORD = re.compile(
