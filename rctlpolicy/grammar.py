@@ -180,26 +180,30 @@ class ConfLine(NamedTuple):
     rest_column: int
 
 
+def conf_line_at(text: str, start: int, number: int) -> tuple[ConfLine, int]:
+    """The rctl.conf line that starts at `start` (its number is `number`; `start` is before
+    the end of the text), and where the next line starts."""
+    match = _CONF_LINE_RE.match(text, start)
+    assert match is not None  # every line matches: each part of a line may be empty
+    end = match.end()
+    line_text = text[start:end].rstrip("\n")
+    word = match.group(_CONF_WORD_GROUP)
+    if not word:
+        return ConfLine(number, line_text, None, 0, None, 0), end
+    word_start = match.start(_CONF_WORD_GROUP)
+    syntax = _syntax_from_match(match, word, word_start, _CONF_GROUPS)
+    rest = match.group(_CONF_REST_GROUP) or None
+    rest_column = match.start(_CONF_REST_GROUP) - start if rest else 0
+    return ConfLine(number, line_text, syntax, word_start - start, rest, rest_column), end
+
+
 def iter_conf(text: str) -> Iterator[ConfLine]:
     """Read rctl.conf text line by line; every line is accepted here, checks come later."""
-    number = 0
-    expected = 0
-    for match in _CONF_LINE_RE.finditer(text):
-        line_start = match.start()
-        # Every line matches, so the matches follow one another with no gap.
-        assert line_start == expected, f"rctl.conf line grammar skipped text at {expected}"
-        expected = match.end()
+    start, number, size = 0, 0, len(text)
+    while start < size:
         number += 1
-        line_text = match.group(0).rstrip("\n")
-        word = match.group(_CONF_WORD_GROUP)
-        if not word:
-            yield ConfLine(number, line_text, None, 0, None, 0)
-            continue
-        word_start = match.start(_CONF_WORD_GROUP)
-        syntax = _syntax_from_match(match, word, word_start, _CONF_GROUPS)
-        rest = match.group(_CONF_REST_GROUP) or None
-        rest_column = match.start(_CONF_REST_GROUP) - line_start if rest else 0
-        yield ConfLine(number, line_text, syntax, word_start - line_start, rest, rest_column)
+        line, start = conf_line_at(text, start, number)
+        yield line
 
 
 def parse_conf(text: str) -> list[ConfLine]:

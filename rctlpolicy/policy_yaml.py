@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import string
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -18,11 +18,14 @@ from rctlpolicy.codes import Code, code_named
 from rctlpolicy.diagnostics import Diagnostic
 from rctlpolicy.grammar import SUBJECT_ID, RuleSyntax, parse_rule_syntax
 from rctlpolicy.model import SIGNAL_NUMBERS, Action, Rule, Severity
-from rctlpolicy.policy import PolicyFile, glob_subject, problem_diagnostic
 from rctlpolicy.policy_model import PLACEHOLDERS, OnMatch, PolicyRule, RunLimit, SourceLocation
+from rctlpolicy.policy_rule import glob_subject, problem_diagnostic
 from rctlpolicy.semantics.check import Layer, check_rule
 from rctlpolicy.semantics.resolver import Resolver
 from rctlpolicy.yamlload import YamlError, compose, duplicate_keys
+
+if TYPE_CHECKING:
+    from rctlpolicy.policy import PolicyFile
 
 # --- YAML --------------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from corpus_host import emitted_codes
 
-import rctlpolicy.policy
+import rctlpolicy.policy_conf
 import rctlpolicy.policy_yaml
 from rctlpolicy.diagnostics import Diagnostic
 from rctlpolicy.files import (
@@ -516,7 +516,7 @@ def test_finding(case: Finding) -> None:
 
 def test_every_policy_code_has_an_example() -> None:
     shown = {f.code for f in FINDINGS}
-    emitted = emitted_codes(rctlpolicy.policy) | emitted_codes(rctlpolicy.policy_yaml)
+    emitted = emitted_codes(rctlpolicy.policy_conf) | emitted_codes(rctlpolicy.policy_yaml)
     assert emitted - shown == set()
     assert shown - emitted == set()
 

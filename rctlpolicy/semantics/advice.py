@@ -3,21 +3,27 @@ names, memoryuse:deny that refuses nothing...), and names the host does not know
 
 from __future__ import annotations
 
+from rctlpolicy.amounts import ExpandedNumber
 from rctlpolicy.codes import Code
-from rctlpolicy.grammar import ACTION, AMOUNT, SUBJECT, SUBJECT_ID, RuleSyntax
+from rctlpolicy.grammar import ACTION, AMOUNT, SUBJECT, SUBJECT_ID
 from rctlpolicy.model import Action, Resource, Rule, SubjectType, Unit
 from rctlpolicy.semantics.problems import Problem
 from rctlpolicy.semantics.resolver import Resolver
-from rctlpolicy.semantics.rewrite import Rewrite
 
 
-def advice(syntax: RuleSyntax, rule: Rule, rewrite: Rewrite, resolver: Resolver) -> list[Problem]:
-    """Warnings and notes for a rule FreeBSD accepts, in field order."""
+def advice(
+    amount_text: str | None,
+    rule: Rule,
+    amount: ExpandedNumber | None,
+    uid_note: str | None,
+    resolver: Resolver,
+) -> list[Problem]:
+    """Warnings and notes for a rule FreeBSD accepts, in field order: `amount_text` as
+    written, `amount` as rctl(8) read it, `uid_note` what rctl(8) made of a numeric uid."""
     notes: list[Problem] = []
-    amount = rewrite.amount
     if amount is not None:
         if amount.base == 8 and amount.value != 0:
-            octal = (syntax.fields[AMOUNT] or "").strip()
+            octal = (amount_text or "").strip()
             notes.append(
                 Problem(
                     AMOUNT,
@@ -42,14 +48,12 @@ def advice(syntax: RuleSyntax, rule: Rule, rewrite: Rewrite, resolver: Resolver)
                     AMOUNT,
                     Code.BINARY_SUFFIX,
                     f"suffixes are powers of 1024 for every resource: "
-                    f"{syntax.fields[AMOUNT]} is {rule.amount} {rule.resource.info.unit}",
+                    f"{amount_text} is {rule.amount} {rule.resource.info.unit}",
                 )
             )
-    if rewrite.uid_note:
+    if uid_note:
         notes.append(
-            Problem(
-                SUBJECT_ID, Code.NUMERIC_ID_FORMAT, rewrite.uid_note, f"write {rule.subject_id}"
-            )
+            Problem(SUBJECT_ID, Code.NUMERIC_ID_FORMAT, uid_note, f"write {rule.subject_id}")
         )
     if rule.subject is SubjectType.JAIL and rule.subject_id.isdigit():
         notes.append(

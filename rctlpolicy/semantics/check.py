@@ -108,7 +108,7 @@ def check_rule(
             problems.append(missing(absent, FIELD_NAMES[absent]))
     rule = None
     if not problems or not has_error(problems):
-        add_checks(parsed, problems, syntax)
+        add_checks(parsed, problems, bool(syntax.fields[PER]))
     if not problems or not has_error(problems):
         assert parsed.subject and parsed.subject_id is not None and parsed.resource
         assert parsed.action and parsed.amount is not None and parsed.per
@@ -121,7 +121,8 @@ def check_rule(
             parsed.per,
         )
         if notes:
-            problems.extend(advice(syntax, rule, rewrite, resolver))
+            amount_text = syntax.fields[AMOUNT]
+            problems.extend(advice(amount_text, rule, rewrite.amount, rewrite.uid_note, resolver))
     return RuleCheck(syntax, rule, tuple(problems), tuple(values))
 
 

@@ -262,8 +262,9 @@ _DENY_INSTEAD = {
 }
 
 
-def add_checks(parsed: KernelFields, problems: list[Problem], syntax: RuleSyntax) -> None:
-    """kern_rctl.c:rctl_rule_add's EOPNOTSUPP checks, in the kernel's order."""
+def add_checks(parsed: KernelFields, problems: list[Problem], per_written: bool) -> None:
+    """kern_rctl.c:rctl_rule_add's EOPNOTSUPP checks, in the kernel's order (`per_written`:
+    the rule names its per, where a per-process refusal then points)."""
     resource, action = parsed.resource, parsed.action
     assert resource is not None and action is not None
     if action is Action.DENY and not resource.deny_allowed:
@@ -301,7 +302,7 @@ def add_checks(parsed: KernelFields, problems: list[Problem], syntax: RuleSyntax
         )
         return
     if parsed.per is SubjectType.PROCESS and resource.sloppy:
-        field_index = PER if syntax.fields[PER] else SUBJECT
+        field_index = PER if per_written else SUBJECT
         problems.append(
             Problem(
                 field_index,

@@ -23,7 +23,8 @@ from rctlpolicy.semantics.problems import Problem
 from rctlpolicy.semantics.resolver import Resolver
 from rctlpolicy.semantics.suggest import RESOURCES
 
-_USER_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\$?\Z")
+#: A user name rctl(8) keeps as it is when it cannot look it up (lint without --resolve).
+USER_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\$?\Z")
 
 
 @dataclass(slots=True)
@@ -98,7 +99,7 @@ def _resolve_id(subject: str, name: str, resolver: Resolver, out: Rewrite) -> No
                 )
             )
             out.bad_fields.add(SUBJECT_ID)
-        elif not _USER_NAME.match(name):
+        elif not USER_NAME.match(name):
             out.problems.append(
                 Problem(
                     SUBJECT_ID,
