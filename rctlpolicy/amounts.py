@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 import re
 from enum import StrEnum
-from typing import NamedTuple
+
+from rctlpolicy.records import NamedTuple
 
 UINT64_MAX = 2**64 - 1
 INT64_MAX = 2**63 - 1
@@ -44,7 +45,9 @@ class ExpandedNumber(NamedTuple):
     sign: str  # "+", "-" or ""
 
 
-_STRTOUMAX_BASE0 = re.compile(r"(0[xX](?=[0-9a-fA-F])[0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+# Patterns off the common path stay strings: re compiles (and caches) them on first use, so
+# `rctlpolicy lint` does not compile them at every start.
+_STRTOUMAX_BASE0 = r"(0[xX](?=[0-9a-fA-F])[0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)"
 
 
 _PLAIN_DECIMAL = re.compile(r"([1-9][0-9]{0,17}|0)([kmgtpeKMGTPE]?)[bB]?\Z")
@@ -78,7 +81,7 @@ def expand_number(text: str) -> ExpandedNumber:
         i += 1
     if i >= n or not text[i].isdigit() or not text[i].isascii():
         raise AmountError(AmountProblem.SYNTAX, i)
-    match = _STRTOUMAX_BASE0.match(text, i)
+    match = re.compile(_STRTOUMAX_BASE0).match(text, i)
     assert match is not None  # a digit is there
     digits = match.group(0)
     if digits[:2] in ("0x", "0X"):
@@ -107,7 +110,7 @@ def expand_number(text: str) -> ExpandedNumber:
     return ExpandedNumber(value, base, suffix, sign)
 
 
-_KERNEL_DECIMAL = re.compile(r"[ \t\n\v\f\r]*([+-]?)([0-9]+)\Z")
+_KERNEL_DECIMAL = r"[ \t\n\v\f\r]*([+-]?)([0-9]+)\Z"
 
 
 def kernel_strtoul(text: str) -> int | None:
@@ -119,7 +122,7 @@ def kernel_strtoul(text: str) -> int | None:
     if text.isascii() and text.isdigit():  # the common case, without the regular expression
         value = int(text)
         return UINT64_MAX if value > UINT64_MAX else value
-    match = _KERNEL_DECIMAL.match(text)
+    match = re.match(_KERNEL_DECIMAL, text)
     if match is None:
         return None
     value = int(match.group(2))
@@ -135,10 +138,8 @@ def as_int64(value: int) -> int:
     return value - 2**64 if value > INT64_MAX else value
 
 
-_STRTOD_DECIMAL = re.compile(r"[+-]?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?\Z")
-_STRTOD_HEX = re.compile(
-    r"[+-]?0[xX](?:[0-9a-fA-F]+(?:\.[0-9a-fA-F]*)?|\.[0-9a-fA-F]+)(?:[pP][+-]?[0-9]+)?\Z"
-)
+_STRTOD_DECIMAL = r"[+-]?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?\Z"
+_STRTOD_HEX = r"[+-]?0[xX](?:[0-9a-fA-F]+(?:\.[0-9a-fA-F]*)?|\.[0-9a-fA-F]+)(?:[pP][+-]?[0-9]+)?\Z"
 INT64_MIN = -(2**63)
 
 
@@ -150,9 +151,9 @@ def strtod_id(text: str) -> int | None:
     as amd64's conversion instruction (cvttsd2si) gives. None when strtod would leave
     characters over ("trailing characters after numerical id").
     """
-    if _STRTOD_DECIMAL.match(text):
+    if re.match(_STRTOD_DECIMAL, text):
         number = float(text)
-    elif _STRTOD_HEX.match(text):
+    elif re.match(_STRTOD_HEX, text):
         sign = -1.0 if text.startswith("-") else 1.0
         number = sign * float.fromhex(text.lstrip("+-"))
     else:
@@ -187,7 +188,7 @@ def humanize_number(n: int) -> str:
     return f"{quotient + (remainder + 512) // 1024}{_HN_PREFIXES[scale]}"
 
 
-_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d|w)?\s*\Z")
+_DURATION = r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d|w)?\s*\Z"
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
@@ -199,7 +200,7 @@ def parse_duration(text: str | int | float) -> float:
         if text < 0:
             raise ValueError("a duration cannot be negative")
         return float(text)
-    match = _DURATION.match(text)
+    match = re.match(_DURATION, text)
     if match is None:
         raise ValueError(f"invalid duration {text!r}: write e.g. 30s, 10m, 1h or 2d")
     return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]

@@ -19,9 +19,9 @@ costs about 2 ms at every start of `rctlpolicy lint`, a tenth of what it may spe
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import NamedTuple
 
 from rctlpolicy.model import Severity
+from rctlpolicy.records import NamedTuple
 
 ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 

@@ -9,7 +9,6 @@ FILE`) and how long a quoted source line may be. `format_text` & co. join its ch
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from enum import StrEnum
 
@@ -179,6 +178,8 @@ def format_github(diagnostics: Iterable[Diagnostic]) -> str:
 def _json_list(key: str, items: Iterable[Mapping[str, object]]) -> Iterator[str]:
     """`"key": [...]` exactly as json.dumps(..., indent=2) writes it one level down, an item
     at a time."""
+    import json  # only this format needs it: `rctlpolicy lint` starts without it
+
     first = True
     for item in items:
         body = json.dumps(item, indent=2).replace("\n", "\n    ")

@@ -38,9 +38,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from functools import cache
-from typing import TYPE_CHECKING, Any, NamedTuple
 
+from rctlpolicy.records import NamedTuple
+
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     import pyparsing as pp
 
 #: Field indexes, in rule order.
@@ -92,7 +96,6 @@ def _rule_regex(blank: str) -> str:
 
 
 _WORD_BLANKS = _BLANK + "\n"
-_RULE_RE = re.compile(_rule_regex(""))
 _CONF_LINE_RE = re.compile(
     rf"(?!\Z){_OPTIONAL_BLANKS}(?:(?P<comment>{_COMMENT})|(?P<word>{_rule_regex(_WORD_BLANKS)})"
     rf"(?:{_BLANKS}(?P<rest>{_REST}))?{_OPTIONAL_BLANKS})?{_END_OF_LINE}"
@@ -126,7 +129,16 @@ def _group_numbers(pattern: re.Pattern[str], *names: str) -> tuple[int, ...]:
 
 
 _FIELD_GROUPS = (*_GROUPS, "sep", "slash")
-_RULE_GROUPS = _group_numbers(_RULE_RE, *_FIELD_GROUPS)
+
+
+@cache
+def _rule_re() -> tuple[re.Pattern[str], tuple[int, ...]]:
+    """The rule pattern and its group numbers, compiled on first use (rctl.conf lines have
+    their own pattern: `rctlpolicy lint rctl.conf` never needs this one)."""
+    pattern = re.compile(_rule_regex(""))
+    return pattern, _group_numbers(pattern, *_FIELD_GROUPS)
+
+
 _CONF_GROUPS = _group_numbers(_CONF_LINE_RE, *_FIELD_GROUPS)
 _CONF_WORD_GROUP, _CONF_REST_GROUP = _group_numbers(_CONF_LINE_RE, "word", "rest")
 
@@ -162,9 +174,10 @@ def _syntax_from_match(
 
 def parse_rule_syntax(text: str) -> RuleSyntax:
     """Cut any string into rule fields exactly as kern_rctl.c does (this never fails)."""
-    match = _RULE_RE.match(text)
+    pattern, groups = _rule_re()
+    match = pattern.match(text)
     assert match is not None  # every field may be empty: the pattern matches any string
-    return _syntax_from_match(match, text, 0, _RULE_GROUPS)
+    return _syntax_from_match(match, text, 0, groups)
 
 
 class ConfLine(NamedTuple):
@@ -214,12 +227,17 @@ def parse_conf(text: str) -> list[ConfLine]:
 # --- the grammar of record: the pieces in pyparsing --------------------------------------------
 
 
-class PyparsingGrammar(NamedTuple):
+class PyparsingGrammar:
     """The pyparsing elements, and the readings the hot path must agree with."""
 
-    rule: pp.ParserElement
-    conf_line: pp.ParserElement
-    conf_file: pp.ParserElement
+    __slots__ = ("conf_file", "conf_line", "rule")
+
+    def __init__(
+        self, rule: pp.ParserElement, conf_line: pp.ParserElement, conf_file: pp.ParserElement
+    ) -> None:
+        self.rule = rule
+        self.conf_line = conf_line
+        self.conf_file = conf_file
 
     def rule_syntax(self, text: str) -> RuleSyntax:
         """`parse_rule_syntax`, through pyparsing."""
@@ -336,8 +354,8 @@ def _line_results(tokens: pp.ParseResults) -> list[dict[str, object]]:
 
 def __getattr__(name: str) -> pp.ParserElement:
     """RULE, CONF_LINE and CONF_FILE: the grammar of record's elements (built on first use)."""
-    elements = {"RULE": 0, "CONF_LINE": 1, "CONF_FILE": 2}
+    elements = {"RULE": "rule", "CONF_LINE": "conf_line", "CONF_FILE": "conf_file"}
     if name in elements:
-        element: pp.ParserElement = pyparsing_grammar()[elements[name]]
+        element: pp.ParserElement = getattr(pyparsing_grammar(), elements[name])
         return element
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

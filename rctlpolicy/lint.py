@@ -6,18 +6,17 @@ report is in the registry, `rctlpolicy.codes`.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 
 from rctlpolicy.checks import Context, Finding, all_checks
 from rctlpolicy.diagnostics import Diagnostic, DiagnosticCollector, Report, fails
 from rctlpolicy.gcpause import no_cyclic_gc
 from rctlpolicy.policy import PolicyFile, read_policy
 from rctlpolicy.policy_model import Policy
+from rctlpolicy.records import NamedTuple
 from rctlpolicy.semantics.resolver import OFFLINE, Resolver
 
 
-@dataclass(frozen=True, slots=True)
-class LintResult:
+class LintResult(NamedTuple):
     policy: Policy
     diagnostics: tuple[Diagnostic, ...]
 

@@ -1,13 +1,16 @@
 """The RCTL vocabulary as FreeBSD defines it: subjects, resources, actions, rules and filters.
 
-Pure data: frozen dataclasses and enums, no I/O. The tables follow sys/kern/kern_rctl.c and
-sys/kern/kern_racct.c (see ../shared/spec/rctl.md, sections 2 to 6).
+Pure data, no I/O: enums, and immutable records (NamedTuples: as frozen as dataclasses, and
+far cheaper to define at start-up and to build, 20,000 times for a big policy). The tables
+follow sys/kern/kern_rctl.c and sys/kern/kern_racct.c (see ../shared/spec/rctl.md, sections 2
+to 6).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum, Flag, StrEnum, auto
+
+from rctlpolicy.records import NamedTuple
 
 # --- FreeBSD's fixed sizes and names (each defined here once) ---------------------------------
 
@@ -81,8 +84,7 @@ class Unit(StrEnum):
     OPS_PER_SECOND = "operations/s"
 
 
-@dataclass(frozen=True, slots=True)
-class ResourceInfo:
+class ResourceInfo(NamedTuple):
     kernel_id: int
     unit: Unit
     flags: ResourceFlag
@@ -322,8 +324,7 @@ def format_subject_id(subject: SubjectType, subject_id: str) -> str:
     return subject_id
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Rule:
+class Rule(NamedTuple):
     """A complete rule as the kernel holds it.
 
     `amount` is in user-visible units (seconds, percent, bytes, counts); `subject_id` is the
@@ -360,8 +361,7 @@ class Rule:
         return self.canonical
 
 
-@dataclass(frozen=True, slots=True)
-class Filter:
+class Filter(NamedTuple):
     """A partial rule (rctl -r/-l/-u and listing): None is a wildcard.
 
     `amount` is in user-visible units when `resource` is set; without a resource the kernel

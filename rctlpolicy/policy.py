@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from rctlpolicy.diagnostics import Diagnostic, DiagnosticCollector, Report
 from rctlpolicy.gcpause import no_cyclic_gc
 from rctlpolicy.model import Rule, Severity
 from rctlpolicy.policy_conf import load_conf
 from rctlpolicy.policy_model import Policy, PolicyRule
+from rctlpolicy.records import NamedTuple
 from rctlpolicy.semantics.resolver import OFFLINE, Resolver
 
 CONF_SUFFIXES = (".conf", ".rules")
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyFile:
+class PolicyFile(NamedTuple):
     """A policy file's path (as shown to the user) and its text."""
 
     path: str
@@ -34,8 +33,7 @@ class PolicyFile:
         return self.path.endswith(YAML_SUFFIXES)
 
 
-@dataclass(frozen=True, slots=True)
-class LoadedPolicy:
+class LoadedPolicy(NamedTuple):
     policy: Policy
     diagnostics: tuple[Diagnostic, ...]
 

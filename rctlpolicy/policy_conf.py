@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from functools import cache
-from typing import TYPE_CHECKING
 
 from rctlpolicy.amounts import ExpandedNumber
 from rctlpolicy.codes import Code
@@ -42,6 +41,7 @@ from rctlpolicy.semantics.resolver import Resolver
 from rctlpolicy.semantics.rewrite import USER_NAME
 from rctlpolicy.semantics.suggest import ACTIONS, RESOURCES, SUBJECTS
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from rctlpolicy.policy import PolicyFile
 

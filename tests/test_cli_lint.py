@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pty
@@ -536,3 +537,13 @@ def test_resolve_on_a_simulated_host_that_cannot_be_read(
     )
     assert (code, out) == (EXIT_USAGE, "")
     assert err.startswith("rctlpolicy lint: ")
+
+
+def test_lint_parses_with_its_own_parser_as_with_the_whole_one() -> None:
+    """`rctlpolicy lint` starts without building every command's parser: the same help."""
+    from rctlpolicy.cli import build_parser, lint_parser
+
+    whole = build_parser()
+    subcommands = next(a for a in whole._actions if isinstance(a, argparse._SubParsersAction))
+    assert lint_parser().format_help() == subcommands.choices["lint"].format_help()
+    assert lint_parser().format_usage() == subcommands.choices["lint"].format_usage()

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 from corpus_host import CORPUS_HOST, corpus_cases
@@ -24,7 +24,6 @@ from rctlpolicy.kernel.host import HostSpec, load_host
 from rctlpolicy.kernel.rctl8 import USAGE, NameLookup, run_rctl
 from rctlpolicy.kernel.simulator import SimulatedKernel
 from rctlpolicy.model import PROCESS_USAGE_RESOURCES, Resource
-from rctlpolicy.semantics.resolver import Resolver
 
 MiB = 1024 * 1024
 
@@ -59,8 +58,11 @@ class Run:
     stderr: str
 
 
-class Lookups(Resolver, NameLookup, Protocol):
-    """What rctl(8) looks names up with: getpwnam & co., and getpwuid for listings."""
+if TYPE_CHECKING:  # Resolver is a protocol for type checkers only (rctlpolicy.records)
+    from rctlpolicy.semantics.resolver import Resolver
+
+    class Lookups(Resolver, NameLookup, Protocol):
+        """What rctl(8) looks names up with: getpwnam & co., and getpwuid for listings."""
 
 
 def rctl(

@@ -10,11 +10,10 @@ stream its findings. Its code, severity and examples are in the registry (`rctlp
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
 
 from rctlpolicy.codes import DiagnosticCode
 from rctlpolicy.policy_model import PolicyRule
+from rctlpolicy.records import NamedTuple
 
 
 class Finding(NamedTuple):
@@ -26,8 +25,7 @@ class Finding(NamedTuple):
     suggestion: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
+class Context(NamedTuple):
     """What a check may know beyond the rules."""
 
     #: The names of the jails running now; None when not known (lint without --resolve).

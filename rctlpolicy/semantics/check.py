@@ -4,7 +4,6 @@ FreeBSD's order, with advice for people after FreeBSD's verdict."""
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import NamedTuple
 
 from rctlpolicy.codes import Code
 from rctlpolicy.grammar import (
@@ -18,6 +17,7 @@ from rctlpolicy.grammar import (
     RuleSyntax,
 )
 from rctlpolicy.model import Filter, Rule
+from rctlpolicy.records import NamedTuple
 from rctlpolicy.semantics.advice import advice
 from rctlpolicy.semantics.kernel import add_checks, first_missing, kernel_parse, missing
 from rctlpolicy.semantics.problems import (

@@ -4,7 +4,6 @@ fields rctl_rule_add needs (EINVAL), and its EOPNOTSUPP checks, in the kernel's 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from rctlpolicy.amounts import as_int64, kernel_strtoul
 from rctlpolicy.codes import Code
@@ -31,14 +30,26 @@ from rctlpolicy.semantics.suggest import (
 )
 
 
-@dataclass(slots=True)
 class KernelFields:
-    subject: SubjectType | None = None
-    subject_id: str | None = None
-    resource: Resource | None = None
-    action: Action | None = None
-    amount: int | None = None
-    per: SubjectType | None = None
+    """The fields as the kernel parsed them (None: absent or refused)."""
+
+    __slots__ = ("action", "amount", "per", "resource", "subject", "subject_id")
+
+    def __init__(
+        self,
+        subject: SubjectType | None = None,
+        subject_id: str | None = None,
+        resource: Resource | None = None,
+        action: Action | None = None,
+        amount: int | None = None,
+        per: SubjectType | None = None,
+    ) -> None:
+        self.subject = subject
+        self.subject_id = subject_id
+        self.resource = resource
+        self.action = action
+        self.amount = amount
+        self.per = per
 
 
 def kernel_parse(

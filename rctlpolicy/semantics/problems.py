@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from rctlpolicy.codes import DiagnosticCode
 from rctlpolicy.model import Severity
+from rctlpolicy.records import NamedTuple
 
 RULE_TEXT_MAX = 4095  # RCTL_MAX_INBUFSIZE - 1 (the NUL)
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from rctlpolicy.records import NamedTuple, Protocol
 
 
 class Resolver(Protocol):
@@ -32,8 +31,7 @@ class Resolver(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class OfflineResolver:
+class OfflineResolver(NamedTuple):
     """Resolves nothing and accepts every well-formed name: lint's default."""
 
     checks_names: bool = False

@@ -6,7 +6,6 @@ amounts through expand_number(3) (expand_amount). `sent_text` is the string it t
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from rctlpolicy.amounts import (
     AmountError,
@@ -27,26 +26,29 @@ from rctlpolicy.semantics.suggest import RESOURCES
 USER_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\$?\Z")
 
 
-@dataclass(slots=True)
 class Rewrite:
     """rctl(8)'s output fields, plus what was learnt on the way (for lint's notes)."""
 
-    fields: list[str | None]
-    problems: list[Problem]
-    bad_fields: set[int]
-    amount: ExpandedNumber | None = None
-    uid_note: str | None = None
-    user_name: bool = False  # the id is a user name left unresolved
+    __slots__ = ("amount", "bad_fields", "fields", "problems", "uid_note", "user_name")
+
+    def __init__(self, fields: list[str | None]) -> None:
+        self.fields = fields
+        self.problems: list[Problem] = []
+        self.bad_fields: set[int] = set()
+        self.amount: ExpandedNumber | None = None
+        self.uid_note: str | None = None
+        #: The id is a user name left unresolved.
+        self.user_name = False
 
 
 def unchanged(syntax: RuleSyntax) -> Rewrite:
     """The fields as they are (the kernel layer: nothing rewrites them)."""
-    return Rewrite(list(syntax.fields), [], set())
+    return Rewrite(list(syntax.fields))
 
 
 def rctl8_rewrite(syntax: RuleSyntax, resolver: Resolver, resolve_users: bool) -> Rewrite:
     fields: list[str | None] = list(syntax.fields)
-    out = Rewrite(fields, [], set())
+    out = Rewrite(fields)
     if not syntax.has_colon:
         out.problems.append(
             Problem(
@@ -133,9 +135,7 @@ def _resolve_id(subject: str, name: str, resolver: Resolver, out: Rewrite) -> No
         out.uid_note = f"rctl(8) reads ids with strtod(3): '{name}' means {subject} {number}"
 
 
-_TIME_WORD = re.compile(
-    r"\s*[0-9]+\s*(s|sec|secs|seconds?|min|mins|minutes?|h|hr|hours?|d|days?)\Z"
-)
+_TIME_WORD = r"\s*[0-9]+\s*(s|sec|secs|seconds?|min|mins|minutes?|h|hr|hours?|d|days?)\Z"
 
 
 def _amount_problem(amount: str, error: AmountError, syntax: RuleSyntax) -> Problem:
@@ -180,7 +180,7 @@ def _amount_problem(amount: str, error: AmountError, syntax: RuleSyntax) -> Prob
                 suggestion = f"amounts are whole numbers: write {int(exact)}"
         message = f"{base}: fractions are not accepted"
         return Problem(AMOUNT, Code.INVALID_AMOUNT, message, suggestion, "RCTL8")
-    time_word = _TIME_WORD.match(stripped)
+    time_word = re.match(_TIME_WORD, stripped)
     if time_word:
         seconds = _seconds_of(stripped)
         if info is not None and info.info.unit is Unit.SECONDS:

@@ -3,7 +3,6 @@ including the words people borrow from other systems (nproc, rss, prison...)."""
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 
 from rctlpolicy.codes import Code
@@ -85,6 +84,8 @@ _BLANKS_HELP = "remove the blanks: the kernel does not trim fields"
 
 
 def did_you_mean(word: str, choices: Sequence[str], borrowed: Mapping[str, str]) -> str | None:
+    import difflib  # only a policy with errors needs it: lint starts without it
+
     lowered = word.lower()
     if lowered in borrowed:
         return f"did you mean '{borrowed[lowered]}'?"
