@@ -28,6 +28,8 @@ from rctlpolicy.model import (
     JAIL_NAME_MAX,
     LOGINCLASS_NAME_MAX,
     SUBJECT_ALIASES,
+    Action,
+    Resource,
     Rule,
     SubjectType,
 )
@@ -119,10 +121,11 @@ def _plain_rule(
 ) -> PolicyRule | None:
     """The rule of a plain line, as the full checks would find it; None when the line needs
     them (its diagnostics are then theirs to report)."""
-    group = match.group
-    word = group("word")
-    subject = _PLAIN_SUBJECTS[group("subject")]
-    subject_id = group("id")
+    # One call for all the groups: this runs for nearly every line of a big policy.
+    word, subject_word, subject_id, resource_word, action_word, amount_text, digits, suffix = (
+        match.groups()[:8]
+    )
+    subject = _PLAIN_SUBJECTS[subject_word]
     if len(word) > RULE_TEXT_MAX:
         return None
     if subject is SubjectType.USER:
@@ -136,36 +139,38 @@ def _plain_rule(
             return None
     elif len(subject_id) > (JAIL_NAME_MAX if subject is SubjectType.JAIL else LOGINCLASS_NAME_MAX):
         return None
-    resource = RESOURCES[group("resource")]
-    action = ACTIONS[group("action")]
-    suffix = group("suffix")
-    amount = int(group("digits")) << _SUFFIX_SHIFT[suffix.lower()]
+    resource = RESOURCES[resource_word]
+    action = ACTIONS[action_word]
+    amount = int(digits) << _SUFFIX_SHIFT[suffix.lower()]
     if amount > INT64_MAX or (resource.in_millions and amount > IN_MILLIONS_MAX):
         return None
-    per_word = group("per")
+    per_word = match.group("per")
     per = SUBJECTS[per_word] if per_word else subject
-    refusals: list[Problem] = []
-    add_checks(
-        KernelFields(subject, subject_id, resource, action, amount, per), refusals, bool(per_word)
-    )
-    if refusals:
+    if _refused(resource, action, per, bool(per_word)):
         return None
     rule = Rule(subject, subject_id, resource, action, amount, per)
-    amount_text = group("amount")
     notes = advice(amount_text, rule, ExpandedNumber(amount, 10, suffix, ""), None, resolver)
     column = match.start("word") - start
-    if notes or group("rest") is not None:
+    rest = match.group("rest")
+    if notes or rest is not None:
         line_text = _line_text(match, start)
         if notes:
             syntax = _plain_syntax(match, word)
             for note in notes:
                 report(problem_diagnostic(note, syntax, path, number, column, line_text))
-        rest = group("rest")
         if rest is not None:
-            report(
-                _trailing_text(line_text, rest, match.start("rest") - start, path, number, False)
-            )
+            rest_column = match.start("rest") - start
+            report(_trailing_text(line_text, rest, rest_column, path, number, False))
     return PolicyRule(rule, SourceLocation(path, number, column + 1), word)
+
+
+@cache
+def _refused(resource: Resource, action: Action, per: SubjectType, per_written: bool) -> bool:
+    """Whether the kernel's add checks refuse the combination (`add_checks`, remembered: a
+    policy has a few dozen combinations among thousands of rules)."""
+    refusals: list[Problem] = []
+    add_checks(KernelFields(None, None, resource, action, 0, per), refusals, per_written)
+    return bool(refusals)
 
 
 def _line_text(match: re.Match[str], start: int) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rctlpolicy.model import Rule
+from rctlpolicy.records import NamedTuple
 
 #: Placeholders an on_match `run` argv may use; each is substituted into one argv element.
 PLACEHOLDERS = (
@@ -20,8 +21,7 @@ PLACEHOLDERS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class SourceLocation:
+class SourceLocation(NamedTuple):
     path: str
     line: int
     column: int
@@ -52,8 +52,7 @@ class OnMatch:
     timeout: float = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyRule:
+class PolicyRule(NamedTuple):
     """One rule of the policy with its origin.
 
     `rule` is the validated rule. For a YAML rule whose jail subject is a glob
@@ -73,10 +72,9 @@ class PolicyRule:
         return self.rule.canonical
 
 
-@dataclass(frozen=True, slots=True)
-class Policy:
+class Policy(NamedTuple):
     rules: tuple[PolicyRule, ...] = ()
-    files: tuple[str, ...] = field(default=())
+    files: tuple[str, ...] = ()
 
     @property
     def concrete_rules(self) -> tuple[PolicyRule, ...]:
