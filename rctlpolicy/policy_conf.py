@@ -96,6 +96,7 @@ _PLAIN_SUBJECTS = {
     if name in ("user", "jail", "loginclass")
 }
 _SUFFIX_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
+_SUFFIX_SHIFT.update({suffix.upper(): shift for suffix, shift in _SUFFIX_SHIFT.items()})
 _UID = re.compile(r"(?:0|[1-9][0-9]{0,9})\Z")
 
 
@@ -139,14 +140,13 @@ def _plain_rule(
             return None
     elif len(subject_id) > (JAIL_NAME_MAX if subject is SubjectType.JAIL else LOGINCLASS_NAME_MAX):
         return None
-    resource = RESOURCES[resource_word]
-    action = ACTIONS[action_word]
-    amount = int(digits) << _SUFFIX_SHIFT[suffix.lower()]
-    if amount > INT64_MAX or (resource.in_millions and amount > IN_MILLIONS_MAX):
-        return None
     per_word = match.group("per")
-    per = SUBJECTS[per_word] if per_word else subject
-    if _refused(resource, action, per, bool(per_word)):
+    combination = _combinations.get((subject_word, resource_word, action_word, per_word))
+    if combination is None:
+        combination = _combination(subject_word, resource_word, action_word, per_word)
+    resource, action, per, largest = combination
+    amount = int(digits) << _SUFFIX_SHIFT[suffix]
+    if amount > largest:  # out of range, or the kernel refuses the combination (-1)
         return None
     rule = Rule(subject, subject_id, resource, action, amount, per)
     notes = advice(amount_text, rule, ExpandedNumber(amount, 10, suffix, ""), None, resolver)
@@ -164,13 +164,30 @@ def _plain_rule(
     return PolicyRule(rule, SourceLocation(path, number, column + 1), word)
 
 
-@cache
-def _refused(resource: Resource, action: Action, per: SubjectType, per_written: bool) -> bool:
-    """Whether the kernel's add checks refuse the combination (`add_checks`, remembered: a
-    policy has a few dozen combinations among thousands of rules)."""
+#: (subject, resource, action, per) as written -> what `_combination` made of them.
+_combinations: dict[tuple[str, str, str, str | None], tuple[Resource, Action, SubjectType, int]]
+_combinations = {}
+
+
+def _combination(
+    subject_word: str, resource_word: str, action_word: str, per_word: str | None
+) -> tuple[Resource, Action, SubjectType, int]:
+    """The resource, action and per of a plain line's words, and the largest amount the
+    kernel takes for them (-1 when its add checks refuse the combination, `add_checks`).
+    Remembered: a policy has a few dozen combinations among thousands of rules."""
+    subject = _PLAIN_SUBJECTS[subject_word]
+    resource, action = RESOURCES[resource_word], ACTIONS[action_word]
+    per = SUBJECTS[per_word] if per_word else subject
     refusals: list[Problem] = []
-    add_checks(KernelFields(None, None, resource, action, 0, per), refusals, per_written)
-    return bool(refusals)
+    add_checks(KernelFields(subject, None, resource, action, 0, per), refusals, bool(per_word))
+    largest = -1 if refusals else IN_MILLIONS_MAX if resource.in_millions else INT64_MAX
+    combination = _combinations[(subject_word, resource_word, action_word, per_word)] = (
+        resource,
+        action,
+        per,
+        largest,
+    )
+    return combination
 
 
 def _line_text(match: re.Match[str], start: int) -> str:
