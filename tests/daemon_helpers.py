@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -322,6 +323,28 @@ class DaemonProcess:
         self.log.join(5)
         assert self.proc.stdout is not None
         self.proc.stdout.close()
+
+
+class FakeSyslogd:
+    """The SOCK_DGRAM socket FreeBSD's syslogd has at /var/run/log, bound in a test directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(str(path))
+        self.socket.settimeout(10)
+
+    def receive_until(self, needle: bytes, timeout: float = 15.0) -> bytes:
+        """The first datagram that contains `needle` (the ones before it are dropped)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            datagram: bytes = self.socket.recv(8192)
+            if needle in datagram:
+                return datagram
+        raise AssertionError(f"no syslog message with {needle!r}")
+
+    def close(self) -> None:
+        self.socket.close()
 
 
 def write_config(path: Path, settings: Mapping[str, object]) -> Path:

@@ -13,7 +13,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import time
@@ -25,6 +24,7 @@ import yaml
 from daemon_helpers import (
     PYTHON,
     Env,
+    FakeSyslogd,
     action_argv,
     records,
     wait_for_records,
@@ -621,22 +621,11 @@ def test_the_exposition_of_a_fixed_host_matches_the_golden_file(env: Env) -> Non
 
 def test_syslog_gets_the_daemons_log_as_freebsd_syslogd_reads_it(env: Env) -> None:
     """A fake syslogd: the SOCK_DGRAM socket FreeBSD has at /var/run/log."""
-    path = env.server.directory / "log"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslogd:
-        syslogd.bind(str(path))
-        syslogd.settimeout(10)
+    syslogd = FakeSyslogd(env.server.directory / "log")
+    try:
         env.policy("p.yaml", ["jail:db1:maxproc:deny=100"])
-        daemon = env.start("--syslog", "--syslog-socket", str(path), wait=False)
-
-        def receive_until(needle: bytes) -> bytes:
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                datagram = syslogd.recv(8192)
-                if needle in datagram:
-                    return datagram
-            raise AssertionError(f"no syslog message with {needle!r}")
-
-        started = receive_until(b"rctlpolicy started")
+        daemon = env.start("--syslog", "--syslog-socket", str(syslogd.path), wait=False)
+        started = syslogd.receive_until(b"rctlpolicy started")
         # daemon.info is <30>; the tag carries the pid; Python ends the datagram with a NUL.
         tag = re.match(rb"<30>rctlpolicy\[(\d+)\]: rctlpolicy started: ", started)
         assert tag is not None, started
@@ -644,9 +633,11 @@ def test_syslog_gets_the_daemons_log_as_freebsd_syslogd_reads_it(env: Env) -> No
         assert started.endswith(b"\x00")
         env.policy("p.yaml", ["jail:db1:maxproc:deny=1x"])
         daemon.send_signal(signal.SIGHUP)
-        rejected = receive_until(b"rejected")
+        rejected = syslogd.receive_until(b"rejected")
         assert rejected.startswith(b"<27>rctlpolicy[")  # daemon.err
         assert daemon.stop() == 0
+    finally:
+        syslogd.close()
     assert env.host.rules() == ["jail:db1:maxproc:deny=100"]
 
 

@@ -12,11 +12,10 @@ import os
 import re
 import shutil
 import signal
-import socket
 import time
 
 import pytest
-from daemon_helpers import Env, action_argv, wait_for_records
+from daemon_helpers import Env, FakeSyslogd, action_argv, wait_for_records
 
 from rctlpolicy.devd import RCTL_HEADER
 
@@ -245,20 +244,17 @@ def test_a_forged_event_field_stays_on_its_own_log_line_on_stderr(env: Env) -> N
 
 
 def test_a_forged_event_field_stays_in_its_own_syslog_message(env: Env) -> None:
-    path = env.server.directory / "log"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslogd:
-        syslogd.bind(str(path))
-        syslogd.settimeout(10)
+    syslogd = FakeSyslogd(env.server.directory / "log")
+    try:
         env.policy("p.yaml", ["jail:db1:maxproc:deny=100"])
-        daemon = env.start("--syslog", "--syslog-socket", str(path), wait=False)
+        daemon = env.start("--syslog", "--syslog-socket", str(syslogd.path), wait=False)
         assert env.server.wait_for_clients(1, 15)
-        deadline = time.monotonic() + 15
-        while b"resync" not in syslogd.recv(8192):  # connected, and past its first resync
-            assert time.monotonic() < deadline
+        syslogd.receive_until(b"resync")  # connected, and past its first resync
         assert env.server.send(_forged_event()) == 1
-        while b"FORGED" not in (datagram := syslogd.recv(8192)):
-            assert time.monotonic() < deadline
+        datagram = syslogd.receive_until(b"FORGED")
         assert re.match(rb"<\d+>rctlpolicy\[\d+\]: ", datagram)  # one message, the daemon's own
         assert b"\\nFORGED" in datagram and b"\\r\\x1b[2J" in datagram
         assert not set(datagram[:-1]) & set(range(32))  # the trailing NUL is Python's
         assert daemon.stop() == 0
+    finally:
+        syslogd.close()
