@@ -414,6 +414,8 @@ def _daemon_config(args: argparse.Namespace) -> Any:
         "state_dir": Path(args.state_dir) if args.state_dir else None,
         "jail_poll_interval": args.jail_poll_interval,
         "reload_debounce": args.reload_debounce,
+        "reload_settle": args.reload_settle,
+        "max_policy_file_size": args.max_policy_file_size,
         "shutdown_timeout": args.shutdown_timeout,
     }
     return build_config(file_values, flags)
@@ -783,6 +785,19 @@ def _daemon_options(sub: argparse.ArgumentParser) -> None:
         help="how long the rules directory must be quiet before a reload (default: 0.3)",
     )
     sub.add_argument(
+        "--reload-settle",
+        type=_seconds,
+        metavar="SECONDS",
+        help="how long every policy file must stay unchanged before a changed policy is "
+        "applied (default: 2; SIGHUP applies at once)",
+    )
+    sub.add_argument(
+        "--max-policy-file-size",
+        type=_size,
+        metavar="BYTES",
+        help="refuse policy files larger than this, before reading them (default: 16m)",
+    )
+    sub.add_argument(
         "--shutdown-timeout",
         type=_seconds,
         metavar="SECONDS",
@@ -798,6 +813,15 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError("must be a positive number of seconds")
     return value
+
+
+def _size(text: str) -> int:
+    from rctlpolicy.config import ConfigError, parse_size
+
+    try:
+        return parse_size(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

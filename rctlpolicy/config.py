@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rctlpolicy import yamlload
+from rctlpolicy.amounts import AmountError, expand_number
 
 DEFAULT_CONFIG_PATH = Path("/usr/local/etc/rctlpolicy.yaml")
 DEFAULT_RULES_DIR = Path("/usr/local/etc/rctlpolicy/rules")
@@ -23,6 +24,8 @@ DEFAULT_LISTEN_ADDRESS = "127.0.0.1:10217"
 DEFAULT_DEVD_SOCKET = Path("/var/run/devd.seqpacket.pipe")
 DEFAULT_SYSLOG_SOCKET = "/var/run/log"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: The largest policy file read (`max-policy-file-size`): real policies are kilobytes.
+DEFAULT_MAX_POLICY_FILE_SIZE = 16 * 1024 * 1024
 
 
 class ConfigError(Exception):
@@ -49,8 +52,12 @@ class DaemonConfig:
     state_dir: Path | None = None
     #: How often the jail list is compared with the last one (jail patterns, episodes).
     jail_poll_interval: float = 5.0
-    #: How long the rules directory must be quiet before a reload.
+    #: How long the rules directory must be quiet before it is looked at after a change.
     reload_debounce: float = 0.3
+    #: How long every policy file must stay unchanged before a changed policy is applied.
+    reload_settle: float = 2.0
+    #: Policy files larger than this (bytes) are refused before they are read.
+    max_policy_file_size: int = DEFAULT_MAX_POLICY_FILE_SIZE
     #: Bound on how long running actions may finish at shutdown.
     shutdown_timeout: float = 10.0
 
@@ -73,6 +80,8 @@ FILE_KEYS: dict[str, str] = {
     "state-dir": "state_dir",
     "jail-poll-interval": "jail_poll_interval",
     "reload-debounce": "reload_debounce",
+    "reload-settle": "reload_settle",
+    "max-policy-file-size": "max_policy_file_size",
     "shutdown-timeout": "shutdown_timeout",
 }
 _PATH_FIELDS = {
@@ -85,7 +94,8 @@ _PATH_FIELDS = {
     "state_dir",
 }
 _BOOL_FIELDS = {"syslog", "flush_on_exit"}
-_FLOAT_FIELDS = {"jail_poll_interval", "reload_debounce", "shutdown_timeout"}
+_FLOAT_FIELDS = {"jail_poll_interval", "reload_debounce", "reload_settle", "shutdown_timeout"}
+_SIZE_FIELDS = {"max_policy_file_size"}
 
 
 def _coerce(field_name: str, value: Any, where: str) -> Any:
@@ -93,6 +103,10 @@ def _coerce(field_name: str, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: must be true or false")
         return value
+    if field_name in _SIZE_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ConfigError(f"{where}: must be a size in bytes (such as 16m or 65536)")
+        return parse_size(str(value), where)
     if field_name in _FLOAT_FIELDS:
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"{where}: must be a positive number of seconds")
@@ -102,6 +116,17 @@ def _coerce(field_name: str, value: Any, where: str) -> Any:
     if field_name in _PATH_FIELDS:
         return Path(value)
     return value
+
+
+def parse_size(text: str, where: str = "max-policy-file-size") -> int:
+    """A size in bytes as FreeBSD's tools read one (`16m`, `512k`, `1048576`); positive."""
+    try:
+        size = expand_number(text.strip()).value
+    except AmountError:
+        size = 0
+    if size <= 0:
+        raise ConfigError(f"{where}: '{text}' is not a size in bytes (such as 16m or 65536)")
+    return size
 
 
 def validate(config: DaemonConfig) -> DaemonConfig:

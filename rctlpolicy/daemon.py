@@ -2,15 +2,16 @@
 serve metrics.
 
 Threads and what they own (each loop a small thread class that stops on a sentinel):
-- the main thread: signals (through a self-pipe, so a handler never takes a lock), reloads and
-  reconciles, one at a time, in `run()`;
+- the main thread: signals (through a self-pipe, so a handler never takes a lock), in `run()`;
+- the reload thread (`rctlpolicy.reload.Reloader`): loads the policy (in a child process) once
+  it has settled, applies it, and reconciles, one at a time;
 - the devd reader (`DevdClient`): only reads the socket and queues lines, so devd never waits;
 - the dispatcher (`QueueLoop`): parses queued lines, finds the policy rule, hands it to the
   action engine (which runs commands on its own workers), and resynchronises after each
   (re)connect;
 - the jail watcher (`PeriodicLoop`): notices jails starting and stopping (jail patterns),
   retries a failed apply and ends episodes;
-- watchdog's observer, debounced into reload requests (`rctlpolicy.watcher`);
+- watchdog's observer (`rctlpolicy.watcher`), whose events go to the reload thread;
 - the metrics server's accept thread and connection workers.
 Nothing that goes wrong after start-up stops the daemon: it is logged and counted.
 
@@ -66,14 +67,21 @@ from rctlpolicy.exporter import (
     renderer,
     write_textfile,
 )
-from rctlpolicy.formats import format_text
+from rctlpolicy.formats import render
 from rctlpolicy.kernel.base import Kernel, KernelError
 from rctlpolicy.loops import PeriodicLoop, QueueLoop, Wakeup
 from rctlpolicy.model import HOST_JAIL, Action, Filter, Rule, Severity, SubjectType
-from rctlpolicy.policy_model import OnMatch, Policy, PolicyRule
-from rctlpolicy.policyload import LoadedRules, expand, load_rules, save_in_progress
-from rctlpolicy.semantics.resolver import Resolver
-from rctlpolicy.watcher import ReloadDebouncer, RulesWatcher
+from rctlpolicy.policy_model import OnMatch, PolicyRule
+from rctlpolicy.policyload import (
+    LOG_DIAGNOSTICS_PER_FILE,
+    LOG_SOURCE_CHARS,
+    LoadedRules,
+    PolicyLoad,
+    expand,
+    for_the_log,
+)
+from rctlpolicy.reload import PolicyLoader, Reloader
+from rctlpolicy.watcher import RulesWatcher
 
 log = logging.getLogger("rctlpolicy")
 
@@ -81,9 +89,20 @@ log = logging.getLogger("rctlpolicy")
 class StartupError(Exception):
     """The daemon cannot start; the message (and diagnostics) say why."""
 
-    def __init__(self, message: str, diagnostics: Iterable[Diagnostic] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        diagnostics: Iterable[Diagnostic] = (),
+        private: frozenset[str] = frozenset(),
+    ) -> None:
         super().__init__(message)
         self.diagnostics = tuple(diagnostics)
+        #: Files whose content must not be quoted (see `policyload.for_the_log`).
+        self.private = private
+
+
+class StoppedDuringStartup(Exception):
+    """SIGTERM or SIGINT came while the daemon was starting: nothing was changed."""
 
 
 # --- events -> policy rules ------------------------------------------------------------------
@@ -163,7 +182,6 @@ class _Episode(enum.Enum):
 #: Requests to the main loop, one byte each on its wakeup pipe.
 _RELOAD = b"H"
 _STOP = b"T"
-_RECONCILE = b"J"
 
 
 class Daemon:
@@ -177,7 +195,7 @@ class Daemon:
         self,
         config: DaemonConfig,
         kernel: Kernel,
-        resolver: Resolver,
+        loader: PolicyLoader,
         state_dir: Path,
         *,
         clock: Clock | None = None,
@@ -187,7 +205,7 @@ class Daemon:
     ) -> None:
         self.config = config
         self.kernel = kernel
-        self.resolver = resolver
+        self.loader = loader
         self.clock = clock or SystemClock()
         self.stats = DaemonStats()
         self.applied = AppliedRules.in_dir(state_dir)
@@ -202,7 +220,6 @@ class Daemon:
         self._install_failed = False
         self._retry_delay = 0.0
         self._retry_at = 0.0
-        self._reconcile_reason = "jails started or stopped"
         self._jails_error: str | None = None
         self._control = Wakeup()
         self._stopping = threading.Event()
@@ -224,12 +241,15 @@ class Daemon:
         self.devd: DevdClient | None = None
         self._devd_paths = devd_paths
         self._watcher: RulesWatcher | None = None
-        self._debouncer = ReloadDebouncer(
-            config.reload_debounce, lambda: self._control.post(_RELOAD)
+        self._reloader = Reloader(
+            self,
+            loader,
+            config.rules_dir,
+            self.clock,
+            settle=config.reload_settle,
+            debounce=config.reload_debounce,
+            max_file_bytes=config.max_policy_file_size,
         )
-        # How long a save that looks half-way through may hold a reload back.
-        self._settle_limit = max(2.0, 10 * config.reload_debounce)
-        self._deferred_since: float | None = None
         self._previous_handlers: dict[int, Any] = {}
         self._previous_wakeup_fd = -1
 
@@ -259,30 +279,33 @@ class Daemon:
 
     def start(self) -> None:
         """Load and apply the policy, then start every loop. Raises StartupError (and OSError
-        when the metrics address cannot be bound)."""
+        when the metrics address cannot be bound), StoppedDuringStartup on SIGTERM."""
         # Watch first: an edit made while we start must still lead to a reload.
         try:
-            self._watcher = RulesWatcher(self.config.rules_dir, self._debouncer.poke)
+            self._watcher = RulesWatcher(self.config.rules_dir, self._reloader.changed)
             self._watcher.start()
         except OSError as error:
             log.error("cannot watch %s (%s); reload with SIGHUP", self.config.rules_dir, error)
             self._watcher = None
-        load = load_rules(self.config.rules_dir, self.resolver)
+        load = self.loader.load(self.config.rules_dir, self._control, _STOP)
+        if load is None:
+            raise StoppedDuringStartup()
         if load.policy is None:
             raise StartupError(
-                f"the policy in {self.config.rules_dir} has errors", load.diagnostics
+                f"the policy in {self.config.rules_dir} has errors", load.diagnostics, load.private
             )
-        self._log_diagnostics(load.diagnostics)
+        self._log_diagnostics(load)
         status = self.kernel.racct_status()
         self.stats.racct_enabled = status.enabled
         if not status.enabled:
             log.error("RACCT/RCTL is not usable: %s", status.reason)
-        ok = self._install(load.policy, self._jail_names(), load.file_sizes)
+        ok = self._apply(self.prepare(load))
         self.stats.reloaded(ok, self._rule_count(), self.clock.time())
         self._start_web()
         self._start_devd()
         self._dispatcher.start()
         self._jail_watcher.start()
+        self._reloader.start_from(load)
         self._started = True
         self._write_textfile()
         log.info(
@@ -343,7 +366,7 @@ class Daemon:
         scheme = "https" if self.web.tls_enabled else "http"
         return f"{scheme}://{host}:{self.metrics_port}{self.config.telemetry_path}"
 
-    # --- the main loop -------------------------------------------------------------------
+    # --- the main loop: signals ---------------------------------------------------------
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT (or `request_stop`); returns the exit status (0)."""
@@ -351,13 +374,8 @@ class Daemon:
             requests = self._control.wait()
             if _STOP in requests:
                 break
-            try:
-                if _RELOAD in requests:
-                    self.reload("signal or file change")
-                elif _RECONCILE in requests:
-                    self.reconcile(self._reconcile_reason)
-            except Exception:  # a reload that breaks must not take the daemon down
-                log.exception("error while reloading")
+            if _RELOAD in requests:
+                self._reloader.reload_now()
         self.shutdown()
         return 0
 
@@ -366,48 +384,52 @@ class Daemon:
         self._control.post(_STOP)
 
     def request_reload(self) -> None:
-        """Ask the main loop to reload, from any thread (as SIGHUP does)."""
+        """Ask for a reload now, from any thread (as SIGHUP does)."""
         self._control.post(_RELOAD)
 
-    def reload(self, reason: str) -> bool | None:
-        """Re-read the policy; an invalid one changes nothing in the kernel.
+    # --- the reload thread's side (rctlpolicy.reload.ReloadTarget) -------------------------
 
-        Returns whether the new policy is in force, or None when the reload was put off
-        because an editor looks half-way through a save (it is retried shortly).
-        """
-        previous = self._loaded.file_sizes if self._loaded is not None else {}
-        unfinished = save_in_progress(previous)
-        if unfinished is not None:
-            now = self.clock.monotonic()
-            if self._deferred_since is None:
-                self._deferred_since = now
-            if now - self._deferred_since < self._settle_limit:
-                log.info(
-                    "reload (%s) put off: %s; waiting for the save to finish", reason, unfinished
-                )
-                self._debouncer.poke()
-                return None
-            log.warning("%s for %.0f s; reloading anyway", unfinished, now - self._deferred_since)
-        self._deferred_since = None
-        self._reload_web_config()
-        load = load_rules(self.config.rules_dir, self.resolver)
-        if load.policy is None:
-            log.error(
-                "reload (%s) rejected: the policy has errors; the rules in force are kept", reason
-            )
-            self._log_diagnostics(load.diagnostics, logging.ERROR)
-            self.stats.reloaded(False)
-            self._write_textfile()
-            return False
-        self._log_diagnostics(load.diagnostics)
-        ok = self._install(load.policy, self._jail_names(), load.file_sizes)
+    def loaded_sizes(self) -> Mapping[str, int]:
+        """Bytes of each file of the policy in force."""
+        return self._loaded.file_sizes if self._loaded is not None else {}
+
+    def rules_in_force(self) -> tuple[Rule, ...]:
+        """The rules the policy in force keeps in the kernel."""
+        return tuple(r.rule for r in self._loaded.expanded) if self._loaded is not None else ()
+
+    def prepare(self, load: PolicyLoad) -> LoadedRules:
+        """A valid load's rules, expanded for the jails that run now."""
+        assert load.policy is not None
+        return expand(load.policy, self._jail_names(), load.file_sizes)
+
+    def install(self, load: PolicyLoad, prepared: LoadedRules, reason: str) -> None:
+        """Apply a new policy (its rules expanded by `prepare`)."""
+        self._log_diagnostics(load)
+        ok = self._apply(prepared)
         self.stats.reloaded(ok, self._rule_count(), self.clock.time())
         if ok:
             log.info("policy reloaded (%s): %d rules", reason, self._rule_count())
         else:
             log.error("policy reloaded (%s), but the kernel refused part of it", reason)
         self._write_textfile()
-        return ok
+
+    def reject(self, load: PolicyLoad, reason: str) -> None:
+        """An invalid policy changes nothing in the kernel: say why."""
+        log.error(
+            "reload (%s) rejected: the policy has errors; the rules in force are kept", reason
+        )
+        self._log_diagnostics(load, logging.ERROR)
+        self.stats.reloaded(False)
+        self._write_textfile()
+
+    def reload_pending(self, pending: bool) -> None:
+        """Show whether a change to the policy waits to be applied."""
+        with self.stats.lock:
+            self.stats.reload_pending = pending
+
+    def reload_web_config(self) -> None:
+        """Read the web config again (with every reload of the policy)."""
+        self._reload_web_config()
 
     def _reload_web_config(self) -> None:
         if self.web is None or self.config.web_config_file is None:
@@ -425,18 +447,16 @@ class Daemon:
         if loaded is None:
             return
         failing = self._install_failed
-        if self._install(loaded.policy, self._jail_names(), loaded.file_sizes) and failing:
+        again = expand(loaded.policy, self._jail_names(), loaded.file_sizes)
+        if self._apply(again) and failing:
             self.stats.reloaded(True, self._rule_count(), self.clock.time())
         with self.stats.lock:
             self.stats.rules = self._rule_count()
         log.info("rules reconciled (%s)", reason)
         self._write_textfile()
 
-    def _install(
-        self, policy: Policy, jail_names: Iterable[str], file_sizes: Mapping[str, int]
-    ) -> bool:
-        """Make the kernel hold the policy's rules; False when the kernel refused some."""
-        loaded = expand(policy, jail_names, file_sizes)
+    def _apply(self, loaded: LoadedRules) -> bool:
+        """Make the kernel hold these rules; False when the kernel refused some."""
         ok = False
         try:
             report = apply_rules(self.kernel, [r.rule for r in loaded.expanded], self.applied)
@@ -634,18 +654,19 @@ class Daemon:
 
     def _watch_jails(self) -> None:
         """One tick of the jail watcher: reconcile when jails came or went (or the last apply
-        failed and its retry is due), end finished episodes, refresh the textfile."""
+        failed and its retry is due), watch the rules directory again if it was replaced, end
+        finished episodes, refresh the textfile."""
         loaded = self._loaded
         if loaded is not None:
             if self._install_failed and self.clock.monotonic() >= self._retry_at:
-                self._reconcile_reason = "retrying the apply that failed"
-                self._control.post(_RECONCILE)
+                self._reloader.reconcile("retrying the apply that failed")
             elif (
                 any(r.jail_pattern for r in loaded.policy.rules)
                 and self._jail_names() != loaded.jail_names
             ):
-                self._reconcile_reason = "jails started or stopped"
-                self._control.post(_RECONCILE)
+                self._reloader.reconcile("jails started or stopped")
+        if self._watcher is not None:
+            self._watcher.check()
         self._end_finished_episodes()
         self.stats.exhausted = frozenset(self.engine.exhausted())
         self._write_textfile()
@@ -673,9 +694,13 @@ class Daemon:
             return
         self._stopping.set()
         log.info("stopping")
-        self._debouncer.close()
         if self._watcher is not None:
             self._watcher.stop()
+        if self._reloader.is_alive():
+            # A load in progress is abandoned at once; an apply under way is let finish for a
+            # moment (an apply cut short converges on the next start, see rctlpolicy.apply).
+            self._reloader.stop()
+            self._reloader.join(1.0)
         if self.devd is not None:
             self.devd.stop()
         self.engine.shutdown(self.config.shutdown_timeout)
@@ -696,8 +721,9 @@ class Daemon:
         log.info("stopped")
 
     def close(self) -> None:
-        """Release the wakeup pipe; call after restore_signal_handlers()."""
+        """Release the wakeup pipes; call after restore_signal_handlers()."""
         self._control.close()
+        self._reloader.close()
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -711,14 +737,19 @@ class Daemon:
                 log.error("cannot write %s: %s", self.config.output_file, error)
 
     @staticmethod
-    def _log_diagnostics(diagnostics: Iterable[Diagnostic], level: int = logging.WARNING) -> None:
-        shown = [d for d in diagnostics if d.severity is not Severity.INFO]
-        if not shown:
+    def _log_diagnostics(load: PolicyLoad, level: int = logging.WARNING) -> None:
+        found = [d for d in load.diagnostics if d.severity is not Severity.INFO]
+        if not found:
             return
-        if not any(d.severity is Severity.ERROR for d in shown):
+        if not any(d.severity is Severity.ERROR for d in found):
             level = logging.WARNING
-        for line in format_text(shown).splitlines():
-            log.log(level, "%s", line)
+        for chunk in render(
+            for_the_log(found, load.private),
+            per_file=LOG_DIAGNOSTICS_PER_FILE,
+            source_width=LOG_SOURCE_CHARS,
+        ):
+            for line in chunk.splitlines():
+                log.log(level, "%s", line)
 
 
 def _landing_page(path: str) -> bytes:

@@ -64,6 +64,7 @@ class DaemonStats:
     last_reload_ok: bool = False
     last_reload_success: float = 0.0
     rules: int = 0
+    reload_pending: bool = False
     devd_connected: bool = False
     devd_reconnects: int = 0
     events: Counter[str] = field(default_factory=Counter)
@@ -227,6 +228,7 @@ class DaemonCollector(Collector):
                     s.last_reload_success,
                 ),
                 (names.RCTLPOLICY_RULES, s.rules),
+                (names.RCTLPOLICY_CONFIG_RELOAD_PENDING, int(s.reload_pending)),
                 (names.RCTLPOLICY_DEVD_CONNECTED, int(s.devd_connected)),
             )
             for name, value in gauges:

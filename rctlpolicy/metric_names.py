@@ -126,6 +126,7 @@ RCTLPOLICY_CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS = (
     "rctlpolicy_config_last_reload_success_timestamp_seconds"
 )
 RCTLPOLICY_RULES = "rctlpolicy_rules"
+RCTLPOLICY_CONFIG_RELOAD_PENDING = "rctlpolicy_config_reload_pending"
 RCTLPOLICY_DEVD_CONNECTED = "rctlpolicy_devd_connected"
 RCTLPOLICY_DEVD_RECONNECTS_TOTAL = "rctlpolicy_devd_reconnects_total"
 RCTLPOLICY_EVENTS_TOTAL = "rctlpolicy_events_total"
@@ -310,6 +311,12 @@ def _specs() -> tuple[MetricSpec, ...]:
             "Unix time of the last successful configuration (re)load.",
         ),
         MetricSpec(RCTLPOLICY_RULES, _G, "Number of RCTL rules the policy keeps in force."),
+        MetricSpec(
+            RCTLPOLICY_CONFIG_RELOAD_PENDING,
+            _G,
+            "1 while a change to the policy waits to be applied: settling, still being written, "
+            "or held back because it would remove most rules.",
+        ),
         MetricSpec(
             RCTLPOLICY_DEVD_CONNECTED, _G, "1 while the daemon is connected to devd's socket."
         ),

@@ -16,11 +16,13 @@ import sys
 from pathlib import Path
 
 from rctlpolicy.config import DaemonConfig
-from rctlpolicy.daemon import Daemon, StartupError
+from rctlpolicy.daemon import Daemon, StartupError, StoppedDuringStartup
 from rctlpolicy.diagnostics import Diagnostic
-from rctlpolicy.formats import format_text
+from rctlpolicy.formats import render
 from rctlpolicy.kernel import KernelSetup, KernelSetupError, open_kernel
+from rctlpolicy.loadworker import ChildLoader
 from rctlpolicy.model import Severity
+from rctlpolicy.policyload import LOG_DIAGNOSTICS_PER_FILE, LOG_SOURCE_CHARS, for_the_log
 from rctlpolicy.safeio import PUBLIC_MODE, make_directory, read_bytes, write_atomic
 
 log = logging.getLogger("rctlpolicy")
@@ -29,10 +31,27 @@ log = logging.getLogger("rctlpolicy")
 # --- the process: logging and the pidfile -----------------------------------------------------
 
 
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as an escape (`\\n`, `\\x1b`, `\\u2028`):
+    whatever a logged value holds (an event's field, a file's line), it never starts a line of
+    its own, forges one, or drives a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class OneLineFormatter(logging.Formatter):
+    """Every record is exactly one line, whoever logged it and whatever its values held (a
+    traceback too: its line breaks are escaped like any others)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().format(record))
+
+
 class _SysLogHandler(logging.handlers.SysLogHandler):
     def handleError(self, record: logging.LogRecord) -> None:
         # syslogd restarting must not lose the message or raise: stderr catches it.
-        sys.stderr.write(f"rctlpolicy: {record.getMessage()}\n")
+        sys.stderr.write(f"rctlpolicy: {self.format(record)}\n")
 
 
 def setup_logging(config: DaemonConfig) -> None:
@@ -48,11 +67,11 @@ def setup_logging(config: DaemonConfig) -> None:
             address=config.syslog_socket, facility=logging.handlers.SysLogHandler.LOG_DAEMON
         )
         handler.ident = f"rctlpolicy[{os.getpid()}]: "
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(OneLineFormatter("%(message)s"))
     else:
         handler = logging.StreamHandler()
         handler.setFormatter(
-            logging.Formatter("%(asctime)s rctlpolicy[%(process)d] %(levelname)s: %(message)s")
+            OneLineFormatter("%(asctime)s rctlpolicy[%(process)d] %(levelname)s: %(message)s")
         )
     root.addHandler(handler)
     logging.raiseExceptions = False
@@ -80,8 +99,11 @@ def remove_pidfile(path: Path) -> None:
 # --- the daemon -------------------------------------------------------------------------------
 
 
-def _problems(diagnostics: tuple[Diagnostic, ...]) -> str:
-    return format_text([d for d in diagnostics if d.severity is not Severity.INFO])
+def _problems(diagnostics: tuple[Diagnostic, ...], private: frozenset[str] = frozenset()) -> str:
+    """The diagnostics as the log may show them (`policyload.for_the_log`): capped, and
+    nothing quoted from a file others cannot read."""
+    shown = for_the_log([d for d in diagnostics if d.severity is not Severity.INFO], private)
+    return "".join(render(shown, per_file=LOG_DIAGNOSTICS_PER_FILE, source_width=LOG_SOURCE_CHARS))
 
 
 def run_daemon(config: DaemonConfig) -> int:
@@ -110,7 +132,8 @@ def run_daemon(config: DaemonConfig) -> int:
             return 1
         devd_paths = (sim_devd.server.seqpacket_path, sim_devd.server.stream_path)
         log.info("simulated devd serving %s", sim_devd.server.seqpacket_path)
-    daemon = Daemon(config, setup.kernel, setup.resolver, state_dir, devd_paths=devd_paths)
+    loader = ChildLoader(config.kernel, setup.sim_host, config.max_policy_file_size)
+    daemon = Daemon(config, setup.kernel, loader, state_dir, devd_paths=devd_paths)
     daemon.install_signal_handlers()
     try:
         if config.pidfile is not None:
@@ -118,8 +141,12 @@ def run_daemon(config: DaemonConfig) -> int:
             write_pidfile(config.pidfile)
         try:
             daemon.start()
+        except StoppedDuringStartup:
+            log.info("stopped while starting; nothing was changed")
+            daemon.shutdown()
+            return 0
         except StartupError as error:
-            sys.stderr.write(_problems(error.diagnostics))
+            sys.stderr.write(_problems(error.diagnostics, error.private))
             print(f"rctlpolicy daemon: cannot start: {error}", file=sys.stderr)
             daemon.shutdown()
             return 1
@@ -173,7 +200,7 @@ def handle_event(
         return 1
     load = load_rules(config.rules_dir, setup.resolver)
     if load.policy is None:
-        sys.stderr.write(_problems(load.diagnostics))
+        sys.stderr.write(_problems(load.diagnostics, load.private))
         print("rctlpolicy handle: the policy has errors; not acting", file=sys.stderr)
         return 1
     fields = [("rule", rule_text), ("pid", _optional(pid)), ("ruid", _optional(ruid)),

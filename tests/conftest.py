@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from daemon_helpers import Env, short_tempdir
 
 from rctlpolicy.kernel.host import default_host_path
 
@@ -54,3 +55,15 @@ def sockdir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="rp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    """A daemon test's world (`daemon_helpers.Env`): a simulated host, a rules directory, a
+    devd double on a short socket path; its daemons are killed at the end."""
+    with short_tempdir() as socket_dir:
+        world = Env(tmp_path, socket_dir)
+        try:
+            yield world
+        finally:
+            world.close()

@@ -1,4 +1,5 @@
-"""Running the real daemon in tests: a subprocess, its log, its metrics, a simulated host.
+"""Running the real daemon in tests: a subprocess, its log, its metrics, a simulated host, and
+`Env`, one test's world of them.
 
 Everything here waits on a deadline (a condition variable for the log, polling for files and
 scrapes), never on a fixed sleep. Used by test_daemon.py, test_handle.py and bench/daemon.py.
@@ -11,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,8 @@ from typing import IO, Any, TypeVar
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from rctlpolicy.devd import format_rctl_event
+from rctlpolicy.devdserver import DevdServer
 from rctlpolicy.kernel.host import default_host_path
 
 PYTHON = sys.executable
@@ -321,7 +325,101 @@ class DaemonProcess:
         self.proc.stdout.close()
 
 
+class FakeSyslogd:
+    """The SOCK_DGRAM socket FreeBSD's syslogd has at /var/run/log, bound in a test directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(str(path))
+        self.socket.settimeout(10)
+
+    def receive_until(self, needle: bytes, timeout: float = 15.0) -> bytes:
+        """The first datagram that contains `needle` (the ones before it are dropped)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            datagram: bytes = self.socket.recv(8192)
+            if needle in datagram:
+                return datagram
+        raise AssertionError(f"no syslog message with {needle!r}")
+
+    def close(self) -> None:
+        self.socket.close()
+
+
 def write_config(path: Path, settings: Mapping[str, object]) -> Path:
     """A daemon config file (keys spelt as the flags, without the dashes)."""
     path.write_text(yaml.safe_dump(dict(settings)))
     return path
+
+
+# --- one test's world ---------------------------------------------------------------------------
+
+#: Short intervals, so a test waits for its daemon as little as it can.
+FAST = {
+    "jail-poll-interval": 0.2,
+    "reload-debounce": 0.1,
+    "reload-settle": 0.3,
+    "shutdown-timeout": 5,
+}
+
+
+class Env:
+    """One test's world: a simulated host, a rules directory, a devd double, daemons."""
+
+    def __init__(self, root: Path, socket_dir: Path) -> None:
+        self.root = root
+        self.host = SimHost(root / "host.yaml")
+        self.rules_dir = root / "rules"
+        self.rules_dir.mkdir()
+        self.out = root / "out"
+        self.out.mkdir()
+        self.state = root / "state"
+        self.server = DevdServer(socket_dir)
+        self.daemons: list[DaemonProcess] = []
+
+    def policy(self, name: str, rules: Sequence[dict[str, Any] | str]) -> Path:
+        """A YAML policy file: each rule is a rule text or a mapping (rule, on_match...)."""
+        entries = [{"rule": r} if isinstance(r, str) else r for r in rules]
+        path = self.rules_dir / name
+        path.write_text(yaml.safe_dump({"rules": entries}, sort_keys=False))
+        return path
+
+    def start(
+        self,
+        *extra: str,
+        config: dict[str, Any] | None = None,
+        devd: bool = True,
+        wait: bool = True,
+    ) -> DaemonProcess:
+        """Start the daemon; with `devd`, on the devd double (started here if need be)."""
+        config_path = write_config(self.root / "rctlpolicy.yaml", {**FAST, **(config or {})})
+        args = [
+            "--config", str(config_path),
+            "--kernel", "sim",
+            "--sim-host", str(self.host.path),
+            "--rules-dir", str(self.rules_dir),
+            "--state-dir", str(self.state),
+            "--web.listen-address", "127.0.0.1:0",
+        ]  # fmt: skip
+        if devd:
+            if not self.server.running:
+                self.server.start()
+            args += ["--devd-socket", str(self.server.seqpacket_path)]
+        daemon = DaemonProcess([*args, *extra])
+        self.daemons.append(daemon)
+        if wait:
+            daemon.wait_started()
+            if devd:
+                assert self.server.wait_for_clients(1, 10)
+                daemon.wait_connected()
+        return daemon
+
+    def send(self, rule: str, pid: int = 4242, ruid: int = 770, jail: str = "db1") -> None:
+        """One RCTL event, as the kernel writes it, to every devd client."""
+        assert self.server.send(format_rctl_event(rule, pid, ruid, jail)) == 1
+
+    def close(self) -> None:
+        for daemon in self.daemons:
+            daemon.close()
+        self.server.stop()

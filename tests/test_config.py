@@ -44,6 +44,8 @@ output.file-path: /var/tmp/rp.prom
 state-dir: /var/db/rp
 jail-poll-interval: 2
 reload-debounce: 0.5
+reload-settle: 4
+max-policy-file-size: 1m
 shutdown-timeout: 3
 """,
     )
@@ -67,6 +69,8 @@ shutdown-timeout: 3
         state_dir=Path("/var/db/rp"),
         jail_poll_interval=2.0,
         reload_debounce=0.5,
+        reload_settle=4.0,
+        max_policy_file_size=1024 * 1024,
         shutdown_timeout=3.0,
     )
 
@@ -82,6 +86,10 @@ shutdown-timeout: 3
         ("shutdown-timeout: true\n", "must be a positive number of seconds"),
         ("rules-dir: ''\n", "rules-dir: must be a non-empty string"),
         ("web.listen-address: 10217\n", "must be a non-empty string"),
+        ("reload-settle: -1\n", "must be a positive number of seconds"),
+        ("max-policy-file-size: 16MiB\n", "'16MiB' is not a size in bytes (such as 16m"),
+        ("max-policy-file-size: 0\n", "is not a size in bytes"),
+        ("max-policy-file-size: [1]\n", "must be a size in bytes"),
         ("- a list\n", "the configuration is a mapping of settings"),
         ("key: [unclosed\n", "YAML error"),
     ],
@@ -101,6 +109,17 @@ def test_a_setting_given_twice_is_an_error_not_the_last_one(tmp_path: Path) -> N
     message = str(caught.value)
     assert str(path) in message
     assert "line 3" in message and "'rules-dir' is given twice (first on line 1)" in message
+
+
+def test_the_size_limit_reads_as_freebsds_tools_read_sizes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert load_config_file(config_file(tmp_path, "max-policy-file-size: 65536\n")) == {
+        "max_policy_file_size": 65536
+    }
+    assert build_config({}, {}).max_policy_file_size == 16 * 1024 * 1024
+    assert main(["daemon", "--max-policy-file-size", "lots"]) == 2
+    assert "'lots' is not a size in bytes" in capsys.readouterr().err
 
 
 def test_an_unknown_key_suggests_nothing_when_nothing_is_close(tmp_path: Path) -> None:

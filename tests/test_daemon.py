@@ -13,11 +13,9 @@ import random
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +23,16 @@ import pytest
 import yaml
 from daemon_helpers import (
     PYTHON,
-    DaemonProcess,
-    SimHost,
+    Env,
+    FakeSyslogd,
     action_argv,
     records,
-    short_tempdir,
     wait_for_records,
     wait_until,
-    write_config,
 )
 
 from rctlpolicy.actions import ACTION_PATH
 from rctlpolicy.devd import RCTL_HEADER, format_rctl_event
-from rctlpolicy.devdserver import DevdServer
 
 #: The action's metrics label: the basename of the program it runs.
 ACTION = os.path.basename(PYTHON)
@@ -48,82 +43,9 @@ DB1_MEM = "jail:db1:memoryuse:devctl=4294967296"
 WEB1_PROC = "jail:web1:maxproc:devctl=50"
 FIVE_GIB = 5 * 1024**3
 
-FAST = {"jail-poll-interval": 0.2, "reload-debounce": 0.1, "shutdown-timeout": 5}
-
 
 def on_match(run: list[str], **extra: Any) -> dict[str, Any]:
     return {"run": run, **extra}
-
-
-class Env:
-    """One test's world: a simulated host, a rules directory, a devd double, daemons."""
-
-    def __init__(self, root: Path, socket_dir: Path) -> None:
-        self.root = root
-        self.host = SimHost(root / "host.yaml")
-        self.rules_dir = root / "rules"
-        self.rules_dir.mkdir()
-        self.out = root / "out"
-        self.out.mkdir()
-        self.state = root / "state"
-        self.server = DevdServer(socket_dir)
-        self.daemons: list[DaemonProcess] = []
-
-    def policy(self, name: str, rules: Sequence[dict[str, Any] | str]) -> Path:
-        """A YAML policy file: each rule is a rule text or a mapping (rule, on_match...)."""
-        entries = [{"rule": r} if isinstance(r, str) else r for r in rules]
-        path = self.rules_dir / name
-        path.write_text(yaml.safe_dump({"rules": entries}, sort_keys=False))
-        return path
-
-    def start(
-        self,
-        *extra: str,
-        config: dict[str, Any] | None = None,
-        devd: bool = True,
-        wait: bool = True,
-    ) -> DaemonProcess:
-        """Start the daemon; with `devd`, on the devd double (started here if need be)."""
-        config_path = write_config(self.root / "rctlpolicy.yaml", {**FAST, **(config or {})})
-        args = [
-            "--config", str(config_path),
-            "--kernel", "sim",
-            "--sim-host", str(self.host.path),
-            "--rules-dir", str(self.rules_dir),
-            "--state-dir", str(self.state),
-            "--web.listen-address", "127.0.0.1:0",
-        ]  # fmt: skip
-        if devd:
-            if not self.server.running:
-                self.server.start()
-            args += ["--devd-socket", str(self.server.seqpacket_path)]
-        daemon = DaemonProcess([*args, *extra])
-        self.daemons.append(daemon)
-        if wait:
-            daemon.wait_started()
-            if devd:
-                assert self.server.wait_for_clients(1, 10)
-                daemon.wait_connected()
-        return daemon
-
-    def send(self, rule: str, pid: int = 4242, ruid: int = 770, jail: str = "db1") -> None:
-        """One RCTL event, as the kernel writes it, to every devd client."""
-        assert self.server.send(format_rctl_event(rule, pid, ruid, jail)) == 1
-
-    def close(self) -> None:
-        for daemon in self.daemons:
-            daemon.close()
-        self.server.stop()
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    with short_tempdir() as socket_dir:
-        world = Env(tmp_path, socket_dir)
-        try:
-            yield world
-        finally:
-            world.close()
 
 
 # --- start-up and rules in force -------------------------------------------------------------
@@ -528,7 +450,7 @@ def test_sighup_reloads(env: Env) -> None:
     env.policy("p.yaml", ["jail:db1:maxproc:deny=300"])
     mark = daemon.log.mark
     daemon.send_signal(signal.SIGHUP)
-    daemon.log.wait_for(r"policy reloaded \(signal or file change\): 1 rules", since=mark)
+    daemon.log.wait_for(r"policy reloaded \(SIGHUP\): 1 rules", since=mark)
     assert env.host.rules() == ["jail:db1:maxproc:deny=300"]
     assert daemon.proc.poll() is None
 
@@ -699,22 +621,11 @@ def test_the_exposition_of_a_fixed_host_matches_the_golden_file(env: Env) -> Non
 
 def test_syslog_gets_the_daemons_log_as_freebsd_syslogd_reads_it(env: Env) -> None:
     """A fake syslogd: the SOCK_DGRAM socket FreeBSD has at /var/run/log."""
-    path = env.server.directory / "log"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslogd:
-        syslogd.bind(str(path))
-        syslogd.settimeout(10)
+    syslogd = FakeSyslogd(env.server.directory / "log")
+    try:
         env.policy("p.yaml", ["jail:db1:maxproc:deny=100"])
-        daemon = env.start("--syslog", "--syslog-socket", str(path), wait=False)
-
-        def receive_until(needle: bytes) -> bytes:
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                datagram = syslogd.recv(8192)
-                if needle in datagram:
-                    return datagram
-            raise AssertionError(f"no syslog message with {needle!r}")
-
-        started = receive_until(b"rctlpolicy started")
+        daemon = env.start("--syslog", "--syslog-socket", str(syslogd.path), wait=False)
+        started = syslogd.receive_until(b"rctlpolicy started")
         # daemon.info is <30>; the tag carries the pid; Python ends the datagram with a NUL.
         tag = re.match(rb"<30>rctlpolicy\[(\d+)\]: rctlpolicy started: ", started)
         assert tag is not None, started
@@ -722,9 +633,11 @@ def test_syslog_gets_the_daemons_log_as_freebsd_syslogd_reads_it(env: Env) -> No
         assert started.endswith(b"\x00")
         env.policy("p.yaml", ["jail:db1:maxproc:deny=1x"])
         daemon.send_signal(signal.SIGHUP)
-        rejected = receive_until(b"rejected")
+        rejected = syslogd.receive_until(b"rejected")
         assert rejected.startswith(b"<27>rctlpolicy[")  # daemon.err
         assert daemon.stop() == 0
+    finally:
+        syslogd.close()
     assert env.host.rules() == ["jail:db1:maxproc:deny=100"]
 
 

@@ -53,6 +53,7 @@ EXPECTED_FAMILIES = {
     "rctlpolicy_config_last_reload_successful": "gauge",
     "rctlpolicy_config_last_reload_success_timestamp_seconds": "gauge",
     "rctlpolicy_rules": "gauge",
+    "rctlpolicy_config_reload_pending": "gauge",
     "rctlpolicy_devd_connected": "gauge",
     "rctlpolicy_devd_reconnects_total": "counter",
     "rctlpolicy_events_total": "counter",
