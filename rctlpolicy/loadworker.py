@@ -28,7 +28,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ _LENGTH = struct.Struct(">I")
 #: What the child may say on stderr that the parent keeps (a traceback's last line matters).
 _STDERR_LIMIT = 64 * 1024
 
-#: The fields the rows carry, in order. A dataclass that gains a field fails loudly here
+#: The fields the rows carry, in order. A record that gains a field fails loudly here
 #: (`_check_fields`) instead of losing the field on the way back.
 _FIELDS: dict[type, tuple[str, ...]] = {
     PolicyRule: ("rule", "source", "text", "on_match", "comment", "jail_pattern"),
@@ -63,7 +62,7 @@ _FIELDS: dict[type, tuple[str, ...]] = {
 
 def _check_fields() -> None:
     for cls, names in _FIELDS.items():
-        actual = tuple(f.name for f in fields(cls))
+        actual = tuple(cls._fields)  # type: ignore[attr-defined]
         if actual != names:
             raise RuntimeError(f"loadworker: {cls.__name__} has fields {actual}, not {names}")
 
