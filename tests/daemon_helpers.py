@@ -25,7 +25,7 @@ from typing import IO, Any, TypeVar
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from rctlpolicy.kernel.host import default_host_path
+from rctlpolicy.kernel.hostfile import default_host_path
 
 PYTHON = sys.executable
 REPO = Path(__file__).resolve().parent.parent
