@@ -67,7 +67,7 @@ from rctlpolicy.exporter import (
     write_textfile,
 )
 from rctlpolicy.formats import format_text
-from rctlpolicy.kernel.base import Kernel, KernelError
+from rctlpolicy.kernel.base import Kernel, KernelError, RuleStoreWatch
 from rctlpolicy.loops import PeriodicLoop, QueueLoop, Wakeup
 from rctlpolicy.model import HOST_JAIL, Action, Filter, Rule, Severity, SubjectType
 from rctlpolicy.policy_model import OnMatch, Policy, PolicyRule
@@ -184,9 +184,14 @@ class Daemon:
         runner: Runner | None = None,
         devd_paths: tuple[Path | None, Path | None] | None = None,
         max_parallel_actions: int = 4,
+        rule_store: RuleStoreWatch | None = None,
     ) -> None:
         self.config = config
         self.kernel = kernel
+        # The simulated kernel's rules can be lost while the daemon runs (its state file
+        # removed or damaged): the generation the last apply saw tells when to apply again.
+        self._rule_store = rule_store
+        self._kernel_generation: str | None = None
         self.resolver = resolver
         self.clock = clock or SystemClock()
         self.stats = DaemonStats()
@@ -454,6 +459,7 @@ class Daemon:
             ok = report.ok
         self._loaded = loaded
         self._install_failed = not ok
+        self._kernel_generation = self._current_generation()
         if ok:
             self._retry_delay = 0.0
         else:
@@ -633,11 +639,15 @@ class Daemon:
                     self._episodes.pop(canonical, None)
 
     def _watch_jails(self) -> None:
-        """One tick of the jail watcher: reconcile when jails came or went (or the last apply
-        failed and its retry is due), end finished episodes, refresh the textfile."""
+        """One tick of the jail watcher: reconcile when the kernel lost its rules, when jails
+        came or went (or the last apply failed and its retry is due), end finished episodes,
+        refresh the textfile."""
         loaded = self._loaded
         if loaded is not None:
-            if self._install_failed and self.clock.monotonic() >= self._retry_at:
+            if self._kernel_lost_rules():
+                self._reconcile_reason = "the kernel lost its rules"
+                self._control.post(_RECONCILE)
+            elif self._install_failed and self.clock.monotonic() >= self._retry_at:
                 self._reconcile_reason = "retrying the apply that failed"
                 self._control.post(_RECONCILE)
             elif (
@@ -649,6 +659,37 @@ class Daemon:
         self._end_finished_episodes()
         self.stats.exhausted = frozenset(self.engine.exhausted())
         self._write_textfile()
+
+    def _current_generation(self) -> str | None:
+        if self._rule_store is None:
+            return None
+        try:
+            return self._rule_store.rule_store_status().generation
+        except OSError as error:
+            log.debug("cannot read the kernel's rule store: %s", error)
+            return self._kernel_generation
+
+    def _kernel_lost_rules(self) -> bool:
+        """Whether the rules the last apply put in are gone (said once per loss)."""
+        if self._rule_store is None:
+            return False
+        try:
+            status = self._rule_store.rule_store_status()
+        except OSError as error:
+            log.debug("cannot read the kernel's rule store: %s", error)
+            return False
+        if status.generation == self._kernel_generation:
+            return False
+        self._kernel_generation = status.generation
+        how = f"damaged ({status.damage})" if status.damage else "removed"
+        log.error(
+            "the simulated kernel lost the rules this daemon applied: its state file was %s; "
+            "re-applying the policy",
+            how,
+        )
+        with self.stats.lock:
+            self.stats.kernel_rules_lost += 1
+        return True
 
     def _on_outcome(self, outcome: ActionOutcome) -> None:
         timed = outcome.outcome in (Outcome.OK, Outcome.FAILED, Outcome.TIMEOUT)

@@ -110,7 +110,14 @@ def run_daemon(config: DaemonConfig) -> int:
             return 1
         devd_paths = (sim_devd.server.seqpacket_path, sim_devd.server.stream_path)
         log.info("simulated devd serving %s", sim_devd.server.seqpacket_path)
-    daemon = Daemon(config, setup.kernel, setup.resolver, state_dir, devd_paths=devd_paths)
+    daemon = Daemon(
+        config,
+        setup.kernel,
+        setup.resolver,
+        state_dir,
+        devd_paths=devd_paths,
+        rule_store=setup.rule_store,
+    )
     daemon.install_signal_handlers()
     try:
         if config.pidfile is not None:

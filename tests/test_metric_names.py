@@ -55,6 +55,7 @@ EXPECTED_FAMILIES = {
     "rctlpolicy_rules": "gauge",
     "rctlpolicy_devd_connected": "gauge",
     "rctlpolicy_devd_reconnects_total": "counter",
+    "rctlpolicy_kernel_rules_lost_total": "counter",
     "rctlpolicy_events_total": "counter",
     "rctlpolicy_actions_total": "counter",
     "rctlpolicy_action_duration_seconds": "histogram",
