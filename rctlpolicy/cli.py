@@ -504,12 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="the RCTL interface: FreeBSD's system calls, or the simulated "
             "host (auto: FreeBSD when running on it, the simulator elsewhere)",
         )
-        sub.add_argument(
-            "--sim-host",
-            metavar="FILE",
-            default=os.environ.get("RCTLPOLICY_SIM_HOST"),
-            help="simulated host file (default: $RCTLPOLICY_SIM_HOST, or the bundled example host)",
-        )
+        _sim_host_option(sub)
         sub.add_argument(
             "--format",
             choices=("text", "json"),
@@ -627,12 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: rctlpolicy sim set jail:db1 swapuse=1g memoryuse=3g. "
         "Exit status: 0 changed, 2 unknown subject or resource, bad amount, or I/O error.",
     )
-    sim_set.add_argument(
-        "--sim-host",
-        metavar="FILE",
-        default=os.environ.get("RCTLPOLICY_SIM_HOST"),
-        help="simulated host file (default: $RCTLPOLICY_SIM_HOST, or the bundled example host)",
-    )
+    _sim_host_option(sim_set)
     sim_set.add_argument(
         "subject",
         metavar="SUBJECT",
@@ -665,6 +655,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim_devd.set_defaults(handler=_cmd_sim_devd)
     return parser
+
+
+def _sim_host_option(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--sim-host",
+        metavar="FILE",
+        default=os.environ.get("RCTLPOLICY_SIM_HOST"),
+        help="simulated host file (default: $RCTLPOLICY_SIM_HOST, or the bundled example host)",
+    )
 
 
 def _daemon_options(sub: argparse.ArgumentParser) -> None:
