@@ -12,15 +12,14 @@ that another tool adds before the next apply, is taken for ours.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from rctlpolicy.kernel.base import Kernel, KernelError
 from rctlpolicy.model import EVERYTHING, Rule
 from rctlpolicy.plan import Plan, make_plan
-from rctlpolicy.semantics.resolver import Resolver
 from rctlpolicy.statefile import JsonStateFile
 
 log = logging.getLogger("rctlpolicy.apply")
@@ -166,50 +165,3 @@ def _owned_after(owned: set[str], current: set[str], report: ApplyReport) -> set
     kept -= {rule.canonical for rule in report.removed}
     kept -= {old.canonical for old, _ in report.replaced}
     return kept
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyResolver:
-    """The host's look-ups for checking a policy that is about to be applied, except that
-    whether a process exists is left to the kernel.
-
-    A process can exit between `plan` and `apply` (or while the daemon runs): its rule is then
-    one refusal the apply reports with the kernel's reason (ESRCH), the rest still applied,
-    not a policy so invalid that nothing may change.
-
-    Each name is looked up once per policy check: the policy is checked against one view of
-    the host, and a host that answers by reading a file (the simulated one) is read once per
-    name, not once per rule.
-    """
-
-    host: Resolver
-    _ids: dict[tuple[str, str], int | None] = field(default_factory=dict)
-    _known: dict[tuple[str, str], bool | None] = field(default_factory=dict)
-
-    @property
-    def checks_names(self) -> bool:
-        return self.host.checks_names
-
-    def uid_of(self, name: str) -> int | None:
-        return _once(self._ids, ("user", name), self.host.uid_of)
-
-    def gid_of(self, name: str) -> int | None:
-        return _once(self._ids, ("group", name), self.host.gid_of)
-
-    def process_exists(self, pid: int) -> bool | None:
-        return None
-
-    def jail_exists(self, name: str) -> bool | None:
-        return _once(self._known, ("jail", name), self.host.jail_exists)
-
-    def loginclass_exists(self, name: str) -> bool | None:
-        return _once(self._known, ("loginclass", name), self.host.loginclass_exists)
-
-
-_V = TypeVar("_V")
-
-
-def _once(answers: dict[tuple[str, str], _V], key: tuple[str, str], ask: Callable[[str], _V]) -> _V:
-    if key not in answers:
-        answers[key] = ask(key[1])
-    return answers[key]

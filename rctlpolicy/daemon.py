@@ -68,7 +68,7 @@ from rctlpolicy.exporter import (
     write_textfile,
 )
 from rctlpolicy.formats import render
-from rctlpolicy.kernel.base import Kernel, KernelError
+from rctlpolicy.kernel.base import Kernel, KernelError, RuleStoreWatch
 from rctlpolicy.loops import PeriodicLoop, QueueLoop, Wakeup
 from rctlpolicy.model import HOST_JAIL, Action, Filter, Rule, Severity, SubjectType
 from rctlpolicy.policy_model import OnMatch, PolicyRule
@@ -202,10 +202,15 @@ class Daemon:
         runner: Runner | None = None,
         devd_paths: tuple[Path | None, Path | None] | None = None,
         max_parallel_actions: int = 4,
+        rule_store: RuleStoreWatch | None = None,
     ) -> None:
         self.config = config
         self.kernel = kernel
         self.loader = loader
+        # The simulated kernel's rules can be lost while the daemon runs (its state file
+        # removed or damaged): the generation the last apply saw tells when to apply again.
+        self._rule_store = rule_store
+        self._kernel_generation: str | None = None
         self.clock = clock or SystemClock()
         self.stats = DaemonStats()
         self.applied = AppliedRules.in_dir(state_dir)
@@ -474,6 +479,7 @@ class Daemon:
             ok = report.ok
         self._loaded = loaded
         self._install_failed = not ok
+        self._kernel_generation = self._current_generation()
         if ok:
             self._retry_delay = 0.0
         else:
@@ -653,12 +659,14 @@ class Daemon:
                     self._episodes.pop(canonical, None)
 
     def _watch_jails(self) -> None:
-        """One tick of the jail watcher: reconcile when jails came or went (or the last apply
-        failed and its retry is due), watch the rules directory again if it was replaced, end
-        finished episodes, refresh the textfile."""
+        """One tick of the jail watcher: reconcile when the kernel lost its rules, when jails
+        came or went (or the last apply failed and its retry is due), watch the rules directory
+        again if it was replaced, end finished episodes, refresh the textfile."""
         loaded = self._loaded
         if loaded is not None:
-            if self._install_failed and self.clock.monotonic() >= self._retry_at:
+            if self._kernel_lost_rules():
+                self._reloader.reconcile("the kernel lost its rules")
+            elif self._install_failed and self.clock.monotonic() >= self._retry_at:
                 self._reloader.reconcile("retrying the apply that failed")
             elif (
                 any(r.jail_pattern for r in loaded.policy.rules)
@@ -670,6 +678,37 @@ class Daemon:
         self._end_finished_episodes()
         self.stats.exhausted = frozenset(self.engine.exhausted())
         self._write_textfile()
+
+    def _current_generation(self) -> str | None:
+        if self._rule_store is None:
+            return None
+        try:
+            return self._rule_store.rule_store_status().generation
+        except OSError as error:
+            log.debug("cannot read the kernel's rule store: %s", error)
+            return self._kernel_generation
+
+    def _kernel_lost_rules(self) -> bool:
+        """Whether the rules the last apply put in are gone (said once per loss)."""
+        if self._rule_store is None:
+            return False
+        try:
+            status = self._rule_store.rule_store_status()
+        except OSError as error:
+            log.debug("cannot read the kernel's rule store: %s", error)
+            return False
+        if status.generation == self._kernel_generation:
+            return False
+        self._kernel_generation = status.generation
+        how = f"damaged ({status.damage})" if status.damage else "removed"
+        log.error(
+            "the simulated kernel lost the rules this daemon applied: its state file was %s; "
+            "re-applying the policy",
+            how,
+        )
+        with self.stats.lock:
+            self.stats.kernel_rules_lost += 1
+        return True
 
     def _on_outcome(self, outcome: ActionOutcome) -> None:
         timed = outcome.outcome in (Outcome.OK, Outcome.FAILED, Outcome.TIMEOUT)

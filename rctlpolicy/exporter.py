@@ -67,6 +67,8 @@ class DaemonStats:
     reload_pending: bool = False
     devd_connected: bool = False
     devd_reconnects: int = 0
+    #: Times the kernel was found without the rules the daemon applied (and they were re-applied).
+    kernel_rules_lost: int = 0
     events: Counter[str] = field(default_factory=Counter)
     actions: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     duration_buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
@@ -237,6 +239,11 @@ class DaemonCollector(Collector):
                 names.RCTLPOLICY_DEVD_RECONNECTS_TOTAL,
                 _help(names.RCTLPOLICY_DEVD_RECONNECTS_TOTAL),
                 value=s.devd_reconnects,
+            )
+            yield CounterMetricFamily(
+                names.RCTLPOLICY_KERNEL_RULES_LOST_TOTAL,
+                _help(names.RCTLPOLICY_KERNEL_RULES_LOST_TOTAL),
+                value=s.kernel_rules_lost,
             )
             events = CounterMetricFamily(
                 names.RCTLPOLICY_EVENTS_TOTAL,

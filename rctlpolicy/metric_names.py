@@ -129,6 +129,7 @@ RCTLPOLICY_RULES = "rctlpolicy_rules"
 RCTLPOLICY_CONFIG_RELOAD_PENDING = "rctlpolicy_config_reload_pending"
 RCTLPOLICY_DEVD_CONNECTED = "rctlpolicy_devd_connected"
 RCTLPOLICY_DEVD_RECONNECTS_TOTAL = "rctlpolicy_devd_reconnects_total"
+RCTLPOLICY_KERNEL_RULES_LOST_TOTAL = "rctlpolicy_kernel_rules_lost_total"
 RCTLPOLICY_EVENTS_TOTAL = "rctlpolicy_events_total"
 RCTLPOLICY_ACTIONS_TOTAL = "rctlpolicy_actions_total"
 RCTLPOLICY_ACTION_DURATION_SECONDS = "rctlpolicy_action_duration_seconds"
@@ -324,6 +325,12 @@ def _specs() -> tuple[MetricSpec, ...]:
             RCTLPOLICY_DEVD_RECONNECTS_TOTAL,
             _C,
             "Connections to devd's socket made after the first one.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_KERNEL_RULES_LOST_TOTAL,
+            _C,
+            "Times the kernel was found without the rules the daemon applied (the simulated "
+            "host's state file removed or damaged); the policy is then applied again.",
         ),
         MetricSpec(
             RCTLPOLICY_EVENTS_TOTAL,

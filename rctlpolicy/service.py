@@ -133,7 +133,14 @@ def run_daemon(config: DaemonConfig) -> int:
         devd_paths = (sim_devd.server.seqpacket_path, sim_devd.server.stream_path)
         log.info("simulated devd serving %s", sim_devd.server.seqpacket_path)
     loader = ChildLoader(config.kernel, setup.sim_host, config.max_policy_file_size)
-    daemon = Daemon(config, setup.kernel, loader, state_dir, devd_paths=devd_paths)
+    daemon = Daemon(
+        config,
+        setup.kernel,
+        loader,
+        state_dir,
+        devd_paths=devd_paths,
+        rule_store=setup.rule_store,
+    )
     daemon.install_signal_handlers()
     try:
         if config.pidfile is not None:

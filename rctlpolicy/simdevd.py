@@ -19,8 +19,8 @@ from types import FrameType
 from rctlpolicy.devd import format_rctl_event
 from rctlpolicy.devdserver import SEQPACKET_NAME, DevdServer
 from rctlpolicy.kernel import KernelSetup
-from rctlpolicy.kernel.host import HostFileError
-from rctlpolicy.kernel.simulator import SimulatedKernel, format_log_line
+from rctlpolicy.kernel.hostfile import HostFileError
+from rctlpolicy.kernel.simulator import SimulatedSyscalls, format_log_line
 
 log = logging.getLogger("rctlpolicy.simdevd")
 
@@ -47,9 +47,9 @@ class SimDevd:
     def __init__(
         self, setup: KernelSetup, directory: Path | None = None, interval: float = 0.5
     ) -> None:
-        if not isinstance(setup.syscalls, SimulatedKernel) or setup.sim_host is None:
+        if setup.simulator is None or setup.sim_host is None:
             raise ValueError("the simulated devd needs the simulated host")
-        self.simulator: SimulatedKernel = setup.syscalls
+        self.simulator: SimulatedSyscalls = setup.simulator
         self._temporary = False
         if directory is None:
             directory, self._temporary = socket_directory(setup.sim_host)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from daemon_helpers import Env, short_tempdir
 
-from rctlpolicy.kernel.host import default_host_path
+from rctlpolicy.kernel.hostfile import default_host_path
 
 #: How long a thread started by a test may take to finish after the test returns.
 THREAD_GRACE_SECONDS = 5.0

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rctlpolicy.devd import format_rctl_event
 from rctlpolicy.devdserver import DevdServer
-from rctlpolicy.kernel.host import default_host_path
+from rctlpolicy.kernel.hostfile import default_host_path
 
 PYTHON = sys.executable
 REPO = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """apply.py over the simulated kernel: ownership, refusals, and convergence after interrupts.
 
-The kernel is the real one off FreeBSD (`FreeBSDKernel` over `SimulatedKernel`); wrappers
+The kernel is the real one off FreeBSD (`FreeBSDKernel` over `SimulatedSyscalls`); wrappers
 around it refuse a rule or interrupt the apply at a chosen call, so every failure path runs
 against the same rules engine as `rctlpolicy apply`.
 """
@@ -20,10 +20,10 @@ from corpus_host import corpus_cases, rule
 from rctlpolicy.apply import (
     APPLIED_FILE,
     AppliedRules,
-    PolicyResolver,
     apply_rules,
     plan_for,
 )
+from rctlpolicy.hostinfo import PolicyResolver
 from rctlpolicy.kernel import KernelSetup, open_simulator
 from rctlpolicy.kernel.base import Jail, Kernel, KernelError, RacctStatus
 from rctlpolicy.lint import lint_files

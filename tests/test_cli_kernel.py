@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from rctlpolicy.cli import main
-from rctlpolicy.kernel.host import default_host_path
+from rctlpolicy.kernel.hostfile import default_host_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSOLE_SCRIPT = ROOT / ".venv" / "bin" / "rctlpolicy"
@@ -252,6 +252,89 @@ def test_host_file_edits_take_effect_on_the_next_call(cli: Cli, host: Path) -> N
     assert "memoryuse=1234\n" in cli("usage", "jail:db1", "--exact").out
     add_jail(host, "db2", 7)
     assert jail_names(cli) == ["db1", "db2", "web1", "web2"]
+
+
+def test_sim_rctl_takes_sim_host_before_rctls_own_options(
+    cli: Cli, tmp_path: Path, host: Path
+) -> None:
+    other = tmp_path / "other.yaml"
+    other.write_text("users: {root: 0}\njails: {solo: {jid: 9}}\n")
+    added = cli("sim", "rctl", "--sim-host", str(other), "-a", "jail:solo:maxproc:deny=3")
+    assert added.code == 0
+    assert cli("sim", "rctl", f"--sim-host={other}", "-n") == Result(
+        0, "jail:solo:maxproc:deny=3\n", ""
+    )
+    assert cli("sim", "rctl", "-n").out == ""  # the host of the environment is another kernel
+    # after rctl's own options it is rctl's to read, as rctl(8)'s getopt(3) would
+    late = cli("sim", "rctl", "-n", "--sim-host", str(other))
+    assert (late.code, late.err.splitlines()[0]) == (1, "rctl: illegal option -- -")
+
+
+def test_sim_rctl_help_points_to_the_manual_pages(cli: Cli) -> None:
+    shown = cli("sim", "rctl", "--help")
+    assert shown.code == 0 and shown.err == ""
+    assert "rctl [ -h ] [-a rule | -l filter | -r filter | -u filter | filter]" in shown.out
+    assert "--sim-host FILE" in shown.out
+    assert "See rctl(8) and rctlpolicy(8)." in shown.out
+    assert cli("sim", "rctl", "-hu", "jail:db1").out.startswith("cputime=84K\n")  # -h: rctl's
+
+
+# --- sim set ----------------------------------------------------------------------------------
+
+
+def test_sim_set_changes_only_the_values_named(cli: Cli, host: Path) -> None:
+    before = host.read_text()
+    result = cli("sim", "set", "jail:db1", "swapuse=1g", "nsem=12")
+    assert result == Result(
+        0, "jail:db1 swapuse=1073741824 (was 268435456)\njail:db1 nsem=12 (was 0)\n", ""
+    )
+    # db1's value replaced where it stood, the new one after db1's last; nothing else moved
+    expected = before.replace("swapuse: 268435456", "swapuse: 1073741824", 1)
+    expected = expected.replace("    writeiops: 310\n", "    writeiops: 310\n    nsem: 12\n", 1)
+    assert host.read_text() == expected
+    assert "swapuse=1073741824\n" in cli("sim", "rctl", "-u", "jail:db1").out
+    assert "nsem=12\n" in cli("sim", "rctl", "-u", "jail:db1").out
+
+
+def test_sim_set_adds_subjects_the_file_does_not_mention(cli: Cli, host: Path) -> None:
+    assert cli("sim", "set", "user:alice", "maxproc=7").code == 0
+    assert cli("sim", "set", "jail:web2", "swapuse=2m").code == 0  # a {...} entry
+    assert "maxproc=7\n" in cli("sim", "rctl", "-u", "user:1001").out
+    usage = yaml.safe_load(host.read_text())["usage"]
+    assert usage["user:1001"] == {"maxproc": 7}
+    assert usage["jail:web2"]["swapuse"] == 2 * 1024**2
+    assert usage["jail:web2"]["maxproc"] == 9
+
+
+def test_sim_set_keeps_the_file_whole_and_its_mode(cli: Cli, host: Path) -> None:
+    host.chmod(0o640)
+    assert cli("sim", "set", "process:4242", "memoryuse=100").code == 0
+    assert host.stat().st_mode & 0o777 == 0o640
+    assert not [p.name for p in host.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["jail:db9", "swapuse=1g"], "no jail 'db9' on the simulated host (did you mean 'db1'?)"),
+        (["jial:db1", "swapuse=1g"], "unknown subject 'jial' (did you mean 'jail'?)"),
+        (["user:nobody", "maxproc=1"], "no user 'nobody' on the simulated host"),
+        (["process:77", "maxproc=1"], "no process 77 on the simulated host"),
+        (["loginclass:stuff", "maxproc=1"], "no login class 'stuff' on the simulated host"),
+        (["jail:db1", "swapuze=1g"], "unknown resource 'swapuze' (did you mean 'swapuse'?)"),
+        (["jail:db1", "swapuse=lots"], "'lots' is not an amount for swapuse"),
+        (["jail:db1", "swapuse"], "'swapuse' is not RESOURCE=AMOUNT (e.g. swapuse=1g)"),
+        (["db1", "swapuse=1g"], "'db1' is not SUBJECT:ID"),
+    ],
+)
+def test_sim_set_refuses_what_the_host_does_not_have(
+    cli: Cli, host: Path, argv: list[str], message: str
+) -> None:
+    before = host.read_bytes()
+    result = cli("sim", "set", *argv)
+    assert result.code == 2
+    assert result.err.startswith(f"rctlpolicy sim set: {message}")
+    assert host.read_bytes() == before
 
 
 # --- show -------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """exporter.py: the collectors over the simulated kernel, each test with a fresh registry.
 
-The kernel is `FreeBSDKernel` over `SimulatedKernel` (`open_simulator`), so the families are
+The kernel is `FreeBSDKernel` over `SimulatedSyscalls` (`open_simulator`), so the families are
 built from the same system-call answers a FreeBSD host gives; the host file is edited to make
 jails vanish or RACCT go off.
 """

@@ -31,21 +31,20 @@ from rctlpolicy.kernel.base import (
     RctlSyscalls,
     SyscallError,
 )
+from rctlpolicy.kernel.commands import CommandResult, SubprocessCommandRunner
 from rctlpolicy.kernel.freebsd import (
     RACCT_DISABLED,
     RACCT_MISSING,
     UNREADABLE,
-    CommandResult,
     FreeBSDKernel,
     RctlCommandSyscalls,
-    SubprocessRunner,
     open_freebsd_kernel,
     parse_rules,
     parse_usage,
     rctl8_operand,
     sysctl_command_probe,
 )
-from rctlpolicy.kernel.host import HostSpec, KernelState, StoredRule, container_key, load_host
+from rctlpolicy.kernel.hostfile import HostSpec, load_host
 from rctlpolicy.kernel.jails import (
     JAIL_DYING,
     JailListError,
@@ -57,7 +56,8 @@ from rctlpolicy.kernel.jails import (
 )
 from rctlpolicy.kernel.libc import LibcSyscalls, sysctl_racct_enable
 from rctlpolicy.kernel.rctl8 import run_rctl
-from rctlpolicy.kernel.simulator import SimulatedKernel
+from rctlpolicy.kernel.simstate import Add, StoredRule
+from rctlpolicy.kernel.simulator import SimulatedSyscalls
 from rctlpolicy.model import (
     PROCESS_USAGE_RESOURCES,
     Action,
@@ -112,17 +112,11 @@ class Recording:
         return self.inner.call(call, inbuf, outbuflen)
 
 
-def seed_rules(sim: SimulatedKernel, rules: Sequence[Rule]) -> None:
-    """Put many rules in the simulated kernel at once (each add rewrites its state file)."""
-    containers: dict[str, int] = {}
-    for seq, stored in enumerate(rules, start=1):
-        containers.setdefault(container_key(stored.subject, stored.subject_id), seq)
-    state = KernelState(
-        tuple(StoredRule(r, seq) for seq, r in enumerate(rules, start=1)),
-        containers,
-        len(rules) + 1,
+def seed_rules(sim: SimulatedSyscalls, rules: Sequence[Rule]) -> None:
+    """Put many rules in the simulated kernel at once (one change, not one call per rule)."""
+    sim.store.change(
+        lambda table: ([Add(StoredRule(r, table.next_seq + n)) for n, r in enumerate(rules)], None)
     )
-    sim.store.modify(lambda _old: (state, None))
 
 
 # --- libc at the C level, over any RctlSyscalls ------------------------------------------
@@ -210,12 +204,12 @@ class InProcessRctl:
 @dataclass
 class Setup:
     kernel: FreeBSDKernel
-    sim: SimulatedKernel
+    sim: SimulatedSyscalls
     #: Sees every system call (None when they happen in a child process).
     recording: Recording | None
 
 
-def _probe_of(sim: SimulatedKernel, oid_missing: bool) -> Callable[[], bool | None]:
+def _probe_of(sim: SimulatedSyscalls, oid_missing: bool) -> Callable[[], bool | None]:
     def probe() -> bool | None:
         return None if oid_missing else sim.racct_enabled()
 
@@ -224,7 +218,7 @@ def _probe_of(sim: SimulatedKernel, oid_missing: bool) -> Callable[[], bool | No
 
 def libc_setup(host: Path, *, oid_missing: bool = False) -> Setup:
     """FreeBSDKernel -> LibcSyscalls -> FakeLibc (ctypes buffers, errno) -> simulator."""
-    sim = SimulatedKernel(host)
+    sim = SimulatedSyscalls(host)
     recording = Recording(sim)
     libc = FakeLibc(recording, None if oid_missing else sim.racct_enabled())
     kernel = FreeBSDKernel(LibcSyscalls(libc), sim.jails, lambda: sysctl_racct_enable(libc))
@@ -233,7 +227,7 @@ def libc_setup(host: Path, *, oid_missing: bool = False) -> Setup:
 
 def rctl8_setup(host: Path, *, oid_missing: bool = False) -> Setup:
     """FreeBSDKernel -> RctlCommandSyscalls -> rctl8.run_rctl in-process -> simulator."""
-    sim = SimulatedKernel(host)
+    sim = SimulatedSyscalls(host)
     recording = Recording(sim)
     probe = _probe_of(sim, oid_missing)
     runner = InProcessRctl(recording, load_host(host), probe)
@@ -264,8 +258,8 @@ def sim_environment(host: Path) -> dict[str, str]:
 
 def subprocess_setup(host: Path, *, oid_missing: bool = False) -> Setup:
     """FreeBSDKernel -> RctlCommandSyscalls -> a real `rctl` child process -> simulator."""
-    sim = SimulatedKernel(host)
-    runner = SubprocessRunner(timeout=60, env=sim_environment(host))
+    sim = SimulatedSyscalls(host)
+    runner = SubprocessCommandRunner(timeout=60, env=sim_environment(host))
     syscalls = RctlCommandSyscalls(rctl_path=str(rctl_script(host.parent)), runner=runner)
     return Setup(FreeBSDKernel(syscalls, sim.jails, _probe_of(sim, oid_missing)), sim, None)
 
@@ -634,7 +628,7 @@ def test_rctl8_operand_refuses_what_the_kernel_refuses(text: str, call: RctlCall
 
 
 def in_process_rctl(host: Path) -> InProcessRctl:
-    sim = SimulatedKernel(host)
+    sim = SimulatedSyscalls(host)
     return InProcessRctl(sim, load_host(host), sim.racct_enabled)
 
 
@@ -721,7 +715,7 @@ def test_unreadable_racct_enable(tmp_path: Path) -> None:
     def probe() -> bool | None:
         raise OSError(12, "Cannot allocate memory")
 
-    sim = SimulatedKernel(write_host(tmp_path, racct_enable=False))
+    sim = SimulatedSyscalls(write_host(tmp_path, racct_enable=False))
     kernel = FreeBSDKernel(sim, list, probe)
     status = kernel.racct_status()
     assert not status.enabled
@@ -747,7 +741,7 @@ class LibcWithoutRctl:
 
 
 def test_open_freebsd_kernel_prefers_libc(tmp_path: Path) -> None:
-    sim = SimulatedKernel(write_host(tmp_path))
+    sim = SimulatedSyscalls(write_host(tmp_path))
     runner = ScriptedRunner(CommandResult(0, '{"jail-information": {"jail": []}}', ""))
     kernel = open_freebsd_kernel(libc=FakeLibc(sim, True), runner=runner)
     kernel.add_rule(rule("user:80:maxproc:deny=1"))
@@ -755,6 +749,46 @@ def test_open_freebsd_kernel_prefers_libc(tmp_path: Path) -> None:
     assert kernel.racct_status().enabled
     assert kernel.jails() == []
     assert runner.argvs == [["/usr/sbin/jls", "--libxo", "json", "jid", "name"]]
+
+
+class FakeLibcWithJails(FakeLibc):
+    """FreeBSD's libc: the rctl calls, sysctlbyname(3) and jail_get(2)."""
+
+    def __init__(self, syscalls: RctlSyscalls, jails: dict[int, str]) -> None:
+        super().__init__(syscalls, True)
+        self.jail_table = FakeJailLibc(jails)
+
+    def jail_get(self, iov: Any, niov: int, flags: int) -> int:
+        return self.jail_table.jail_get(iov, niov, flags)
+
+
+def test_open_freebsd_kernel_lists_jails_with_jail_get_not_jls(tmp_path: Path) -> None:
+    sim = SimulatedSyscalls(write_host(tmp_path))
+    runner = ScriptedRunner(CommandResult(0, '{"jail-information": {"jail": []}}', ""))
+    libc = FakeLibcWithJails(sim, {3: "db1", 12: "db1.replica"})
+    kernel = open_freebsd_kernel(libc=libc, runner=runner)
+    for _ in range(3):  # one scrape after another: no process started for any of them
+        assert kernel.jails() == [Jail(3, "db1"), Jail(12, "db1.replica")]
+    assert runner.argvs == []
+    assert len(libc.jail_table.calls) == 9  # two jails and the ENOENT that ends each walk
+
+
+def test_the_systems_resolver_asks_the_kernels_jail_lister(tmp_path: Path) -> None:
+    from rctlpolicy.hostinfo import SystemResolver
+
+    listed: list[int] = []
+
+    def lister() -> list[Jail]:
+        listed.append(1)
+        return [Jail(3, "db1")]
+
+    resolver = SystemResolver(lister)
+    if sys.platform.startswith("freebsd"):
+        assert resolver.jail_exists("db1") and not resolver.jail_exists("web9")
+        assert listed == [1]  # listed once, then remembered
+    else:
+        assert resolver.jail_exists("db1") is None  # no jails off FreeBSD
+        assert listed == []
 
 
 def test_open_freebsd_kernel_falls_back_to_rctl8(tmp_path: Path) -> None:
@@ -817,7 +851,7 @@ def test_jls_through_a_real_subprocess(tmp_path: Path) -> None:
         f"print(json.dumps({document!r}))\n"
     )
     jls.chmod(0o755)
-    lister = jls_lister(SubprocessRunner(timeout=20), str(jls))
+    lister = jls_lister(SubprocessCommandRunner(timeout=20), str(jls))
     assert list(lister()) == [Jail(3, "db1")]
 
 

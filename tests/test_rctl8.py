@@ -20,9 +20,9 @@ from test_freebsd_backend import REPO, Recording, raw, seed_rules, write_host
 
 from rctlpolicy.kernel.base import RctlCall, RctlSyscalls, SyscallError
 from rctlpolicy.kernel.freebsd import RACCT_DISABLED, RACCT_MISSING
-from rctlpolicy.kernel.host import HostSpec, load_host
+from rctlpolicy.kernel.hostfile import HostSpec, load_host
 from rctlpolicy.kernel.rctl8 import USAGE, NameLookup, run_rctl
-from rctlpolicy.kernel.simulator import SimulatedKernel
+from rctlpolicy.kernel.simulator import SimulatedSyscalls
 from rctlpolicy.model import PROCESS_USAGE_RESOURCES, Resource
 
 MiB = 1024 * 1024
@@ -95,7 +95,7 @@ class Oracle:
 class SimHost:
     """rctl(8) over a simulated host (the corpus's: www=80, root=0, pid 1, jail db1)."""
 
-    sim: SimulatedKernel
+    sim: SimulatedSyscalls
     recording: Recording
     host: HostSpec
 
@@ -110,7 +110,7 @@ class SimHost:
 
 def sim_host(directory: Path, **changes: Any) -> SimHost:
     path = write_host(directory, **changes)
-    sim = SimulatedKernel(path)
+    sim = SimulatedSyscalls(path)
     return SimHost(sim, Recording(sim), load_host(path))
 
 

@@ -16,11 +16,12 @@ from corpus_host import corpus_cases
 
 from rctlpolicy.clock import ManualClock
 from rctlpolicy.kernel.base import Jail, RctlCall, SyscallError
-from rctlpolicy.kernel.host import HostFileError, RateWindow, parse_host
+from rctlpolicy.kernel.hostfile import HostFileError, parse_host
+from rctlpolicy.kernel.simstate import RateWindow
 from rctlpolicy.kernel.simulator import (
     MAX_INBUFSIZE,
     SimEvent,
-    SimulatedKernel,
+    SimulatedSyscalls,
     events_due,
     format_log_line,
     ratecheck,
@@ -53,8 +54,8 @@ def host_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def kernel(host_path: Path) -> SimulatedKernel:
-    return SimulatedKernel(host_path)
+def kernel(host_path: Path) -> SimulatedSyscalls:
+    return SimulatedSyscalls(host_path)
 
 
 def z(text: str) -> bytes:
@@ -62,12 +63,12 @@ def z(text: str) -> bytes:
     return text.encode() + b"\0"
 
 
-def add(kernel: SimulatedKernel, *rules: str) -> None:
+def add(kernel: SimulatedSyscalls, *rules: str) -> None:
     for rule in rules:
         kernel.call(RctlCall.ADD_RULE, z(rule), 0)
 
 
-def listing(kernel: SimulatedKernel, rule_filter: str = "::") -> list[str]:
+def listing(kernel: SimulatedSyscalls, rule_filter: str = "::") -> list[str]:
     out = kernel.call(RctlCall.GET_RULES, z(rule_filter), BIG).decode()
     return out.split(",") if out else []
 
@@ -83,7 +84,7 @@ def errno_of(action: Callable[[], object]) -> str:
 
 @pytest.mark.parametrize("call", list(RctlCall))
 def test_racct_disabled_is_enosys_for_every_call(tmp_path: Path, call: RctlCall) -> None:
-    kernel = SimulatedKernel(write_host(tmp_path / "h.yaml", racct_enable=False))
+    kernel = SimulatedSyscalls(write_host(tmp_path / "h.yaml", racct_enable=False))
     assert errno_of(lambda: kernel.call(call, z("user:80:maxproc:deny=1"), BIG)) == "ENOSYS"
     # ENOSYS comes before looking at the input at all
     assert errno_of(lambda: kernel.call(call, b"", BIG)) == "ENOSYS"
@@ -92,7 +93,7 @@ def test_racct_disabled_is_enosys_for_every_call(tmp_path: Path, call: RctlCall)
 
 @pytest.mark.parametrize("call", list(RctlCall))
 def test_unprivileged_caller_is_eperm(tmp_path: Path, call: RctlCall) -> None:
-    kernel = SimulatedKernel(write_host(tmp_path / "h.yaml", privileged=False))
+    kernel = SimulatedSyscalls(write_host(tmp_path / "h.yaml", privileged=False))
     assert errno_of(lambda: kernel.call(call, b"", BIG)) == "EPERM"
 
 
@@ -107,7 +108,7 @@ def test_unprivileged_caller_is_eperm(tmp_path: Path, call: RctlCall) -> None:
     ],
 )
 def test_input_buffer_errors(
-    kernel: SimulatedKernel, call: RctlCall, inbuf: bytes, errno: str
+    kernel: SimulatedSyscalls, call: RctlCall, inbuf: bytes, errno: str
 ) -> None:
     assert errno_of(lambda: kernel.call(call, inbuf, BIG)) == errno
 
@@ -120,12 +121,12 @@ def test_read_inbuf_limits() -> None:
     assert read_inbuf(b"user\0more\0") == "user"
 
 
-def test_text_after_an_embedded_nul_is_ignored(kernel: SimulatedKernel) -> None:
+def test_text_after_an_embedded_nul_is_ignored(kernel: SimulatedSyscalls) -> None:
     kernel.call(RctlCall.ADD_RULE, b"user:80:maxproc:deny=10\0garbage", 0)
     assert listing(kernel) == ["user:80:maxproc:deny=10"]
 
 
-def test_negative_outbuflen_is_a_programming_error(kernel: SimulatedKernel) -> None:
+def test_negative_outbuflen_is_a_programming_error(kernel: SimulatedSyscalls) -> None:
     with pytest.raises(ValueError, match="size_t"):
         kernel.call(RctlCall.GET_RULES, z("::"), -1)
 
@@ -145,7 +146,7 @@ CORPUS_CASES = _corpus_cases()
 
 
 @pytest.mark.parametrize("case", CORPUS_CASES)
-def test_corpus_kernel_layer(kernel: SimulatedKernel, case: dict[str, Any]) -> None:
+def test_corpus_kernel_layer(kernel: SimulatedSyscalls, case: dict[str, Any]) -> None:
     inbuf = z(case["rule"])
     call = {
         None: RctlCall.ADD_RULE,
@@ -175,14 +176,14 @@ def test_corpus_was_found() -> None:
 
 
 def test_per_defaults_to_the_subject_and_is_printed_only_when_different(
-    kernel: SimulatedKernel,
+    kernel: SimulatedSyscalls,
 ) -> None:
     add(kernel, "user:80:maxproc:deny=10/user", "jail:db1:maxproc:deny=10/user")
     assert sorted(listing(kernel)) == ["jail:db1:maxproc:deny=10/user", "user:80:maxproc:deny=10"]
 
 
 def test_a_deny_replaces_the_deny_of_the_same_subject_resource_and_per(
-    kernel: SimulatedKernel,
+    kernel: SimulatedSyscalls,
 ) -> None:
     add(kernel, "user:80:maxproc:deny=10", "user:80:maxproc:deny=20")
     assert listing(kernel) == ["user:80:maxproc:deny=20"]
@@ -192,21 +193,21 @@ def test_a_deny_replaces_the_deny_of_the_same_subject_resource_and_per(
     assert len(listing(kernel)) == 3
 
 
-def test_other_actions_replace_only_an_identical_rule(kernel: SimulatedKernel) -> None:
+def test_other_actions_replace_only_an_identical_rule(kernel: SimulatedSyscalls) -> None:
     add(kernel, "user:80:maxproc:log=10", "user:80:maxproc:log=20", "user:80:maxproc:log=10")
     assert listing(kernel) == ["user:80:maxproc:log=10", "user:80:maxproc:log=20"]
     add(kernel, "user:80:maxproc:devctl=10")
     assert len(listing(kernel)) == 3
 
 
-def test_the_same_rule_in_other_spellings_is_one_rule(kernel: SimulatedKernel) -> None:
+def test_the_same_rule_in_other_spellings_is_one_rule(kernel: SimulatedSyscalls) -> None:
     add(
         kernel, "USER:080:MaxProc:LOG=+10", "user:80:maxproc:log=10/user", "user: 80:maxproc:log=10"
     )
     assert listing(kernel) == ["user:80:maxproc:log=10"]
 
 
-def test_containers_are_created_on_demand(kernel: SimulatedKernel) -> None:
+def test_containers_are_created_on_demand(kernel: SimulatedSyscalls) -> None:
     add(
         kernel,
         "jail:nosuchjail:maxproc:deny=1",
@@ -232,7 +233,7 @@ def test_containers_are_created_on_demand(kernel: SimulatedKernel) -> None:
         ("loginclass:" + "c" * 33 + ":maxproc:deny=1", "ENAMETOOLONG"),
     ],
 )
-def test_add_refusals(kernel: SimulatedKernel, rule: str, errno: str) -> None:
+def test_add_refusals(kernel: SimulatedSyscalls, rule: str, errno: str) -> None:
     assert errno_of(lambda: add(kernel, rule)) == errno
     assert listing(kernel) == []
 
@@ -240,26 +241,26 @@ def test_add_refusals(kernel: SimulatedKernel, rule: str, errno: str) -> None:
 # --- remove ------------------------------------------------------------------------------------
 
 
-def test_per_is_a_wildcard_when_removing(kernel: SimulatedKernel) -> None:
+def test_per_is_a_wildcard_when_removing(kernel: SimulatedSyscalls) -> None:
     add(kernel, "user:80:maxproc:deny=10", "user:80:maxproc:deny=10/process")
     kernel.call(RctlCall.REMOVE_RULE, z("user:80:maxproc:deny=10"), 0)
     assert listing(kernel) == []
 
 
-def test_an_explicit_per_removes_exactly_one(kernel: SimulatedKernel) -> None:
+def test_an_explicit_per_removes_exactly_one(kernel: SimulatedSyscalls) -> None:
     add(kernel, "user:80:maxproc:deny=10", "user:80:maxproc:deny=10/process")
     kernel.call(RctlCall.REMOVE_RULE, z("user:80:maxproc:deny=10/user"), 0)
     assert listing(kernel) == ["user:80:maxproc:deny=10/process"]
 
 
-def test_remove_everything_and_then_esrch(kernel: SimulatedKernel) -> None:
+def test_remove_everything_and_then_esrch(kernel: SimulatedSyscalls) -> None:
     add(kernel, "user:80:maxproc:deny=10", "jail:db1:memoryuse:deny=1", "process:1:nthr:log=5")
     kernel.call(RctlCall.REMOVE_RULE, z(":"), 0)
     assert listing(kernel) == []
     assert errno_of(lambda: kernel.call(RctlCall.REMOVE_RULE, z(":"), 0)) == "ESRCH"
 
 
-def test_remove_by_field(kernel: SimulatedKernel) -> None:
+def test_remove_by_field(kernel: SimulatedSyscalls) -> None:
     add(
         kernel,
         "user:80:maxproc:deny=10",
@@ -272,7 +273,7 @@ def test_remove_by_field(kernel: SimulatedKernel) -> None:
     assert errno_of(lambda: kernel.call(RctlCall.REMOVE_RULE, z("jail:db1"), 0)) == "ESRCH"
 
 
-def test_remove_a_process_filter(kernel: SimulatedKernel) -> None:
+def test_remove_a_process_filter(kernel: SimulatedSyscalls) -> None:
     add(kernel, "process:1:maxproc:deny=4", "user:0:maxproc:deny=4")
     kernel.call(RctlCall.REMOVE_RULE, z("process:1"), 0)
     assert listing(kernel) == ["user:0:maxproc:deny=4"]  # linked to pid 1, but not its rule
@@ -280,7 +281,7 @@ def test_remove_a_process_filter(kernel: SimulatedKernel) -> None:
     assert errno_of(lambda: kernel.call(RctlCall.REMOVE_RULE, z("process:99999"), 0)) == "ESRCH"
 
 
-def test_remove_by_in_millions_amount(kernel: SimulatedKernel) -> None:
+def test_remove_by_in_millions_amount(kernel: SimulatedSyscalls) -> None:
     add(kernel, "user:80:cputime:log=3600")
     # without a resource the kernel compares the raw (x10^6) amount
     assert errno_of(lambda: kernel.call(RctlCall.REMOVE_RULE, z(":::=3600"), 0)) == "ESRCH"
@@ -290,7 +291,7 @@ def test_remove_by_in_millions_amount(kernel: SimulatedKernel) -> None:
     assert listing(kernel) == []
 
 
-def test_remove_parse_errors(kernel: SimulatedKernel) -> None:
+def test_remove_parse_errors(kernel: SimulatedSyscalls) -> None:
     add(kernel, "user:80:maxproc:deny=10")
     assert errno_of(lambda: kernel.call(RctlCall.REMOVE_RULE, z("bogus:"), 0)) == "EINVAL"
     assert errno_of(lambda: kernel.call(RctlCall.REMOVE_RULE, z("user:www"), 0)) == "EINVAL"
@@ -300,7 +301,7 @@ def test_remove_parse_errors(kernel: SimulatedKernel) -> None:
 # --- get_rules ---------------------------------------------------------------------------------
 
 
-def test_listing_filters(kernel: SimulatedKernel) -> None:
+def test_listing_filters(kernel: SimulatedSyscalls) -> None:
     add(kernel, "user:80:maxproc:deny=10", "user:80:maxproc:deny=10/jail", "jail:db1:maxproc:log=3")
     assert listing(kernel, "user:80") == ["user:80:maxproc:deny=10/jail", "user:80:maxproc:deny=10"]
     assert listing(kernel, ":::=/jail") == [
@@ -319,7 +320,7 @@ def test_listing_order(tmp_path: Path) -> None:
         processes={1: {"comm": "init", "uid": 0}, 500: {"comm": "sh", "uid": 80}},
         jails={"db1": {"jid": 3}, "web1": {"jid": 4}},
     )
-    kernel = SimulatedKernel(host)
+    kernel = SimulatedSyscalls(host)
     add(
         kernel,
         "jail:web1:maxproc:deny=1",
@@ -353,7 +354,7 @@ def test_listing_order(tmp_path: Path) -> None:
     ]
 
 
-def test_get_rules_buffer_boundary(kernel: SimulatedKernel) -> None:
+def test_get_rules_buffer_boundary(kernel: SimulatedSyscalls) -> None:
     add(kernel, "user:80:maxproc:deny=10", "jail:db1:memoryuse:deny=1073741824")
     expected = b"user:80:maxproc:deny=10,jail:db1:memoryuse:deny=1073741824"
     # the rules go in with a trailing comma and the NUL needs a byte: len + 2
@@ -361,12 +362,12 @@ def test_get_rules_buffer_boundary(kernel: SimulatedKernel) -> None:
     assert errno_of(lambda: kernel.call(RctlCall.GET_RULES, z("::"), len(expected) + 1)) == "ERANGE"
 
 
-def test_get_rules_empty_answer_needs_its_nul(kernel: SimulatedKernel) -> None:
+def test_get_rules_empty_answer_needs_its_nul(kernel: SimulatedSyscalls) -> None:
     assert kernel.call(RctlCall.GET_RULES, z("::"), 1) == b""
     assert errno_of(lambda: kernel.call(RctlCall.GET_RULES, z("::"), 0)) == "ERANGE"
 
 
-def test_get_rules_maxbufsize(kernel: SimulatedKernel) -> None:
+def test_get_rules_maxbufsize(kernel: SimulatedSyscalls) -> None:
     max_size = 16 * 1024 * 1024
     assert kernel.call(RctlCall.GET_RULES, z("::"), max_size) == b""
     assert errno_of(lambda: kernel.call(RctlCall.GET_RULES, z("::"), max_size + 1)) == "E2BIG"
@@ -375,7 +376,7 @@ def test_get_rules_maxbufsize(kernel: SimulatedKernel) -> None:
 
 
 def test_maxbufsize_comes_from_the_host(tmp_path: Path) -> None:
-    kernel = SimulatedKernel(write_host(tmp_path / "h.yaml", maxbufsize=64))
+    kernel = SimulatedSyscalls(write_host(tmp_path / "h.yaml", maxbufsize=64))
     assert errno_of(lambda: kernel.call(RctlCall.GET_RULES, z("::"), 65)) == "E2BIG"
     assert errno_of(lambda: kernel.call(RctlCall.GET_LIMITS, z("process:1"), 65)) == "E2BIG"
 
@@ -393,7 +394,7 @@ def test_limits_of_a_process(tmp_path: Path) -> None:
         },
         jails={"db1": {"jid": 3}, "inner": {"jid": 4, "parent": "db1"}},
     )
-    kernel = SimulatedKernel(host)
+    kernel = SimulatedSyscalls(host)
     add(
         kernel,
         "jail:0:maxproc:deny=1000",
@@ -440,11 +441,11 @@ def test_limits_of_a_process(tmp_path: Path) -> None:
         ("process:1:bogus", "EINVAL"),
     ],
 )
-def test_get_limits_refusals(kernel: SimulatedKernel, rule_filter: str, errno: str) -> None:
+def test_get_limits_refusals(kernel: SimulatedSyscalls, rule_filter: str, errno: str) -> None:
     assert errno_of(lambda: kernel.call(RctlCall.GET_LIMITS, z(rule_filter), BIG)) == errno
 
 
-def test_limits_with_no_rules(kernel: SimulatedKernel) -> None:
+def test_limits_with_no_rules(kernel: SimulatedSyscalls) -> None:
     assert kernel.call(RctlCall.GET_LIMITS, z("process:1"), BIG) == b""
 
 
@@ -452,8 +453,8 @@ def test_limits_with_no_rules(kernel: SimulatedKernel) -> None:
 
 
 @pytest.fixture
-def usage_kernel(tmp_path: Path) -> SimulatedKernel:
-    return SimulatedKernel(
+def usage_kernel(tmp_path: Path) -> SimulatedSyscalls:
+    return SimulatedSyscalls(
         write_host(
             tmp_path / "h.yaml",
             processes={
@@ -475,13 +476,13 @@ def usage_kernel(tmp_path: Path) -> SimulatedKernel:
     )
 
 
-def usage_lines(kernel: SimulatedKernel, rule_filter: str) -> dict[str, int]:
+def usage_lines(kernel: SimulatedSyscalls, rule_filter: str) -> dict[str, int]:
     out = kernel.call(RctlCall.GET_RACCT, z(rule_filter), BIG).decode()
     pairs = [item.split("=") for item in out.split(",")]
     return {name: int(value) for name, value in pairs}
 
 
-def test_usage_of_a_jail(usage_kernel: SimulatedKernel) -> None:
+def test_usage_of_a_jail(usage_kernel: SimulatedSyscalls) -> None:
     lines = usage_lines(usage_kernel, "jail:db1")
     assert list(lines) == [resource.value for resource in Resource]  # all 25, in id order
     assert lines["memoryuse"] == 1073741824
@@ -492,7 +493,7 @@ def test_usage_of_a_jail(usage_kernel: SimulatedKernel) -> None:
     assert lines["openfiles"] == 0  # not in the host file
 
 
-def test_usage_of_a_process_omits_the_sloppy_resources(usage_kernel: SimulatedKernel) -> None:
+def test_usage_of_a_process_omits_the_sloppy_resources(usage_kernel: SimulatedSyscalls) -> None:
     lines = usage_lines(usage_kernel, "process:4242")
     assert list(lines) == [resource.value for resource in PROCESS_USAGE_RESOURCES]
     assert len(lines) == 17
@@ -500,7 +501,7 @@ def test_usage_of_a_process_omits_the_sloppy_resources(usage_kernel: SimulatedKe
     assert lines["memoryuse"] == 524288000
 
 
-def test_usage_of_a_user_by_uid_and_of_unknown_containers(usage_kernel: SimulatedKernel) -> None:
+def test_usage_of_a_user_by_uid_and_of_unknown_containers(usage_kernel: SimulatedSyscalls) -> None:
     assert usage_lines(usage_kernel, "user:80")["maxproc"] == 40
     assert usage_lines(usage_kernel, "user:080:maxproc:deny=1")["maxproc"] == 40  # rest ignored
     assert set(usage_lines(usage_kernel, "jail:nosuch").values()) == {0}
@@ -518,11 +519,11 @@ def test_usage_of_a_user_by_uid_and_of_unknown_containers(usage_kernel: Simulate
         ("process:99999", "ESRCH"),
     ],
 )
-def test_get_racct_refusals(usage_kernel: SimulatedKernel, rule_filter: str, errno: str) -> None:
+def test_get_racct_refusals(usage_kernel: SimulatedSyscalls, rule_filter: str, errno: str) -> None:
     assert errno_of(lambda: usage_kernel.call(RctlCall.GET_RACCT, z(rule_filter), BIG)) == errno
 
 
-def test_get_racct_buffer_boundary(usage_kernel: SimulatedKernel) -> None:
+def test_get_racct_buffer_boundary(usage_kernel: SimulatedSyscalls) -> None:
     full = usage_kernel.call(RctlCall.GET_RACCT, z("jail:db1"), BIG)
     assert usage_kernel.call(RctlCall.GET_RACCT, z("jail:db1"), len(full) + 1) == full
     assert (
@@ -538,7 +539,7 @@ def test_get_racct_buffer_boundary(usage_kernel: SimulatedKernel) -> None:
 
 def test_host_file_edits_take_effect_on_the_next_call(tmp_path: Path) -> None:
     host = write_host(tmp_path / "h.yaml")
-    kernel = SimulatedKernel(host)
+    kernel = SimulatedSyscalls(host)
     assert errno_of(lambda: add(kernel, "process:4242:maxproc:deny=1")) == "ESRCH"
     write_host(host, processes={1: {"comm": "init", "uid": 0}, 4242: {"comm": "pg", "uid": 80}})
     add(kernel, "process:4242:maxproc:deny=1")
@@ -552,7 +553,7 @@ def test_host_file_edits_take_effect_on_the_next_call(tmp_path: Path) -> None:
 
 def test_jails_come_from_the_host(tmp_path: Path) -> None:
     host = write_host(tmp_path / "h.yaml", jails={"web1": {"jid": 9}, "db1": {"jid": 3}})
-    kernel = SimulatedKernel(host)
+    kernel = SimulatedSyscalls(host)
     assert kernel.jails() == [Jail(3, "db1"), Jail(9, "web1")]
     assert kernel.racct_enabled()
 
@@ -560,7 +561,7 @@ def test_jails_come_from_the_host(tmp_path: Path) -> None:
 def test_a_broken_host_file_is_a_host_file_error(tmp_path: Path) -> None:
     host = tmp_path / "h.yaml"
     host.write_text("users: {www: 80}\nusage: {'jail:db1': {memoryuze: 1}}\n")
-    kernel = SimulatedKernel(host)
+    kernel = SimulatedSyscalls(host)
     with pytest.raises(HostFileError, match=r"h\.yaml: usage: jail:db1: unknown resource"):
         kernel.call(RctlCall.GET_RULES, z("::"), BIG)
     with pytest.raises(HostFileError):
@@ -568,7 +569,7 @@ def test_a_broken_host_file_is_a_host_file_error(tmp_path: Path) -> None:
 
 
 def test_a_corrupt_state_file_reads_as_an_empty_kernel(
-    kernel: SimulatedKernel, caplog: pytest.LogCaptureFixture
+    kernel: SimulatedSyscalls, caplog: pytest.LogCaptureFixture
 ) -> None:
     add(kernel, "user:80:maxproc:deny=10")
     kernel.state_path.write_text("{{{ not json")
@@ -579,14 +580,14 @@ def test_a_corrupt_state_file_reads_as_an_empty_kernel(
     assert listing(kernel) == ["user:80:maxproc:deny=11"]
 
 
-def test_state_file_is_beside_the_host_file(host_path: Path, kernel: SimulatedKernel) -> None:
+def test_state_file_is_beside_the_host_file(host_path: Path, kernel: SimulatedSyscalls) -> None:
     assert kernel.state_path == host_path.with_name("host.yaml.state.json")
-    other = SimulatedKernel(host_path, host_path.parent / "elsewhere.json")
+    other = SimulatedSyscalls(host_path, host_path.parent / "elsewhere.json")
     assert other.state_path.name == "elsewhere.json"
 
 
 def test_two_kernels_on_one_host_share_the_rules(host_path: Path) -> None:
-    first, second = SimulatedKernel(host_path), SimulatedKernel(host_path)
+    first, second = SimulatedSyscalls(host_path), SimulatedSyscalls(host_path)
     add(first, "user:80:maxproc:deny=10")
     assert listing(second) == ["user:80:maxproc:deny=10"]
     second.call(RctlCall.REMOVE_RULE, z("user:80"), 0)
@@ -597,8 +598,8 @@ _ADDER = textwrap.dedent(
     """
     import sys
     from rctlpolicy.kernel.base import RctlCall
-    from rctlpolicy.kernel.simulator import SimulatedKernel
-    kernel = SimulatedKernel(sys.argv[1])
+    from rctlpolicy.kernel.simulator import SimulatedSyscalls
+    kernel = SimulatedSyscalls(sys.argv[1])
     sys.stdout.write("ready\\n")
     sys.stdout.flush()
     sys.stdin.readline()  # start together
@@ -636,7 +637,7 @@ def test_separate_processes_see_one_kernel_and_lose_no_update(host_path: Path) -
                 child.wait()
             if child.stdout is not None:
                 child.stdout.close()
-    rules = listing(SimulatedKernel(host_path))
+    rules = listing(SimulatedSyscalls(host_path))
     assert len(rules) == 2 * count
     assert {f"loginclass:a{n}:maxproc:deny={n}" for n in range(count)} <= set(rules)
 
@@ -678,7 +679,7 @@ def set_usage(path: Path, key: str, resource: str, value: int) -> None:
 
 def test_an_episode_fires_once_and_again_after_recovery(event_host: Path) -> None:
     clock = ManualClock()
-    kernel = SimulatedKernel(event_host)
+    kernel = SimulatedSyscalls(event_host)
     add(kernel, "jail:db1:memoryuse:devctl=800", "jail:db1:memoryuse:deny=2000")
     events = kernel.evaluate_events(clock.time())
     rule = Rule(SubjectType.JAIL, "db1", Resource.MEMORYUSE, Action.DEVCTL, 800, SubjectType.JAIL)
@@ -695,14 +696,14 @@ def test_an_episode_fires_once_and_again_after_recovery(event_host: Path) -> Non
 
 
 def test_episode_flags_are_shared_between_evaluators(event_host: Path) -> None:
-    first, second = SimulatedKernel(event_host), SimulatedKernel(event_host)
+    first, second = SimulatedSyscalls(event_host), SimulatedSyscalls(event_host)
     add(first, "jail:db1:memoryuse:log=800")
     assert len(first.evaluate_events(100.0)) == 1
     assert second.evaluate_events(101.0) == []
 
 
 def test_removing_a_rule_ends_its_episode(event_host: Path) -> None:
-    kernel = SimulatedKernel(event_host)
+    kernel = SimulatedSyscalls(event_host)
     add(kernel, "jail:db1:memoryuse:devctl=800")
     assert len(kernel.evaluate_events(100.0)) == 1
     kernel.call(RctlCall.REMOVE_RULE, z("jail:db1"), 0)
@@ -711,7 +712,7 @@ def test_removing_a_rule_ends_its_episode(event_host: Path) -> None:
 
 
 def test_per_decides_whose_usage_is_compared(event_host: Path) -> None:
-    kernel = SimulatedKernel(event_host)
+    kernel = SimulatedSyscalls(event_host)
     # each db1 process against its own usage: only 4243 uses more than 600
     add(kernel, "jail:db1:memoryuse:log=600/process")
     # user www (real uid of pid 5100) compared per user
@@ -724,7 +725,7 @@ def test_per_decides_whose_usage_is_compared(event_host: Path) -> None:
 
 
 def test_a_subject_without_processes_fires_as_pid_0(event_host: Path) -> None:
-    kernel = SimulatedKernel(event_host)
+    kernel = SimulatedSyscalls(event_host)
     add(kernel, "jail:empty:memoryuse:devctl=10", "user:1234:maxproc:devctl=0")
     events = kernel.evaluate_events(100.0)
     assert [(e.pid, e.ruid, e.euid, e.jail, e.comm) for e in events] == [
@@ -733,7 +734,7 @@ def test_a_subject_without_processes_fires_as_pid_0(event_host: Path) -> None:
 
 
 def test_rules_that_do_not_notify_never_fire(event_host: Path) -> None:
-    kernel = SimulatedKernel(event_host)
+    kernel = SimulatedSyscalls(event_host)
     add(kernel, "jail:db1:memoryuse:deny=1", "jail:db1:memoryuse:sigterm=1")
     assert kernel.evaluate_events(100.0) == []
 
@@ -741,7 +742,7 @@ def test_rules_that_do_not_notify_never_fire(event_host: Path) -> None:
 def test_the_rate_limiter_drops_and_retries(tmp_path: Path) -> None:
     host = tmp_path / "h.yaml"
     host.write_text(yaml.safe_dump({**EVENT_HOST, "devctl_rate_limit": 2}))
-    kernel = SimulatedKernel(host)
+    kernel = SimulatedSyscalls(host)
     add(kernel, *(f"jail:db1:memoryuse:devctl={n}" for n in range(5)))
     clock = ManualClock()
     first = kernel.evaluate_events(clock.time())
@@ -763,7 +764,7 @@ def test_the_rate_limiter_drops_and_retries(tmp_path: Path) -> None:
 def test_log_and_devctl_have_separate_limiters(tmp_path: Path) -> None:
     host = tmp_path / "h.yaml"
     host.write_text(yaml.safe_dump({**EVENT_HOST, "devctl_rate_limit": 1, "log_rate_limit": 0}))
-    kernel = SimulatedKernel(host)
+    kernel = SimulatedSyscalls(host)
     add(
         kernel,
         "jail:db1:memoryuse:devctl=1",
@@ -820,7 +821,117 @@ def test_format_log_line_cuts_the_rule_to_127_bytes() -> None:
 def test_no_events_when_racct_is_disabled(tmp_path: Path) -> None:
     host = tmp_path / "h.yaml"
     host.write_text(yaml.safe_dump(EVENT_HOST))
-    kernel = SimulatedKernel(host)
+    kernel = SimulatedSyscalls(host)
     add(kernel, "jail:db1:memoryuse:devctl=1")
     host.write_text(yaml.safe_dump({**EVENT_HOST, "racct_enable": False}))
     assert kernel.evaluate_events(1.0) == []
+
+
+# --- nested jails: rules linked when added, or when a process attaches -------------------------
+
+NESTED_HOST: dict[str, Any] = {
+    "users": {"root": 0, "www": 80, "pgsql": 770},
+    "loginclasses": ["default", "daemon"],
+    "processes": {
+        1: {"comm": "init", "uid": 0},
+        20: {"comm": "postgres", "uid": "pgsql", "jail": "outer.inner"},
+    },
+    "jails": {"outer": {"jid": 3}, "outer.inner": {"jid": 4}},
+    "usage": {"jail:outer": {"maxproc": 4}, "jail:outer.inner": {"maxproc": 3}},
+}
+
+
+def limits_of(kernel: SimulatedSyscalls, pid: int) -> list[str]:
+    out = kernel.call(RctlCall.GET_LIMITS, z(f"process:{pid}"), BIG).decode()
+    return out.split(",") if out else []
+
+
+def with_processes(path: Path, jails: dict[str, Any], **processes: dict[str, Any]) -> None:
+    """The host after jails started (or stopped) and processes appeared."""
+    data = {**NESTED_HOST, "jails": {**NESTED_HOST["jails"], **jails}}
+    data["processes"] = {**NESTED_HOST["processes"], **{int(p): v for p, v in processes.items()}}
+    path.write_text(yaml.safe_dump(data))
+
+
+def test_a_rule_added_on_a_parent_jail_reaches_its_child_jails_processes(tmp_path: Path) -> None:
+    host = tmp_path / "h.yaml"
+    host.write_text(yaml.safe_dump(NESTED_HOST))
+    kernel = SimulatedSyscalls(host)
+    add(kernel, "jail:outer:maxproc:deny=10", "jail:0:nthr:deny=1000")
+    # rctl_rule_add walks every process's prison chain
+    assert limits_of(kernel, 20) == ["jail:0:nthr:deny=1000", "jail:outer:maxproc:deny=10"]
+    # rctl -u of a jail adds its child jails' usage (racct_add_cred_locked)
+    usage = dict(
+        p.split("=")
+        for p in kernel.call(RctlCall.GET_RACCT, z("jail:outer"), BIG).decode().split(",")
+    )
+    assert usage["maxproc"] == "7"
+
+
+def test_a_jail_started_after_a_rule_gets_only_its_own_rules(tmp_path: Path) -> None:
+    host = tmp_path / "h.yaml"
+    host.write_text(yaml.safe_dump(NESTED_HOST))
+    kernel = SimulatedSyscalls(host)
+    add(
+        kernel,
+        "jail:outer:maxproc:deny=10",
+        "jail:0:nthr:deny=1000",
+        "jail:outer.late:openfiles:deny=50",  # the container exists before the jail runs
+        "user:80:nthr:deny=20",  # the new process's effective uid
+        "user:770:nthr:deny=30",  # its real uid
+    )
+    # outer.late starts: jail(8) attaches its first process (rctl_proc_ucred_changed), the
+    # others fork from it
+    with_processes(
+        host,
+        {"outer.late": {"jid": 5}},
+        **{"30": {"comm": "sh", "uid": "pgsql", "euid": "www", "jail": "outer.late"}},
+    )
+    assert limits_of(kernel, 30) == ["user:770:nthr:deny=30", "jail:outer.late:openfiles:deny=50"]
+    # a process that was there all along keeps what the adds linked
+    assert "jail:outer:maxproc:deny=10" in limits_of(kernel, 20)
+    # a rule added now walks the prison chain again, the new jail included
+    add(kernel, "jail:outer:memoryuse:deny=1000000")
+    assert limits_of(kernel, 30)[0] == "jail:outer:memoryuse:deny=1000000"
+    assert "jail:outer:maxproc:deny=10" not in limits_of(kernel, 30)
+    # the jail's start is remembered in the state file: another process agrees
+    assert limits_of(SimulatedSyscalls(host), 30) == limits_of(kernel, 30)
+
+
+def test_a_process_attached_later_to_a_running_jail_gets_only_its_own_rules(
+    tmp_path: Path,
+) -> None:
+    host = tmp_path / "h.yaml"
+    host.write_text(yaml.safe_dump(NESTED_HOST))
+    kernel = SimulatedSyscalls(host)
+    add(kernel, "jail:outer:maxproc:deny=10", "jail:outer.inner:maxproc:deny=5")
+    with_processes(
+        host,
+        {},
+        **{
+            "21": {"comm": "sh", "uid": 0, "jail": "outer.inner", "attached": True},  # jexec
+            "22": {"comm": "postgres", "uid": "pgsql", "jail": "outer.inner"},  # a fork
+        },
+    )
+    assert limits_of(kernel, 21) == ["jail:outer.inner:maxproc:deny=5"]
+    assert limits_of(kernel, 22) == [
+        "jail:outer.inner:maxproc:deny=5",
+        "jail:outer:maxproc:deny=10",
+    ]
+
+
+def test_per_jail_compares_the_processes_own_jail_and_names_it(tmp_path: Path) -> None:
+    host = tmp_path / "h.yaml"
+    host.write_text(yaml.safe_dump(NESTED_HOST))
+    kernel = SimulatedSyscalls(host)
+    # outer's total is 4 + 3 = 7 > 5, but its only process is in outer.inner, which uses 3:
+    # rctl_proc_rule_to_racct compares the process's own prison
+    add(kernel, "jail:outer:maxproc:devctl=5")
+    assert kernel.evaluate_events(100.0) == []
+    data = yaml.safe_load(host.read_text())
+    data["usage"]["jail:outer.inner"]["maxproc"] = 6
+    host.write_text(yaml.safe_dump(data))
+    events = kernel.evaluate_events(101.0)
+    assert [(e.rule.canonical, e.pid, e.jail) for e in events] == [
+        ("jail:outer:maxproc:devctl=5", 20, "outer.inner")
+    ]

@@ -8,20 +8,21 @@ calls is the one that runs on FreeBSD.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rctlpolicy.kernel.base import Kernel, RctlSyscalls
+from rctlpolicy.kernel.base import Kernel, RctlSyscalls, RuleStoreWatch
 from rctlpolicy.model import Rule, SubjectType
-from rctlpolicy.semantics.resolver import Resolver
 
-if TYPE_CHECKING:  # rctl8 is also run with `python -m`: importing it here would warn
-    from rctlpolicy.kernel.host import HostSpec
+if TYPE_CHECKING:
+    from rctlpolicy.kernel.hostfile import HostSpec
+
+    # rctl8 is also run with `python -m`: importing it here at run time would warn.
     from rctlpolicy.kernel.rctl8 import NameLookup
+    from rctlpolicy.kernel.simulator import SimulatedSyscalls
+    from rctlpolicy.semantics.resolver import Resolver
 
 FREEBSD_STATE_DIR = Path("/var/db/rctlpolicy")
 FREEBSD_RULES_DIR = Path("/usr/local/etc/rctlpolicy/rules")
@@ -41,15 +42,19 @@ class KernelSetup:
     names: NameLookup
     state_dir: Path
     simulated: bool
-    #: The simulated host's file (None on FreeBSD).
+    #: The simulated host's file and system calls (None on FreeBSD).
     sim_host: Path | None = None
+    simulator: SimulatedSyscalls | None = None
+    #: Where a daemon learns that the kernel lost its rules (the simulator's state file was
+    #: removed or damaged); None on FreeBSD, whose kernel keeps them until it reboots.
+    rule_store: RuleStoreWatch | None = None
     default_rules_dir: Path = FREEBSD_RULES_DIR
 
     def policy_resolver(self) -> Resolver:
         """The look-ups a policy is checked with before it is applied: the host's names as
         they are now, one view for the whole policy (the simulated host's file is read once,
         not once per name), and whether a process exists left to the kernel."""
-        from rctlpolicy.apply import PolicyResolver
+        from rctlpolicy.hostinfo import PolicyResolver
 
         host = self.resolver
         if isinstance(host, _SimulatedHostResolver):
@@ -73,10 +78,7 @@ class _SimulatedHostResolver:
     """The simulated host's passwd, group and process table, read afresh on every look-up
     (edits to the host file take effect at once, as on a real host)."""
 
-    def __init__(self, simulator: object) -> None:
-        from rctlpolicy.kernel.simulator import SimulatedKernel
-
-        assert isinstance(simulator, SimulatedKernel)
+    def __init__(self, simulator: SimulatedSyscalls) -> None:
         self._simulator = simulator
 
     def current(self) -> HostSpec:
@@ -118,7 +120,8 @@ def user_state_dir() -> Path:
 def resolve_sim_host(sim_host: str | Path | None) -> Path:
     """The host file to use: given, $RCTLPOLICY_SIM_HOST, or a private copy of the bundled
     example (the package directory may not be writable, and the state lives beside it)."""
-    from rctlpolicy.kernel.host import default_host_path
+    from rctlpolicy import safeio
+    from rctlpolicy.kernel.hostfile import default_host_path
 
     chosen = sim_host or os.environ.get("RCTLPOLICY_SIM_HOST")
     if chosen:
@@ -129,17 +132,10 @@ def resolve_sim_host(sim_host: str | Path | None) -> Path:
     copy = user_state_dir() / "sim" / "host.yaml"
     if not copy.exists():
         try:
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            # Copied under another name and renamed: a command started at the same moment
-            # reads the whole file or makes its own copy, never half a host.
-            fd, temp = tempfile.mkstemp(prefix=".host.", suffix=".tmp", dir=copy.parent)
-            os.close(fd)
-            try:
-                shutil.copyfile(default_host_path(), temp)
-                os.replace(temp, copy)
-            finally:
-                if os.path.exists(temp):
-                    os.unlink(temp)
+            safeio.make_directory(copy.parent)
+            # Written whole and renamed: a command started at the same moment reads the whole
+            # file or makes its own copy, never half a host.
+            safeio.write_atomic(copy, default_host_path().read_bytes(), mode=safeio.PUBLIC_MODE)
         except OSError as error:
             raise KernelSetupError(
                 f"cannot create the simulated host {copy}: {error.strerror or error}; "
@@ -150,11 +146,11 @@ def resolve_sim_host(sim_host: str | Path | None) -> Path:
 
 def open_simulator(sim_host: str | Path | None = None) -> KernelSetup:
     from rctlpolicy.kernel.freebsd import FreeBSDKernel
-    from rctlpolicy.kernel.host import HostFileError
-    from rctlpolicy.kernel.simulator import SimulatedKernel
+    from rctlpolicy.kernel.hostfile import HostFileError
+    from rctlpolicy.kernel.simulator import SimulatedSyscalls
 
     path = resolve_sim_host(sim_host)
-    simulator = SimulatedKernel(path)
+    simulator = SimulatedSyscalls(path)
     try:
         simulator.host()
     except HostFileError as error:
@@ -169,6 +165,8 @@ def open_simulator(sim_host: str | Path | None = None) -> KernelSetup:
         state_dir=path.with_name(path.name + ".rctlpolicy"),
         simulated=True,
         sim_host=path,
+        simulator=simulator,
+        rule_store=simulator,
         default_rules_dir=Path("rules"),
     )
 
@@ -188,10 +186,10 @@ def open_kernel(kind: str = "auto", sim_host: str | Path | None = None) -> Kerne
     from rctlpolicy.kernel.freebsd import open_freebsd_kernel
 
     kernel = open_freebsd_kernel()
-    resolver = SystemResolver()
+    resolver = SystemResolver(kernel.jails)
     return KernelSetup(
         kernel=kernel,
-        syscalls=kernel._syscalls,
+        syscalls=kernel.syscalls,
         resolver=resolver,
         names=resolver,
         state_dir=FREEBSD_STATE_DIR,

@@ -94,6 +94,39 @@ class RacctStatus:
     reason: str | None = None
 
 
+class JailLister(Protocol):
+    """Lists the running jails (not the host)."""
+
+    def __call__(self) -> Sequence[Jail]: ...
+
+
+class RacctProbe(Protocol):
+    """kern.racct.enable: True/False, or None when the oid is missing (no RACCT in the kernel)."""
+
+    def __call__(self) -> bool | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RuleStoreStatus:
+    """Whether the kernel still holds what was put into it.
+
+    A real kernel keeps its rules until it reboots (and the daemon starts again with it). The
+    simulated kernel keeps them in a state file, which can be removed or damaged while a
+    daemon runs: `generation` changes whenever the rules were lost that way (None while there
+    is no state at all), and `damage` says what was wrong with the file the current generation
+    was rebuilt from (None after a plain removal, or when nothing was ever lost).
+    """
+
+    generation: str | None
+    damage: str | None = None
+
+
+class RuleStoreWatch(Protocol):
+    """Where a daemon asks whether the kernel lost its rules since it last applied them."""
+
+    def rule_store_status(self) -> RuleStoreStatus: ...
+
+
 class Kernel(Protocol):
     """Everything rctlpolicy does to FreeBSD's resource limits goes through this."""
 

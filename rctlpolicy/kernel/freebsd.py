@@ -12,9 +12,7 @@ from __future__ import annotations
 import functools
 import re
 import subprocess
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Sequence
 
 from rctlpolicy.amounts import kernel_strtoul
 from rctlpolicy.gcpause import no_cyclic_gc
@@ -22,13 +20,16 @@ from rctlpolicy.grammar import parse_rule_syntax
 from rctlpolicy.kernel.base import (
     STRERROR,
     Jail,
+    JailLister,
     KernelError,
     RacctDisabledError,
+    RacctProbe,
     RacctStatus,
     RctlCall,
     RctlSyscalls,
     SyscallError,
 )
+from rctlpolicy.kernel.commands import CommandRunner, SubprocessCommandRunner
 from rctlpolicy.model import EVERYTHING, SUBJECT_ALIASES, Filter, Resource, Rule
 from rctlpolicy.semantics.canonical import parse_canonical
 from rctlpolicy.semantics.check import Layer, check_rule
@@ -59,59 +60,6 @@ NO_RCTL_ADVICE = "this kernel has RACCT but not RCTL: boot a kernel built with o
 
 #: errno_name of a KernelError for output the kernel (or rctl(8)) gave that we cannot read.
 UNREADABLE = "UNREADABLE"
-
-
-class JailLister(Protocol):
-    """Lists the running jails (not the host)."""
-
-    def __call__(self) -> Sequence[Jail]: ...
-
-
-class RacctProbe(Protocol):
-    """kern.racct.enable: True/False, or None when the oid is missing (no RACCT in the kernel)."""
-
-    def __call__(self) -> bool | None: ...
-
-
-# --- running commands (rctl(8), jls(8), sysctl(8)) -----------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CommandResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-class CommandRunner(Protocol):
-    """Runs an argv (never through a shell) to completion."""
-
-    def run(self, argv: Sequence[str]) -> CommandResult:
-        """Raises OSError when the program cannot be started."""
-        ...
-
-
-class SubprocessRunner:
-    """Runs commands as real child processes, stdout and stderr captured apart."""
-
-    def __init__(self, *, timeout: float = 30.0, env: Mapping[str, str] | None = None) -> None:
-        self._timeout = timeout
-        self._env = dict(env) if env is not None else None
-
-    def run(self, argv: Sequence[str]) -> CommandResult:
-        """Run argv; a timeout surfaces as subprocess.TimeoutExpired."""
-        completed = subprocess.run(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            errors="surrogateescape",
-            timeout=self._timeout,
-            env=self._env,
-            check=False,
-        )
-        return CommandResult(completed.returncode, completed.stdout, completed.stderr)
 
 
 # --- reading the kernel's output ----------------------------------------------------------
@@ -205,6 +153,11 @@ class FreeBSDKernel:
         self._syscalls = syscalls
         self._jail_lister = jail_lister
         self._racct_probe = racct_probe
+
+    @property
+    def syscalls(self) -> RctlSyscalls:
+        """The system-call layer this kernel calls (rctl(8) runs over the same one)."""
+        return self._syscalls
 
     def add_rule(self, rule: Rule) -> None:
         """rctl -a: raises KernelError (EOPNOTSUPP, ESRCH, ...)."""
@@ -351,7 +304,7 @@ class RctlCommandSyscalls:
         self, rctl_path: str = "/usr/bin/rctl", runner: CommandRunner | None = None
     ) -> None:
         self._rctl_path = rctl_path
-        self._runner: CommandRunner = runner if runner is not None else SubprocessRunner()
+        self._runner: CommandRunner = runner if runner is not None else SubprocessCommandRunner()
 
     def call(self, call: RctlCall, inbuf: bytes, outbuflen: int) -> bytes:
         """One rctl(8) run standing in for one system call; raises SyscallError."""
@@ -419,15 +372,16 @@ def open_freebsd_kernel(
     """The kernel of the running FreeBSD host.
 
     The system calls through libc when it has `rctl_get_rules`, else rctl(8); kern.racct.enable
-    through sysctlbyname(3) (sysctl(8) without it); jails with `jls --libxo json` unless a
-    lister is given (`jails.jail_get_lister(libc)` avoids a process per listing).
+    through sysctlbyname(3) (sysctl(8) without it); jails through jail_get(2) (`jls --libxo
+    json` without it) unless a lister is given.
     """
-    from rctlpolicy.kernel.jails import jls_lister
+    # ctypes only when FreeBSD's own kernel is opened: the simulator's commands start faster.
+    from rctlpolicy.kernel.jails import system_jail_lister
     from rctlpolicy.kernel.libc import LibcSyscalls, load_libc, sysctl_racct_enable
 
     if libc is None:
         libc = load_libc()
-    command_runner: CommandRunner = runner if runner is not None else SubprocessRunner()
+    command_runner: CommandRunner = runner if runner is not None else SubprocessCommandRunner()
     syscalls: RctlSyscalls
     if hasattr(libc, RctlCall.GET_RULES.value):
         syscalls = LibcSyscalls(libc)
@@ -442,5 +396,5 @@ def open_freebsd_kernel(
 
     else:
         probe = sysctl_command_probe(command_runner)
-    lister = jail_lister if jail_lister is not None else jls_lister(command_runner)
+    lister = jail_lister if jail_lister is not None else system_jail_lister(libc, command_runner)
     return FreeBSDKernel(syscalls, lister, probe)

@@ -1,7 +1,9 @@
-"""Listing the running jails: `jls --libxo json jid name`, or jail_get(2) through ctypes.
+"""Listing the running jails: jail_get(2) through ctypes, or `jls --libxo json jid name`.
 
 Both return `Jail(jid, name)` for every jail but the host (spec freebsd-integration.md 6.3).
-RCTL names jails by name only; the jid is for people and for `ps -o jid`.
+RCTL names jails by name only; the jid is for people and for `ps -o jid`. jail_get(2) is the
+default (a scrape lists the jails without starting a process); jls(8) is the fallback for a
+libc without it.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-from rctlpolicy.kernel.base import Jail, KernelError
-from rctlpolicy.kernel.freebsd import CommandRunner, JailLister
+from rctlpolicy.kernel.base import Jail, JailLister, KernelError
+from rctlpolicy.kernel.commands import CommandRunner
 from rctlpolicy.kernel.libc import FREEBSD_ENOENT, CFunction, IoVec, errno_name
 
 JLS_PATH = "/usr/sbin/jls"
@@ -127,3 +129,10 @@ def jail_get_lister(libc: object, *, include_dying: bool = False) -> JailLister:
         return list_jails_jail_get(libc, include_dying=include_dying)
 
     return lister
+
+
+def system_jail_lister(libc: object, runner: CommandRunner) -> JailLister:
+    """How this system lists its jails: jail_get(2) when libc has it, else jls(8)."""
+    if hasattr(libc, "jail_get"):
+        return jail_get_lister(libc)
+    return jls_lister(runner)

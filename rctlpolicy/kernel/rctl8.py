@@ -20,14 +20,13 @@ from typing import Protocol, TextIO
 
 from rctlpolicy.amounts import as_int64, humanize_number, kernel_strtoul, strtod_id
 from rctlpolicy.grammar import AMOUNT, SUBJECT_ID, RuleSyntax, parse_rule_syntax
-from rctlpolicy.kernel.base import STRERROR, RctlCall, RctlSyscalls, SyscallError
+from rctlpolicy.kernel.base import STRERROR, RacctProbe, RctlCall, RctlSyscalls, SyscallError
 from rctlpolicy.kernel.freebsd import (
     BUFFER_GROWTH,
     BUFFER_LIMIT,
     RACCT_DISABLED,
     RACCT_MISSING,
     RCTL_DEFAULT_BUFSIZE,
-    RacctProbe,
 )
 from rctlpolicy.semantics.check import (
     FilterCheck,
@@ -373,23 +372,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main_simulated(arguments: list[str], host_path: str) -> int:
-    from rctlpolicy.kernel.host import HostFileError, load_host
-    from rctlpolicy.kernel.simulator import SimulatedKernel
+    from rctlpolicy.kernel.hostfile import HostFileError
+    from rctlpolicy.kernel.simulator import SimulatedSyscalls
 
-    def racct_enable() -> bool | None:
-        # The simulated kernel always has RACCT and RCTL compiled in; only the tunable varies.
-        return load_host(host_path).racct_enable
-
+    simulator = SimulatedSyscalls(host_path)
     try:
-        host = load_host(host_path)
+        host = simulator.host()
         return run_rctl(
             arguments,
-            SimulatedKernel(host_path),
+            simulator,
             host,
             host,
             sys.stdout,
             sys.stderr,
-            racct_enable=racct_enable,
+            # The simulated kernel always has RACCT and RCTL compiled in; only the tunable varies.
+            racct_enable=simulator.racct_enabled,
         )
     except HostFileError as error:  # also when the file breaks between two calls
         sys.stderr.write(f"{PROGRAM}: {error}\n")

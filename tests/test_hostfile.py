@@ -1,9 +1,8 @@
-"""The simulated host file (parsing, errors, reloading) and the simulated kernel's state store."""
+"""The simulated host file: parsing, errors, usage of nested jails, reading only when changed."""
 
 from __future__ import annotations
 
-import json
-import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -11,14 +10,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rctlpolicy.kernel.host import (
+from rctlpolicy.kernel.hostfile import (
+    HostFile,
     HostFileError,
     HostProcess,
-    HostSpec,
-    KernelState,
-    RateWindow,
-    StateStore,
-    StoredRule,
     container_key,
     default_host_path,
     load_host,
@@ -194,10 +189,16 @@ def test_comm_is_cut_to_maxcomlen() -> None:
             "processes: 1: loginclass: 'staf' is not in loginclasses",
         ),
         ("loginclasses: [" + "x" * 33 + "]", "is longer than 32 bytes"),
-        ("users: {root: 0", "not valid YAML: line 1"),
-        ("users: {www: 80}\nusers: {www: 81}\n", "line 2, column 1: 'users' is given twice"),
+        ("users: {root: 0", "not valid YAML: line 2, column 1: did not find expected ','"),
+        (
+            "users: {www: 80}\nusers: {www: 81}\n",
+            "line 2, column 1: key 'users' is given twice (first on line 1)",
+        ),
         ("usage: {'jail:db1': {maxproc: 1, maxproc: 2}}", "'maxproc' is given twice"),
-        ("users: " + "[" * 5000 + "]" * 5000, "not valid YAML: nested too deeply"),
+        (
+            "users: " + "[" * 5000 + "]" * 5000,
+            "not valid YAML: line 1, column 1007: exceeded maximum nesting",
+        ),
     ],
 )
 def test_bad_host_files_say_what_is_wrong(text: str, expected: str) -> None:
@@ -231,13 +232,14 @@ def test_the_default_host_is_valid_and_demonstrates_a_near_limit() -> None:
 # --- load_host ---------------------------------------------------------------------------------
 
 
-def test_load_host_sees_every_edit(tmp_path: Path) -> None:
+def test_a_host_file_sees_every_edit(tmp_path: Path) -> None:
     path = tmp_path / "host.yaml"
     path.write_text("users: {www: 80}\n")
-    assert load_host(path).uid_of("www") == 80
-    assert load_host(path) is load_host(path)  # unchanged: parsed once
+    host_file = HostFile(path)
+    assert host_file.load().uid_of("www") == 80
+    assert host_file.load() is host_file.load()  # unchanged: parsed once
     path.write_text("users: {www: 81}\n")  # same size, same second: still seen
-    assert load_host(path).uid_of("www") == 81
+    assert host_file.load().uid_of("www") == 81
 
 
 def test_load_host_missing_file(tmp_path: Path) -> None:
@@ -256,134 +258,83 @@ def test_load_host_broken_after_an_edit_then_fixed(tmp_path: Path) -> None:
     assert load_host(path).uid_of("www") == 82
 
 
-# --- the state store ---------------------------------------------------------------------------
+def test_a_settled_host_file_is_read_only_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "host.yaml"
+    path.write_text("users: {www: 80}\n")
+    os.utime(path, (1_000_000_000, 1_000_000_000))  # last changed long ago (2001)
+    host_file = HostFile(path)
+    first = host_file.load()
+    for _ in range(500):  # a scrape's worth of system calls
+        assert host_file.load() is first
+    assert host_file.reads == 1
+    path.write_text("users: {www: 81, db: 82}\n")
+    os.utime(path, (1_000_000_100, 1_000_000_100))
+    assert host_file.load().uid_of("db") == 82
+    assert host_file.reads == 2
 
 
-def test_state_path_is_beside_the_host_file(tmp_path: Path) -> None:
-    assert StateStore.path_beside(tmp_path / "host.yaml") == tmp_path / "host.yaml.state.json"
+def test_a_host_file_changed_a_moment_ago_is_read_until_it_settles(tmp_path: Path) -> None:
+    path = tmp_path / "host.yaml"
+    path.write_text("users: {www: 80}\n")  # now: a same-size edit could keep its stat
+    host_file = HostFile(path)
+    first = host_file.load()
+    assert host_file.load() is first  # read again, compared, not parsed again
+    assert host_file.reads == 2
 
 
-def test_state_round_trip(tmp_path: Path) -> None:
-    state = KernelState(
-        (
-            StoredRule(rule("user:80:maxproc:deny=10"), 1),
-            StoredRule(rule("jail:db1:pcpu:log=50"), 3),
-        ),
-        {"user:80": 1, "jail:db1": 3},
-        4,
-        frozenset({"jail:db1:pcpu:log=50"}),
-        {"log": RateWindow(12.5, 2)},
-    )
-    store = StateStore(tmp_path / "s.json")
-    store.modify(lambda _old: (state, None))
-    assert store.read() == state
-    assert KernelState.from_json(json.loads(json.dumps(state.to_json()))) == state
+# --- nested jails --------------------------------------------------------------------------------
+
+NESTED = """
+users: {root: 0}
+jails:
+  outer: {jid: 3}
+  outer.inner: {jid: 4}
+  outer.inner.deep: {jid: 5}
+  other: {jid: 6}
+  odd.name: {jid: 7}
+  sideways: {jid: 8, parent: other}
+processes:
+  1: {comm: init, uid: 0}
+  40: {comm: sh, uid: 0, jail: outer.inner, attached: true}
+usage:
+  "jail:0": {maxproc: 100}
+  "jail:outer": {maxproc: 1, memoryuse: 1000}
+  "jail:outer.inner": {maxproc: 2}
+  "jail:outer.inner.deep": {maxproc: 4, cputime: 9223372036854}
+  "jail:sideways": {maxproc: 8}
+  "jail:gone": {maxproc: 16}
+"""
 
 
-def test_a_missing_state_file_is_an_empty_kernel(tmp_path: Path) -> None:
-    assert StateStore(tmp_path / "s.json").read() == KernelState()
+def test_child_jails_are_named_under_their_parent() -> None:
+    host = parse_host(NESTED)
+    parents = {jail.name: jail.parent for jail in host.jails}
+    assert parents == {
+        "outer": "0",
+        "outer.inner": "outer",
+        "outer.inner.deep": "outer.inner",
+        "other": "0",
+        "odd.name": "0",  # no jail "odd": a top-level jail with a dot in its name
+        "sideways": "other",  # `parent:` says so explicitly
+    }
+    assert host.jail_chain("outer.inner.deep") == ("outer.inner.deep", "outer.inner", "outer", "0")
+    assert host.processes[40].attached and not host.processes[1].attached
 
 
-def test_a_corrupt_state_file_warns_and_reads_empty(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    path = tmp_path / "s.json"
-    path.write_text("{not json")
-    with caplog.at_level(logging.WARNING):
-        assert StateStore(path).read() == KernelState()
-    assert "corrupt" in caplog.text
+def test_a_jails_usage_includes_its_child_jails() -> None:
+    host = parse_host(NESTED)
 
+    def used(name: str, resource: Resource = Resource.MAXPROC) -> int:
+        return host.usage_of(SubjectType.JAIL, name).get(resource, 0)
 
-def test_malformed_entries_are_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = tmp_path / "s.json"
-    good = "2 user:80:maxproc:deny=10/user"
-    path.write_text(
-        json.dumps(
-            {
-                "rules": [
-                    good,
-                    "1 group:0:maxproc:deny=1/user",
-                    {"seq": 3},
-                    "x user:80:maxproc:deny=10/user",
-                    "4 process:x:maxproc:deny=1/process",
-                    "5 user:80:maxproc:deny=-1/user",
-                    "6 user:80:maxproc:deny=1",
-                    "7 user::maxproc:deny=1/user",
-                    "8 jail:a/b=c:maxproc:deny=1/jail",
-                ],
-                "containers": {"user:80": "old"},
-                "exceeded": [1, "a"],
-                "rate_windows": {"log": {"start": "soon"}, "devctl": 3},
-                "next_seq": "many",
-            }
-        )
-    )
-    with caplog.at_level(logging.WARNING):
-        state = StateStore(path).read()
-    jail_rule = Rule(
-        SubjectType.JAIL, "a/b=c", Resource.MAXPROC, Action.DENY, 1, SubjectType.JAIL
-    )  # names may hold '/' and '='
-    assert state.rules == (
-        StoredRule(rule("user:80:maxproc:deny=10"), 2),
-        StoredRule(jail_rule, 8),
-    )
-    assert state.next_seq == 9
-    assert state.containers == {}
-    assert state.exceeded == frozenset({"a"})
-    assert state.rate_windows == {}
-    assert "dropping a malformed rule entry" in caplog.text
-
-
-def test_state_of_the_wrong_shape_reads_empty(tmp_path: Path) -> None:
-    path = tmp_path / "s.json"
-    path.write_text(json.dumps({"rules": {"a": 1}, "containers": [], "exceeded": "x"}))
-    assert StateStore(path).read().rules == ()
-
-
-def test_a_failed_change_leaves_the_file_alone(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "s.json")
-    store.modify(lambda old: (old.added(rule("user:80:maxproc:deny=10")), None))
-    before = store.path.read_bytes()
-
-    def fail(_old: KernelState) -> tuple[KernelState, None]:
-        raise RuntimeError("no")
-
-    with pytest.raises(RuntimeError):
-        store.modify(fail)
-    assert store.path.read_bytes() == before
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_added_replaces_denies_and_identical_rules() -> None:
-    deny10 = rule("user:80:maxproc:deny=10")
-    deny20 = rule("user:80:maxproc:deny=20")
-    log10 = rule("user:80:maxproc:log=10")
-    log20 = rule("user:80:maxproc:log=20")
-    state = KernelState().added(deny10).added(deny20).added(log10).added(log20).added(log10)
-    assert [s.rule for s in state.rules] == [deny20, log20, log10]
-    assert state.next_seq == 6
-
-
-def test_removing_forgets_containers_and_episodes() -> None:
-    log10 = rule("jail:db1:maxproc:log=10")
-    state = KernelState().added(log10)
-    state = KernelState(state.rules, state.containers, state.next_seq, frozenset({log10.canonical}))
-    assert state.containers == {"jail:db1": 1}
-    emptied, count = state.removed(lambda r: True)
-    assert count == 1
-    assert emptied.containers == {} and emptied.exceeded == frozenset()
-    # re-adding an identical rule makes a new link: its episode starts over
-    assert state.added(log10).exceeded == frozenset()
-
-
-def test_live_drops_rules_of_exited_processes() -> None:
-    host: HostSpec = parse_host(HOST)
-    state = (
-        KernelState()
-        .added(rule("process:4242:maxproc:deny=1"))
-        .added(rule("process:999:maxproc:deny=1"))
-    )
-    assert [s.rule.subject_id for s in state.live(host).rules] == ["4242"]
+    assert used("outer.inner.deep") == 4
+    assert used("outer.inner") == 2 + 4
+    assert used("outer") == 1 + 2 + 4
+    assert used("other") == 8
+    assert used("0") == 100 + 1 + 2 + 4 + 8  # prison0: everything but the stopped jail's
+    assert used("gone") == 16
+    assert used("outer", Resource.MEMORYUSE) == 1000
+    assert used("0", Resource.CPUTIME) == 9223372036854  # capped where the kernel's sum stops
 
 
 def test_host_yaml_written_by_tests_round_trips(tmp_path: Path) -> None:
@@ -454,79 +405,3 @@ def test_any_document_is_a_host_or_a_host_file_error(document: object) -> None:
         parse_host(text, "fuzz.yaml")
     except HostFileError as error:
         assert str(error).startswith("fuzz.yaml: ")
-
-
-# --- the state file's journal --------------------------------------------------------------------
-
-
-def _jail_rule(n: int) -> Rule:
-    return Rule(SubjectType.JAIL, f"j{n}", Resource.MAXPROC, Action.DENY, n, SubjectType.JAIL)
-
-
-def _add(store: StateStore, rule: Rule) -> None:
-    store.modify(lambda state: (state.added(rule), None))
-
-
-def test_adds_are_journalled_and_every_reader_sees_them(tmp_path: Path) -> None:
-    path = tmp_path / "s.json"
-    writer = StateStore(path)
-    for n in range(5):
-        _add(writer, _jail_rule(n))
-    lines = path.read_text().splitlines()
-    assert len(lines) == 5  # the first add wrote the snapshot, the others one line each
-    assert json.loads(lines[1])["add"] == "2 jail:j1:maxproc:deny=1/jail"
-    fresh = StateStore(path).read()
-    assert fresh == writer.read()
-    assert [s.rule for s in fresh.rules] == [_jail_rule(n) for n in range(5)]
-    assert fresh.containers["jail:j4"] == 5 and fresh.next_seq == 6
-
-
-def test_two_stores_interleave_through_the_journal(tmp_path: Path) -> None:
-    path = tmp_path / "s.json"
-    first, second = StateStore(path), StateStore(path)
-    for n in range(6):
-        _add(first if n % 2 else second, _jail_rule(n))
-    assert {s.rule for s in StateStore(path).read().rules} == {_jail_rule(n) for n in range(6)}
-
-
-def test_the_journal_is_folded_into_a_snapshot(tmp_path: Path) -> None:
-    path = tmp_path / "s.json"
-    store = StateStore(path, journal_max=3)
-    for n in range(10):
-        _add(store, _jail_rule(n))
-    assert len(path.read_text().splitlines()) <= 4
-    assert len(StateStore(path).read().rules) == 10
-
-
-def test_a_removal_rewrites_the_snapshot(tmp_path: Path) -> None:
-    path = tmp_path / "s.json"
-    store = StateStore(path)
-    for n in range(3):
-        _add(store, _jail_rule(n))
-    store.modify(lambda state: (state.removed(lambda rule: rule.subject_id == "j1")[0], None))
-    assert len(path.read_text().splitlines()) == 1
-    assert [s.rule for s in StateStore(path).read().rules] == [_jail_rule(0), _jail_rule(2)]
-
-
-def test_a_torn_journal_line_is_dropped_with_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    path = tmp_path / "s.json"
-    store = StateStore(path)
-    for n in range(3):
-        _add(store, _jail_rule(n))
-    with path.open("a") as handle:
-        handle.write('{"add": "4 jail:j')  # a writer killed half-way through its line
-    with caplog.at_level(logging.WARNING):
-        state = StateStore(path).read()
-    assert [s.rule for s in state.rules] == [_jail_rule(n) for n in range(3)]
-    assert "journal" in caplog.text
-
-
-def test_an_old_state_file_without_a_final_newline_takes_a_journal(tmp_path: Path) -> None:
-    path = tmp_path / "s.json"
-    old = KernelState().added(_jail_rule(0))
-    path.write_text(json.dumps(old.to_json()))  # as written before journals existed
-    store = StateStore(path)
-    _add(store, _jail_rule(1))
-    assert [s.rule for s in StateStore(path).read().rules] == [_jail_rule(0), _jail_rule(1)]
