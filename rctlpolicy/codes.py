@@ -444,6 +444,13 @@ class Code:
         _on_match("{run: [service, postgresql, restart]}"),
         _on_match("{run: [/usr/sbin/service, postgresql, restart]}"),
     )
+    RUN_RELATIVE_PATH = C(
+        "run-relative-path",
+        ERROR,
+        "the program is a relative path, which would depend on the daemon's directory",
+        _on_match("{run: [bin/notify, '{jail}']}"),
+        _on_match("{run: [/usr/local/bin/notify, '{jail}']}"),
+    )
     BAD_PLACEHOLDER = C(
         "bad-placeholder",
         ERROR,
@@ -485,6 +492,13 @@ class Code:
         "max_runs count is not a whole number >= 1",
         _on_match("{signal: TERM, max_runs: {count: 0, within: 1h}}"),
         _on_match("{signal: TERM, max_runs: {count: 3, within: 1h}}"),
+    )
+    INVALID_ACTION_NAME = C(
+        "invalid-action-name",
+        ERROR,
+        "an on_match name that is not 1 to 64 letters, digits and _ . : -",
+        _on_match("{name: restart db1, signal: TERM}"),
+        _on_match("{name: restart-db1, signal: TERM}"),
     )
 
     # --- across the whole policy (lint's checks, rctlpolicy/checks/) -------------------------

@@ -17,12 +17,12 @@ Nothing that goes wrong after start-up stops the daemon: it is logged and counte
 
 Loading the policy is `rctlpolicy.policyload`; the process around the daemon (logging, the
 pidfile) is `rctlpolicy.service`. The pure decisions about events (which policy rule a possibly
-truncated event is about, which jail it came from) are module functions, tested on their own.
+truncated event is about, which jail its action is about) are `rctlpolicy.eventmatch`, shared
+with `rctlpolicy handle` and tested on their own.
 """
 
 from __future__ import annotations
 
-import enum
 import html
 import logging
 import signal
@@ -33,18 +33,14 @@ from types import FrameType
 from typing import Any
 
 from rctlpolicy.actions import (
-    ActionContext,
+    DEFAULT_MAX_RUNNING,
     ActionEngine,
-    ActionError,
-    ActionInputError,
     ActionOutcome,
+    ActionProcessRunner,
     Decision,
     MemoryState,
     Outcome,
     Runner,
-    SubprocessRunner,
-    action_name,
-    check_template,
 )
 from rctlpolicy.apply import AppliedRules, apply_rules
 from rctlpolicy.clock import Clock, SystemClock
@@ -59,6 +55,13 @@ from rctlpolicy.devd import (
     parse_rctl_event,
 )
 from rctlpolicy.diagnostics import Diagnostic
+from rctlpolicy.eventmatch import (
+    Episodes,
+    EventVerdict,
+    match_event,
+    resync_candidate,
+    resync_context,
+)
 from rctlpolicy.exporter import (
     DaemonCollector,
     DaemonStats,
@@ -70,8 +73,9 @@ from rctlpolicy.exporter import (
 from rctlpolicy.formats import render
 from rctlpolicy.kernel.base import Kernel, KernelError, RuleStoreWatch
 from rctlpolicy.loops import PeriodicLoop, QueueLoop, Wakeup
-from rctlpolicy.model import HOST_JAIL, Action, Filter, Rule, Severity, SubjectType
-from rctlpolicy.policy_model import OnMatch, PolicyRule
+from rctlpolicy.model import Filter, Rule, Severity
+from rctlpolicy.onmatch import ActionContext, action_name
+from rctlpolicy.policy_model import PolicyRule
 from rctlpolicy.policyload import (
     LOG_DIAGNOSTICS_PER_FILE,
     LOG_SOURCE_CHARS,
@@ -105,78 +109,6 @@ class StoppedDuringStartup(Exception):
     """SIGTERM or SIGINT came while the daemon was starting: nothing was changed."""
 
 
-# --- events -> policy rules ------------------------------------------------------------------
-
-
-def rule_text_may_be_cut(event: RctlEvent) -> bool:
-    """Whether the 127-byte cut may have shortened the rule itself (it ends the message)."""
-    if not event.truncated:
-        return False
-    data = event.raw.rstrip("\n").removesuffix("\ufffd")
-    return data.endswith("rule=" + event.rule)
-
-
-def identify_rule(event: RctlEvent, rules: Mapping[str, PolicyRule]) -> PolicyRule | None:
-    """The policy rule an RCTL event reports, or None.
-
-    The rule text is whole unless the kernel's cut reached it: then it is the one policy rule
-    it is a prefix of, and None when it is a prefix of several (or of none).
-    """
-    if not rule_text_may_be_cut(event):
-        return rules.get(event.rule)
-    candidates = [rule for canonical, rule in rules.items() if canonical.startswith(event.rule)]
-    return candidates[0] if len(candidates) == 1 else None
-
-
-def event_jail(event: RctlEvent, rule: Rule, jail_names: Iterable[str]) -> str | None:
-    """The jail the event's process is in ("0": the host), or None when it cannot be told.
-
-    An untruncated event says it. When the cut reached `jail=` (or removed it), a jail rule's
-    subject is taken when the surviving prefix is consistent with it; otherwise the prefix must
-    name exactly one running jail (or the host).
-    """
-    prefix = event.jail
-    if prefix is not None and not event.truncated:
-        return prefix
-    if rule.subject is SubjectType.JAIL and (prefix is None or rule.subject_id.startswith(prefix)):
-        return rule.subject_id
-    if prefix is None:
-        return None
-    matches = sorted(name for name in {HOST_JAIL, *jail_names} if name.startswith(prefix))
-    return matches[0] if len(matches) == 1 else None
-
-
-def resync_candidate(policy_rule: PolicyRule) -> bool:
-    """Whether a resync can tell from usage alone that this rule's episode is on: a devctl
-    rule with an action whose usage is summed over its own subject (not per process or user)."""
-    rule = policy_rule.rule
-    return (
-        rule.action is Action.DEVCTL
-        and policy_rule.on_match is not None
-        and rule.per is rule.subject
-    )
-
-
-def needs_event_fields(on_match: OnMatch) -> bool:
-    """Whether the action needs the pid or ruid that only a kernel event carries."""
-    if on_match.signal is not None:
-        return True
-    if on_match.run is not None:
-        try:
-            used = check_template(on_match.run)
-        except ActionError:
-            return False  # the engine refuses it, and says why
-        return bool(used & {"pid", "ruid"})
-    return False
-
-
-class _Episode(enum.Enum):
-    """Who acted on the episode of a rule that is over its limit now."""
-
-    EVENT = "event"  # the kernel's event
-    RESYNC = "resync"  # the resync after a (re)connect; the kernel's event may still come
-
-
 # --- the daemon ------------------------------------------------------------------------------
 
 #: Requests to the main loop, one byte each on its wakeup pipe.
@@ -201,7 +133,7 @@ class Daemon:
         clock: Clock | None = None,
         runner: Runner | None = None,
         devd_paths: tuple[Path | None, Path | None] | None = None,
-        max_parallel_actions: int = 4,
+        max_parallel_actions: int = DEFAULT_MAX_RUNNING,
         rule_store: RuleStoreWatch | None = None,
     ) -> None:
         self.config = config
@@ -216,10 +148,11 @@ class Daemon:
         self.applied = AppliedRules.in_dir(state_dir)
         self.engine = ActionEngine(
             self.clock,
-            runner or SubprocessRunner(),
+            runner or ActionProcessRunner(),
             MemoryState(),
             on_outcome=self._on_outcome,
             max_workers=max_parallel_actions,
+            on_slots=self.stats.action_slots,
         )
         self._loaded: LoadedRules | None = None
         self._install_failed = False
@@ -236,8 +169,7 @@ class Daemon:
             "rctlpolicy-jails", config.jail_poll_interval, self._watch_jails
         )
         self._connections = 0
-        self._episodes: dict[str, _Episode] = {}
-        self._episodes_lock = threading.Lock()
+        self._episodes = Episodes()
         self._textfile_lock = threading.Lock()
         self.registry = make_registry(
             [JailCollector(kernel, self.stats), DaemonCollector(self.stats)]
@@ -532,42 +464,24 @@ class Daemon:
         loaded = self._loaded
         if loaded is None:
             return None
-        policy_rule = identify_rule(event, loaded.by_canonical)
-        if policy_rule is None:
-            if rule_text_may_be_cut(event):
-                self.stats.count_event("truncated")
-                log.warning(
-                    "truncated RCTL message matches no single policy rule: %r", event.raw[:200]
-                )
-            else:
-                self.stats.count_event("unmatched")
-                log.info("RCTL event for a rule not in the policy: %s", event.rule)
+        match = match_event(event, loaded.by_canonical, loaded.jail_names)
+        self.stats.count_event(match.verdict.value)
+        if match.verdict is EventVerdict.UNMATCHED:
+            log.info("%s", match.reason)
+        elif match.verdict is not EventVerdict.HANDLED:
+            log.warning("%s", match.reason)
+        if match.policy_rule is None or match.context is None:
             return None
-        jail = event_jail(event, policy_rule.rule, loaded.jail_names)
-        if jail is None:
-            self.stats.count_event("truncated")
-            log.warning("cannot tell the jail of truncated RCTL message %r", event.raw[:200])
-            return None
-        try:
-            ctx = ActionContext.from_event(policy_rule.rule, event.pid, event.ruid, jail)
-        except ActionInputError as error:
-            self.stats.count_event("malformed")
-            log.warning("refusing RCTL message with bad values (%s): %r", error, event.raw[:200])
-            return None
-        self.stats.count_event("handled")
-        if resync_candidate(policy_rule):
-            with self._episodes_lock:
-                before = self._episodes.get(policy_rule.canonical)
-                self._episodes[policy_rule.canonical] = _Episode.EVENT
-            if before is _Episode.RESYNC:
-                # The kernel's report of the episode the resync already acted on.
-                log.info(
-                    "%s: the resync already acted on this episode; not acting twice",
-                    policy_rule.canonical,
-                )
-                self._count_refusal(policy_rule, Outcome.SUPPRESSED)
-                return Decision.SUPPRESSED
-        return self._submit(policy_rule, ctx)
+        policy_rule = match.policy_rule
+        if resync_candidate(policy_rule) and self._episodes.event_arrived(policy_rule.canonical):
+            # The kernel's report of the episode the resync already acted on.
+            log.info(
+                "%s: the resync already acted on this episode; not acting twice",
+                policy_rule.canonical,
+            )
+            self._count_refusal(policy_rule, Outcome.SUPPRESSED)
+            return Decision.SUPPRESSED
+        return self._submit(policy_rule, match.context)
 
     def _submit(self, policy_rule: PolicyRule, ctx: ActionContext) -> Decision:
         decision = self.engine.submit(policy_rule, ctx)
@@ -577,10 +491,7 @@ class Daemon:
 
     def _count_refusal(self, policy_rule: PolicyRule, outcome: Outcome) -> None:
         assert policy_rule.on_match is not None
-        try:
-            name = action_name(policy_rule.on_match)
-        except ActionError:
-            name = "invalid"
+        name = action_name(policy_rule.on_match, policy_rule.rule)
         self.stats.count_action(name, policy_rule.rule.resource.value, outcome.value)
 
     def resync(self, reason: str) -> None:
@@ -599,36 +510,27 @@ class Daemon:
             over = self._over_limit(policy_rule.rule)
             if over is None:
                 continue
-            with self._episodes_lock:
-                if not over:
-                    self._episodes.pop(canonical, None)
-                    continue
-                if canonical in self._episodes:
-                    known += 1
-                    continue
-            assert policy_rule.on_match is not None
-            if needs_event_fields(policy_rule.on_match):
+            if not over:
+                self._episodes.end(canonical)
+                continue
+            if self._episodes.known(canonical):
+                known += 1
+                continue
+            context = resync_context(policy_rule)
+            if isinstance(context, str):
                 log.warning(
-                    "%s is over its limit, but its action needs the pid of an event; "
-                    "it runs at the kernel's next event for it",
+                    "%s is over its limit, but %s; it runs at the kernel's next event for it",
                     canonical,
+                    context,
                 )
                 waiting += 1
                 continue
-            rule = policy_rule.rule
-            jail = rule.subject_id if rule.subject is SubjectType.JAIL else HOST_JAIL
-            try:
-                ctx = ActionContext.from_event(rule, None, None, jail)
-            except ActionInputError as error:
-                log.warning("cannot act on %s after resync: %s", canonical, error)
-                continue
-            with self._episodes_lock:
-                self._episodes[canonical] = _Episode.RESYNC
+            self._episodes.resync_acts(canonical)
             log.warning(
                 "%s is over its limit and no event for it reached us; acting now", canonical
             )
             acted += 1
-            self._submit(policy_rule, ctx)
+            self._submit(policy_rule, context)
         log.info(
             "resync (%s): acted on %d rule(s) over their limit, %d already handled, "
             "%d waiting for an event",
@@ -650,13 +552,10 @@ class Daemon:
         loaded = self._loaded
         if loaded is None:
             return
-        with self._episodes_lock:
-            active = list(self._episodes)
-        for canonical in active:
+        for canonical in self._episodes.active():
             policy_rule = loaded.by_canonical.get(canonical)
             if policy_rule is None or self._over_limit(policy_rule.rule) is False:
-                with self._episodes_lock:
-                    self._episodes.pop(canonical, None)
+                self._episodes.end(canonical)
 
     def _watch_jails(self) -> None:
         """One tick of the jail watcher: reconcile when the kernel lost its rules, when jails

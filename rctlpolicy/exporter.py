@@ -45,7 +45,7 @@ from rctlpolicy.model import Filter, Resource, Rule, SubjectType
 log = logging.getLogger("rctlpolicy.exporter")
 
 CLASSIC_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-EVENT_OUTCOMES = ("handled", "unmatched", "malformed", "truncated")
+EVENT_OUTCOMES = ("handled", "unmatched", "malformed", "truncated", "rejected")
 ACTION_OUTCOMES = ("ok", "failed", "timeout", "suppressed", "exhausted")
 TEXTFILE_MODE = 0o644
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -75,6 +75,9 @@ class DaemonStats:
     duration_count: int = 0
     duration_sum: float = 0.0
     exhausted: frozenset[tuple[str, str, str]] = frozenset()
+    actions_running: int = 0
+    actions_running_limit: int = 0
+    actions_delayed: int = 0
     start_time: float = field(default_factory=time.time)
 
     def count_event(self, outcome: str) -> None:
@@ -92,6 +95,13 @@ class DaemonStats:
                 for index, bound in enumerate(DURATION_BUCKETS):
                     if duration <= bound:
                         self.duration_buckets[index] += 1
+
+    def action_slots(self, running: int, limit: int, delayed: int) -> None:
+        """The action engine's workers: running now, the most at once, waits so far."""
+        with self.lock:
+            self.actions_running = running
+            self.actions_running_limit = limit
+            self.actions_delayed = delayed
 
     def reloaded(self, ok: bool, rules: int | None = None, when: float | None = None) -> None:
         with self.lock:
@@ -281,6 +291,16 @@ class DaemonCollector(Collector):
             for labels in sorted(s.exhausted):
                 exhausted.add_metric(list(labels), 1)
             yield exhausted
+            for name, value in (
+                (names.RCTLPOLICY_ACTIONS_RUNNING, s.actions_running),
+                (names.RCTLPOLICY_ACTIONS_RUNNING_LIMIT, s.actions_running_limit),
+            ):
+                yield GaugeMetricFamily(name, _help(name), value=value)
+            yield CounterMetricFamily(
+                names.RCTLPOLICY_ACTIONS_DELAYED_TOTAL,
+                _help(names.RCTLPOLICY_ACTIONS_DELAYED_TOTAL),
+                value=s.actions_delayed,
+            )
             start_time = s.start_time
         yield from process_metrics(start_time)
 

@@ -35,7 +35,8 @@ from rctlpolicy.codes import Code, code_named
 from rctlpolicy.diagnostics import Diagnostic
 from rctlpolicy.loops import Wakeup
 from rctlpolicy.model import Action, Resource, Rule, Severity, SubjectType
-from rctlpolicy.policy_model import OnMatch, Policy, PolicyRule, SourceLocation
+from rctlpolicy.onmatch import OnMatch
+from rctlpolicy.policy_model import Policy, PolicyRule, SourceLocation
 from rctlpolicy.policyload import DEFAULT_MAX_FILE_BYTES, PolicyLoad, load_rules
 
 log = logging.getLogger("rctlpolicy")

@@ -134,6 +134,9 @@ RCTLPOLICY_EVENTS_TOTAL = "rctlpolicy_events_total"
 RCTLPOLICY_ACTIONS_TOTAL = "rctlpolicy_actions_total"
 RCTLPOLICY_ACTION_DURATION_SECONDS = "rctlpolicy_action_duration_seconds"
 RCTLPOLICY_EXHAUSTED_ACTIONS = "rctlpolicy_exhausted_actions"
+RCTLPOLICY_ACTIONS_RUNNING = "rctlpolicy_actions_running"
+RCTLPOLICY_ACTIONS_RUNNING_LIMIT = "rctlpolicy_actions_running_limit"
+RCTLPOLICY_ACTIONS_DELAYED_TOTAL = "rctlpolicy_actions_delayed_total"
 # prometheus_client's ProcessCollector reads Linux /proc and reports nothing on FreeBSD, so the
 # daemon measures itself under its own prefix.
 RCTLPOLICY_PROCESS_CPU_SECONDS_TOTAL = "rctlpolicy_process_cpu_seconds_total"
@@ -341,7 +344,8 @@ def _specs() -> tuple[MetricSpec, ...]:
         MetricSpec(
             RCTLPOLICY_ACTIONS_TOTAL,
             _C,
-            "on_match actions by policy rule name, resource and outcome (run or not).",
+            "on_match actions by action name (on_match name, or <jail>-<resource>-<program>), "
+            "resource and outcome (run or not).",
             ("name", "resource", "outcome"),
         ),
         MetricSpec(
@@ -354,6 +358,17 @@ def _specs() -> tuple[MetricSpec, ...]:
             _G,
             "1 while an action has reached its max_runs and is suppressed.",
             ("name", "resource", "jail"),
+        ),
+        MetricSpec(RCTLPOLICY_ACTIONS_RUNNING, _G, "on_match actions running now."),
+        MetricSpec(
+            RCTLPOLICY_ACTIONS_RUNNING_LIMIT,
+            _G,
+            "The most on_match actions that run at once; more wait for one to end.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_ACTIONS_DELAYED_TOTAL,
+            _C,
+            "on_match actions that waited because the running limit was reached.",
         ),
         MetricSpec(
             RCTLPOLICY_PROCESS_CPU_SECONDS_TOTAL,

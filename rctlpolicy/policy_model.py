@@ -1,55 +1,24 @@
-"""What a policy is once loaded: rules with where they came from, and their on_match actions."""
+"""What a policy is once loaded: rules with where they came from, and their on_match actions
+(`OnMatch` and its checks live in rctlpolicy.onmatch)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from rctlpolicy.model import Rule
 from rctlpolicy.records import NamedTuple
 
-#: Placeholders an on_match `run` argv may use; each is substituted into one argv element.
-PLACEHOLDERS = (
-    "rule",
-    "subject",
-    "subject_id",
-    "resource",
-    "action",
-    "amount",
-    "pid",
-    "ruid",
-    "jail",
-)
+# `rctlpolicy lint` of an rctl.conf never needs the on_match checks; importing them only for
+# the type checker keeps them out of its start-up (see rctlpolicy.records).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from rctlpolicy.onmatch import OnMatch
+
+__all__ = ["Policy", "PolicyRule", "SourceLocation"]
 
 
 class SourceLocation(NamedTuple):
     path: str
     line: int
     column: int
-
-
-@dataclass(frozen=True, slots=True)
-class RunLimit:
-    """`max_runs: {count: 3, within: 1h}`: at most `count` runs in any `within` seconds."""
-
-    count: int
-    within: float
-
-
-@dataclass(frozen=True, slots=True)
-class OnMatch:
-    """What to do when a devctl rule fires. Exactly one of run, service or signal is set.
-
-    `run` is an argv template; `service` is (name, command), run as
-    `service -j <jail> <name> <command>` (without -j on the host); `signal` is a signal
-    name without the SIG prefix (`TERM`), sent to the event's pid.
-    """
-
-    run: tuple[str, ...] | None = None
-    service: tuple[str, str] | None = None
-    signal: str | None = None
-    cooldown: float = 0.0
-    max_runs: RunLimit | None = None
-    timeout: float = 60.0
 
 
 class PolicyRule(NamedTuple):

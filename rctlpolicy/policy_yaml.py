@@ -7,9 +7,8 @@ twice); diagnostics point at the YAML node they are about (its marks give line a
 from __future__ import annotations
 
 import difflib
-import string
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -17,8 +16,27 @@ from rctlpolicy.amounts import parse_duration
 from rctlpolicy.codes import Code, code_named
 from rctlpolicy.diagnostics import Diagnostic
 from rctlpolicy.grammar import SUBJECT_ID, RuleSyntax, parse_rule_syntax
-from rctlpolicy.model import SIGNAL_NUMBERS, Action, Rule, Severity
-from rctlpolicy.policy_model import PLACEHOLDERS, OnMatch, PolicyRule, RunLimit, SourceLocation
+from rctlpolicy.model import Action, Rule, Severity
+from rctlpolicy.onmatch import (
+    COMMAND_KEYS,
+    COUNT_MESSAGE,
+    DEFAULT_COOLDOWN,
+    DEFAULT_TIMEOUT,
+    OnMatch,
+    OnMatchProblem,
+    RunLimit,
+    Where,
+    canonical_signal,
+    command_problems,
+    duration_problems,
+    errors,
+    max_runs_problems,
+    name_problems,
+    run_problems,
+    service_problems,
+    signal_problems,
+)
+from rctlpolicy.policy_model import PolicyRule, SourceLocation
 from rctlpolicy.policy_rule import glob_subject, problem_diagnostic
 from rctlpolicy.semantics.check import Layer, check_rule
 from rctlpolicy.semantics.resolver import Resolver
@@ -31,10 +49,12 @@ if TYPE_CHECKING:
 
 _TOP_KEYS = ("rules",)
 _RULE_KEYS = ("rule", "comment", "on_match")
-_ON_MATCH_KEYS = ("run", "service", "signal", "cooldown", "max_runs", "timeout")
+_ON_MATCH_KEYS = ("name", "run", "service", "signal", "cooldown", "max_runs", "timeout")
 _SERVICE_KEYS = ("name", "command")
 _MAX_RUNS_KEYS = ("count", "within")
-_SIGNAL_NAMES = {name.removeprefix("sig").upper(): name for name in SIGNAL_NUMBERS}
+_NULL_TAG = "tag:yaml.org,2002:null"
+_SERVICE_EXAMPLE = "service: {name: postgresql, command: restart}"
+_MAX_RUNS_EXAMPLE = "max_runs: {count: 3, within: 1h}"
 
 
 class _YamlReport:
@@ -268,6 +288,23 @@ def _section(
     return _mapping_items(node, report), known
 
 
+# --- on_match: YAML structure here, its meaning in rctlpolicy.onmatch -------------------------
+#
+# These functions read the YAML nodes into values, report what is wrong with the YAML itself
+# (a string where a list belongs, a missing key), and hand the values to onmatch's checks, whose
+# problems are reported at the node of the part they name. The engine runs the same checks, so
+# what lint accepts is what runs.
+
+_Nodes = dict[Where, yaml.Node]
+
+
+def _text(node: yaml.Node) -> str | None:
+    """A scalar's text; None for a mapping, a list or null."""
+    if isinstance(node, yaml.ScalarNode) and node.tag != _NULL_TAG:
+        return str(node.value)
+    return None
+
+
 def _on_match(node: yaml.Node, report: _YamlReport) -> OnMatch | None:
     section = _section(
         node,
@@ -279,212 +316,180 @@ def _on_match(node: yaml.Node, report: _YamlReport) -> OnMatch | None:
     if section is None:
         return None
     items, ok = section
-    commands = [key for key in ("run", "service", "signal") if key in items]
-    if len(commands) != 1:
-        report.error(
-            node,
-            "on-match-command",
-            "on_match needs exactly one of 'run', 'service' or 'signal'"
-            + (f" (found {', '.join(commands)})" if commands else ""),
-        )
-        ok = False
-    run = service = signal_name = None
+    nodes: _Nodes = {(): node}
+    problems = command_problems([key for key in COMMAND_KEYS if key in items])
+    run = service = signal_name = name = None
     if "run" in items:
-        run = _run_argv(items["run"][1], report)
-        ok = ok and run is not None
+        run = _run_argv(items["run"][1], report, nodes)
+        if run is None:
+            ok = False
+        else:
+            problems += run_problems(run)
     if "service" in items:
-        service = _service(items["service"][1], report)
-        ok = ok and service is not None
+        service, clean = _service(items["service"][1], report, nodes)
+        if service is None:
+            ok = False
+        else:
+            ok = ok and clean
+            problems += service_problems(service)
     if "signal" in items:
-        signal_name = _signal(items["signal"][1], report)
-        ok = ok and signal_name is not None
-    cooldown = _duration(items, "cooldown", 0.0, report)
-    timeout = _duration(items, "timeout", 60.0, report)
-    if timeout is not None and timeout <= 0:
-        report.error(items["timeout"][1], "invalid-duration", "timeout must be positive")
-        timeout = None
-    max_runs = _max_runs(items["max_runs"][1], report) if "max_runs" in items else None
-    if cooldown is None or timeout is None or ("max_runs" in items and max_runs is None):
-        ok = False
-    if not ok:
+        signal_name = _scalar(items, "signal", report, nodes, "a signal name such as TERM")
+        if signal_name is None:
+            ok = False
+        else:
+            problems += signal_problems(signal_name)
+    if "name" in items:
+        name = _scalar(items, "name", report, nodes, "a name such as restart-db1-postgres")
+        if name is None:
+            ok = False
+        else:
+            problems += name_problems(name)
+    cooldown = _duration(items, "cooldown", DEFAULT_COOLDOWN, report, nodes)
+    timeout = _duration(items, "timeout", DEFAULT_TIMEOUT, report, nodes)
+    for key, seconds in (("cooldown", cooldown), ("timeout", timeout)):
+        if seconds is None:
+            ok = False
+        else:
+            problems += duration_problems(key, seconds)
+    max_runs = None
+    if "max_runs" in items:
+        max_runs = _max_runs(items["max_runs"][1], report, nodes)
+        if max_runs is None:
+            ok = False
+        else:
+            problems += max_runs_problems(max_runs)
+    for problem in problems:
+        _report_problem(problem, nodes, report)
+    if not ok or errors(problems):
         return None
     assert cooldown is not None and timeout is not None
     return OnMatch(
         run=run,
         service=service,
-        signal=signal_name,
+        signal=canonical_signal(signal_name) if signal_name is not None else None,
         cooldown=cooldown,
         max_runs=max_runs,
         timeout=timeout,
+        name=name,
     )
 
 
-def _run_argv(node: yaml.Node, report: _YamlReport) -> tuple[str, ...] | None:
+def _report_problem(problem: OnMatchProblem, nodes: _Nodes, report: _YamlReport) -> None:
+    """Report an onmatch problem at the node of the part it names (or the nearest enclosing)."""
+    where = problem.where
+    while where not in nodes:
+        where = where[:-1]
+    report.at(nodes[where], problem.severity, problem.code, problem.message, problem.suggestion)
+
+
+def _scalar(
+    items: dict[str, tuple[yaml.Node, yaml.Node]],
+    key: str,
+    report: _YamlReport,
+    nodes: _Nodes,
+    what: str,
+) -> str | None:
+    node = items[key][1]
+    nodes[(key,)] = node
+    value = _text(node)
+    if value is None and key == "signal":
+        report.error(node, Code.INVALID_SIGNAL, f"'{key}' must be {what}")
+    elif value is None:
+        report.error(node, Code.INVALID_ACTION_NAME, f"'{key}' must be {what}")
+    return value
+
+
+def _run_argv(node: yaml.Node, report: _YamlReport, nodes: _Nodes) -> tuple[str, ...] | None:
+    nodes[("run",)] = node
     if isinstance(node, yaml.ScalarNode):
         report.error(
             node,
-            "run-not-argv",
+            Code.RUN_NOT_ARGV,
             "'run' must be a list (an argv), never a shell string",
             "write run: [/usr/sbin/service, -j, '{jail}', postgresql, restart]",
         )
         return None
-    if not isinstance(node, yaml.SequenceNode) or not node.value:
-        report.error(node, "run-not-argv", "'run' must be a non-empty list of strings")
+    if not isinstance(node, yaml.SequenceNode):
+        report.error(node, Code.RUN_NOT_ARGV, "'run' must be a non-empty list of strings")
         return None
     argv: list[str] = []
-    ok = True
     for index, element in enumerate(node.value):
-        if not isinstance(element, yaml.ScalarNode) or element.value == "":
+        nodes[("run", index)] = element
+        value = _text(element)
+        if value is None:
             report.error(
-                element, "run-not-argv", "each element of 'run' must be a non-empty string"
-            )
-            ok = False
-            continue
-        names = _placeholders(element, report)
-        if names is None:
-            ok = False
-        elif index == 0 and names:
-            report.error(
-                element,
-                "placeholder-in-program",
-                "the program to run cannot come from an event",
-                "name the program literally; pass event values as arguments",
-            )
-            ok = False
-        argv.append(element.value)
-    if ok and not argv[0].startswith("/"):
-        report.at(
-            node.value[0],
-            Severity.WARNING,
-            "run-relative-program",
-            f"'{argv[0]}' is looked up in the daemon's PATH "
-            "(/sbin:/bin:/usr/sbin:/usr/bin under rc.d)",
-            "give the program's absolute path, e.g. /usr/sbin/service",
-        )
-    return tuple(argv) if ok else None
-
-
-def _placeholders(node: yaml.ScalarNode, report: _YamlReport) -> list[str] | None:
-    """The placeholder names in one argv element; reports unknown ones."""
-    names: list[str] = []
-    try:
-        parsed = list(string.Formatter().parse(node.value))
-    except ValueError as error:
-        report.error(
-            node,
-            "bad-placeholder",
-            f"malformed placeholder: {error}",
-            "write placeholders as {jail}; a literal brace is {{ or }}",
-        )
-        return None
-    for _, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        if name not in PLACEHOLDERS:
-            close = difflib.get_close_matches(name, PLACEHOLDERS, n=1, cutoff=0.6)
-            hint = (
-                f"did you mean '{{{close[0]}}}'?"
-                if close
-                else "placeholders are " + ", ".join("{" + p + "}" for p in PLACEHOLDERS)
-            )
-            report.error(node, "unknown-placeholder", f"unknown placeholder '{{{name}}}'", hint)
-            return None
-        if spec or conversion:
-            report.error(
-                node, "bad-placeholder", f"placeholder '{{{name}}}' takes no format or conversion"
+                element, Code.RUN_NOT_ARGV, "each element of 'run' must be a non-empty string"
             )
             return None
-        names.append(name)
-    return names
+        argv.append(value)
+    return tuple(argv)
 
 
-def _service(node: yaml.Node, report: _YamlReport) -> tuple[str, str] | None:
-    section = _section(
-        node, report, "service", _SERVICE_KEYS, "service: {name: postgresql, command: restart}"
-    )
+def _service(
+    node: yaml.Node, report: _YamlReport, nodes: _Nodes
+) -> tuple[tuple[str, str] | None, bool]:
+    """The service's (name, command), and whether its mapping had only known keys."""
+    nodes[("service",)] = node
+    section = _section(node, report, "service", _SERVICE_KEYS, _SERVICE_EXAMPLE)
     if section is None:
-        return None
+        return None, False
     items, clean = section
     values: list[str] = []
     for key in _SERVICE_KEYS:
         if key not in items:
-            report.error(
-                node,
-                "missing-key",
-                f"'service' needs '{key}'",
-                "service: {name: postgresql, command: restart}",
-            )
-            return None
+            report.error(node, Code.MISSING_KEY, f"'service' needs '{key}'", _SERVICE_EXAMPLE)
+            return None, False
         value_node = items[key][1]
-        value = value_node.value if isinstance(value_node, yaml.ScalarNode) else ""
-        if not value or value.startswith("-") or any(c.isspace() for c in value) or ("{" in value):
-            report.error(
-                value_node,
-                "invalid-service",
-                f"service {key} must be one word, not starting with '-'",
-            )
-            return None
+        nodes[("service", key)] = value_node
+        value = _text(value_node)
+        if value is None:
+            report.error(value_node, Code.INVALID_SERVICE, f"service {key} must be one word")
+            return None, False
         values.append(value)
-    return (values[0], values[1]) if clean else None
-
-
-def _signal(node: yaml.Node, report: _YamlReport) -> str | None:
-    value = node.value if isinstance(node, yaml.ScalarNode) else None
-    if not isinstance(value, str):
-        report.error(node, "invalid-signal", "'signal' must be a signal name such as TERM")
-        return None
-    name = value.upper().removeprefix("SIG")
-    if name not in _SIGNAL_NAMES:
-        close = difflib.get_close_matches(name, list(_SIGNAL_NAMES), n=1, cutoff=0.6)
-        report.error(
-            node,
-            "invalid-signal",
-            f"unknown signal '{value}'",
-            f"did you mean '{close[0]}'?" if close else "e.g. TERM, KILL, HUP",
-        )
-        return None
-    return name
+    return (values[0], values[1]), clean
 
 
 def _duration(
-    items: dict[str, tuple[yaml.Node, yaml.Node]], key: str, default: float, report: _YamlReport
+    items: dict[str, tuple[yaml.Node, yaml.Node]],
+    key: str,
+    default: float,
+    report: _YamlReport,
+    nodes: _Nodes,
+    where: Where | None = None,
 ) -> float | None:
     if key not in items:
         return default
     node = items[key][1]
-    value: Any = node.value if isinstance(node, yaml.ScalarNode) else None
+    nodes[where or (key,)] = node
+    value = _text(node)
     if value is None:
-        report.error(node, "invalid-duration", f"'{key}' must be a duration like 30s, 10m, 1h")
+        report.error(node, Code.INVALID_DURATION, f"'{key}' must be a duration like 30s, 10m, 1h")
         return None
     try:
         return parse_duration(int(value) if value.isdigit() else value)
     except ValueError as error:
-        report.error(node, "invalid-duration", f"invalid {key}: {error}")
+        report.error(node, Code.INVALID_DURATION, f"invalid {key}: {error}")
         return None
 
 
-def _max_runs(node: yaml.Node, report: _YamlReport) -> RunLimit | None:
-    section = _section(node, report, "max_runs", _MAX_RUNS_KEYS, "max_runs: {count: 3, within: 1h}")
+def _max_runs(node: yaml.Node, report: _YamlReport, nodes: _Nodes) -> RunLimit | None:
+    nodes[("max_runs",)] = node
+    section = _section(node, report, "max_runs", _MAX_RUNS_KEYS, _MAX_RUNS_EXAMPLE)
     if section is None:
         return None
     items, clean = section
     if "count" not in items or "within" not in items:
         report.error(
-            node,
-            "missing-key",
-            "'max_runs' needs 'count' and 'within'",
-            "max_runs: {count: 3, within: 1h}",
+            node, Code.MISSING_KEY, "'max_runs' needs 'count' and 'within'", _MAX_RUNS_EXAMPLE
         )
         return None
     count_node = items["count"][1]
-    count_text = count_node.value if isinstance(count_node, yaml.ScalarNode) else ""
-    if not count_text.isdigit() or int(count_text) < 1:
-        report.error(count_node, "invalid-count", "'count' must be a whole number >= 1")
+    nodes[("max_runs", "count")] = count_node
+    count_text = _text(count_node) or ""
+    if not count_text.isdecimal() or not count_text.isascii():
+        report.error(count_node, Code.INVALID_COUNT, COUNT_MESSAGE)
         return None
-    within = _duration(items, "within", 0.0, report)
+    within = _duration(items, "within", 0.0, report, nodes, ("max_runs", "within"))
     if within is None:
-        return None
-    if within <= 0:
-        report.error(items["within"][1], "invalid-duration", "'within' must be positive")
         return None
     return RunLimit(int(count_text), within) if clean else None

@@ -185,17 +185,10 @@ def handle_event(
     message cut at 127 bytes is recognised and identified as the daemon does. Cooldowns and
     max_runs hold across invocations (a locked state file in the state directory).
     """
-    from rctlpolicy.actions import (
-        ActionContext,
-        ActionEngine,
-        ActionInputError,
-        FileState,
-        Outcome,
-        SubprocessRunner,
-    )
+    from rctlpolicy.actions import ActionEngine, ActionProcessRunner, FileState, Outcome
     from rctlpolicy.clock import SystemClock
-    from rctlpolicy.daemon import event_jail, identify_rule
     from rctlpolicy.devd import RCTL_HEADER, MalformedEvent, parse_rctl_event
+    from rctlpolicy.eventmatch import EventVerdict, match_event
     from rctlpolicy.kernel.base import KernelError
     from rctlpolicy.policyload import expand, load_rules
 
@@ -225,27 +218,26 @@ def handle_event(
     if event.jail and not event.truncated:
         jail_names.add(event.jail)  # a jail pattern's rule for a jail started a moment ago
     loaded = expand(load.policy, jail_names)
-    policy_rule = identify_rule(event, loaded.by_canonical)
-    if policy_rule is None:
-        log.info("RCTL event for a rule not in the policy: %s", rule_text)
-        print(f"rctlpolicy handle: no single policy rule is {rule_text}", file=sys.stderr)
+    match = match_event(event, loaded.by_canonical, jail_names)
+    if match.verdict is not EventVerdict.HANDLED or match.policy_rule is None:
+        level = logging.INFO if match.verdict is EventVerdict.UNMATCHED else logging.WARNING
+        log.log(level, "%s", match.reason)
+        if match.policy_rule is None:
+            print(f"rctlpolicy handle: no single policy rule is {event.rule}", file=sys.stderr)
+        elif match.verdict is EventVerdict.TRUNCATED:
+            print(f"rctlpolicy handle: cannot tell which jail {jail!r} is (cut short)",
+                  file=sys.stderr)  # fmt: skip
+        else:
+            print(f"rctlpolicy handle: {match.reason}", file=sys.stderr)
         return 1
-    event_jail_name = event_jail(event, policy_rule.rule, jail_names)
-    if event_jail_name is None:
-        print(f"rctlpolicy handle: cannot tell which jail {jail!r} is (cut short)", file=sys.stderr)
-        return 1
-    try:
-        ctx = ActionContext.from_event(policy_rule.rule, event.pid, event.ruid, event_jail_name)
-    except ActionInputError as error:
-        print(f"rctlpolicy handle: {error}", file=sys.stderr)
-        return 1
+    assert match.context is not None
     state_dir = config.state_dir or setup.state_dir
     make_directory(state_dir)
     state_path: Path = state_dir / "actions.json"
     with FileState(state_path) as state:
-        engine = ActionEngine(SystemClock(), SubprocessRunner(), state)
+        engine = ActionEngine(SystemClock(), ActionProcessRunner(), state)
         try:
-            outcome = engine.run_sync(policy_rule, ctx)
+            outcome = engine.run_sync(match.policy_rule, match.context)
         finally:
             engine.shutdown(config.shutdown_timeout)
     if outcome is None:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -26,28 +27,34 @@ import pytest
 
 from rctlpolicy.actions import (
     ACTION_PATH,
-    ActionConfigError,
-    ActionContext,
     ActionEngine,
-    ActionInputError,
     ActionOutcome,
+    ActionProcessRunner,
     CooldownState,
     Decision,
-    ExecCommand,
     FileState,
     MemoryState,
     Outcome,
+)
+from rctlpolicy.actions.procgroup import group_size
+from rctlpolicy.clock import ManualClock, SystemClock
+from rctlpolicy.model import Action, Resource, Rule, SubjectType
+from rctlpolicy.onmatch import (
+    ActionConfigError,
+    ActionContext,
+    ActionInputError,
+    ExecCommand,
+    OnMatch,
+    RunLimit,
     SignalCommand,
-    SubprocessRunner,
     TemplateError,
     action_name,
     build_command,
+    check_on_match,
     check_template,
     render_argv,
 )
-from rctlpolicy.clock import ManualClock, SystemClock
-from rctlpolicy.model import Action, Resource, Rule, SubjectType
-from rctlpolicy.policy_model import OnMatch, PolicyRule, RunLimit, SourceLocation
+from rctlpolicy.policy_model import PolicyRule, SourceLocation
 
 PY = sys.executable
 TRUE = "/bin/true"
@@ -159,13 +166,13 @@ def make_engine() -> Iterator[EngineFactory]:
     def make(
         clock: ManualClock | SystemClock | None = None,
         state: CooldownState | None = None,
-        runner: SubprocessRunner | None = None,
+        runner: ActionProcessRunner | None = None,
         **kwargs: object,
     ) -> tuple[ActionEngine, Outcomes]:
         outcomes = Outcomes()
         engine = ActionEngine(
             clock or ManualClock(),
-            runner or SubprocessRunner(grace=0.5),
+            runner or ActionProcessRunner(grace=0.5),
             state or MemoryState(),
             on_outcome=outcomes,
             **kwargs,  # type: ignore[arg-type]
@@ -295,7 +302,6 @@ NASTY_JAIL = "we b;$(touch /tmp/pwned) `id` 'q' \"dq\" && |x| > y * ~"
         ("{{{jail}}}", "{web01}"),
         ("a}}b{{c", "a}b{c"),
         ("plain", "plain"),
-        ("", ""),
     ],
 )
 def test_render_placeholder_table(element: str, expected: str) -> None:
@@ -321,7 +327,7 @@ def test_values_stay_single_literal_elements() -> None:
     ("template", "message"),
     [
         (("x", "{nope}"), "unknown placeholder {nope}"),
-        (("x", "{jial}"), "did you mean {jail}"),
+        (("x", "{jial}"), "did you mean '{jail}'"),
         (("x", "{}"), "empty placeholder"),
         (("x", "{pid!r}"), "unknown placeholder"),
         (("x", "{pid:>5}"), "unknown placeholder"),
@@ -335,6 +341,7 @@ def test_values_stay_single_literal_elements() -> None:
         (("",), "empty"),
         ((), "non-empty"),
         (("x", "a\0b"), "NUL"),
+        (("x", ""), "non-empty string"),
     ],
 )
 def test_template_errors(template: tuple[str, ...], message: str) -> None:
@@ -359,10 +366,10 @@ def test_argv_reaches_the_child_intact(tmp_path: Path) -> None:
     out = tmp_path / "argv.json"
     template = (
         PY, "-c", ARGV_DUMP, str(out),
-        "{jail}", "--jail={jail}", "{rule}", "{pid}", "{ruid}", "{{literal}}", "",
+        "{jail}", "--jail={jail}", "{rule}", "{pid}", "{ruid}", "{{literal}}",
     )  # fmt: skip
     argv = render_argv(template, ctx(NASTY_JAIL))
-    result = SubprocessRunner().run(argv, timeout=DEADLINE, name="dump")
+    result = ActionProcessRunner().run(argv, timeout=DEADLINE, name="dump")
     assert result.outcome is Outcome.OK
     assert json.loads(out.read_text()) == [
         NASTY_JAIL,
@@ -371,7 +378,6 @@ def test_argv_reaches_the_child_intact(tmp_path: Path) -> None:
         "4242",
         "770",
         "{literal}",
-        "",
     ]
     assert not Path("/tmp/pwned").exists()
 
@@ -379,18 +385,22 @@ def test_argv_reaches_the_child_intact(tmp_path: Path) -> None:
 # --- commands and names ------------------------------------------------------------------------
 
 
+def command(on_match: OnMatch, context: ActionContext) -> ExecCommand | SignalCommand:
+    return build_command(on_match, context, own_pid=os.getpid())
+
+
 def test_service_sugar_with_and_without_jail() -> None:
     on_match = OnMatch(service=("postgresql", "restart"))
-    assert build_command(on_match, ctx("pgjail")) == ExecCommand(
+    assert command(on_match, ctx("pgjail")) == ExecCommand(
         ("/usr/sbin/service", "-j", "pgjail", "postgresql", "restart")
     )
-    assert build_command(on_match, ctx("0")) == ExecCommand(
+    assert command(on_match, ctx("0")) == ExecCommand(
         ("/usr/sbin/service", "postgresql", "restart")
     )
-    assert build_command(on_match, ctx("with space")) == ExecCommand(
+    assert command(on_match, ctx("with space")) == ExecCommand(
         ("/usr/sbin/service", "-j", "with space", "postgresql", "restart")
     )
-    assert action_name(on_match) == "service:postgresql"
+    assert action_name(on_match, RULE) == "web01-memoryuse-postgresql"
 
 
 @pytest.mark.parametrize(
@@ -399,32 +409,37 @@ def test_service_sugar_with_and_without_jail() -> None:
 )
 def test_service_words_are_checked(service: tuple[str, str]) -> None:
     with pytest.raises(ActionConfigError):
-        build_command(OnMatch(service=service), ctx())
+        command(OnMatch(service=service), ctx())
 
 
 def test_signal_command() -> None:
-    assert build_command(OnMatch(signal="TERM"), ctx()) == SignalCommand(4242, signal.SIGTERM)
-    assert build_command(OnMatch(signal="sighup"), ctx()) == SignalCommand(4242, signal.SIGHUP)
-    assert action_name(OnMatch(signal="TERM")) == "signal:TERM"
-    assert action_name(OnMatch(signal="sigkill")) == "signal:KILL"
+    assert command(OnMatch(signal="TERM"), ctx()) == SignalCommand(4242, signal.SIGTERM)
+    assert command(OnMatch(signal="sighup"), ctx()) == SignalCommand(4242, signal.SIGHUP)
+    assert action_name(OnMatch(signal="TERM"), RULE) == "web01-memoryuse-SIGTERM"
+    assert action_name(OnMatch(signal="sigkill"), RULE) == "web01-memoryuse-SIGKILL"
 
 
 @pytest.mark.parametrize("pid", [None, 0, 1, os.getpid()])
 def test_signal_refuses_pids(pid: int | None) -> None:
     with pytest.raises(ActionInputError) as caught:
-        build_command(OnMatch(signal="TERM"), ctx(pid=pid))
+        command(OnMatch(signal="TERM"), ctx(pid=pid))
     assert caught.value.field == "pid"
 
 
 @pytest.mark.parametrize("name", ["NOPE", "15", "", "SIG"])
 def test_signal_names_are_checked(name: str) -> None:
     with pytest.raises(ActionConfigError, match="signal"):
-        build_command(OnMatch(signal=name), ctx())
+        command(OnMatch(signal=name), ctx())
 
 
 def test_action_names() -> None:
-    assert action_name(OnMatch(run=("/usr/local/bin/notify-admin", "{jail}"))) == "notify-admin"
-    assert action_name(OnMatch(run=("logger", "x"))) == "logger"
+    notify = OnMatch(run=("/usr/local/bin/notify-admin", "{jail}"))
+    assert action_name(notify, RULE) == "web01-memoryuse-notify-admin"
+    assert action_name(OnMatch(run=("logger", "x")), RULE) == "web01-memoryuse-logger"
+    user = Rule(SubjectType.USER, "80", Resource.MAXPROC, Action.DEVCTL, 100, SubjectType.USER)
+    assert action_name(OnMatch(run=("logger", "x")), user) == "user-80-maxproc-logger"
+    chosen = OnMatch(run=("/usr/sbin/service", "postgresql", "restart"), name="restart-pg")
+    assert action_name(chosen, RULE) == "restart-pg"
 
 
 @pytest.mark.parametrize(
@@ -441,7 +456,7 @@ def test_action_names() -> None:
 )
 def test_on_match_must_be_runnable(on_match: OnMatch) -> None:
     with pytest.raises(ActionConfigError):
-        action_name(on_match)
+        check_on_match(on_match)
 
 
 # --- the subprocess runner ---------------------------------------------------------------------
@@ -449,7 +464,7 @@ def test_on_match_must_be_runnable(on_match: OnMatch) -> None:
 
 def test_runner_outcomes(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="rctlpolicy.actions")
-    runner = SubprocessRunner()
+    runner = ActionProcessRunner()
     ok = runner.run([TRUE], timeout=DEADLINE, name="true")
     assert (ok.outcome, ok.exit_status) == (Outcome.OK, 0)
     assert ok.duration >= 0 and ok.started_at > 0
@@ -481,7 +496,7 @@ def test_runner_logs_output_and_gives_a_minimal_environment(
         f"os.fstat({write_end})"  # close_fds: an inheritable descriptor must not be there
     )
     try:
-        result = SubprocessRunner().run(["/usr/bin/env"], timeout=DEADLINE, name="env")
+        result = ActionProcessRunner().run(["/usr/bin/env"], timeout=DEADLINE, name="env")
         assert result.outcome is Outcome.OK
         env_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("env[")]
         assert sorted(line.split(": ", 1)[1] for line in env_lines) == [
@@ -494,7 +509,7 @@ def test_runner_logs_output_and_gives_a_minimal_environment(
             if r.getMessage().startswith("env[")
         )
         caplog.clear()
-        result = SubprocessRunner().run([PY, "-c", script], timeout=DEADLINE, name="probe")
+        result = ActionProcessRunner().run([PY, "-c", script], timeout=DEADLINE, name="probe")
         lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("probe[")]
         assert any("cwd /" in line for line in lines)
         assert any("stdin ''" in line for line in lines)
@@ -509,7 +524,7 @@ def test_runner_logs_output_and_gives_a_minimal_environment(
 def test_runner_bounds_what_it_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="rctlpolicy.actions")
     script = "import sys\nfor i in range(10): print('line', i)\nsys.stdout.write('tail')"
-    result = SubprocessRunner(max_logged_lines=3).run([PY, "-c", script], timeout=10, name="c")
+    result = ActionProcessRunner(max_logged_lines=3).run([PY, "-c", script], timeout=10, name="c")
     assert result.outcome is Outcome.OK
     lines = [r.getMessage().split(": ", 1)[1] for r in caplog.records if r.msg.startswith("%s[")]
     assert lines == ["line 0", "line 1", "line 2", "8 more output lines not logged"]
@@ -526,7 +541,7 @@ def test_timeout_kills_the_whole_process_group(gate: Gate) -> None:
         "import subprocess,sys,time; "
         "subprocess.Popen([sys.executable,'-c',sys.argv[2],sys.argv[1]]); time.sleep(600)"
     )
-    runner = SubprocessRunner(grace=0.3)
+    runner = ActionProcessRunner(grace=0.3)
     results: queue.Queue[object] = queue.Queue()
     worker = threading.Thread(
         target=lambda: results.put(
@@ -548,12 +563,93 @@ def test_runner_does_not_wait_for_an_escaped_helper(gate: Gate) -> None:
         "import subprocess,sys; subprocess.Popen([sys.executable,'-c',sys.argv[2],sys.argv[1]],"
         "start_new_session=True); print('started')"
     )
-    result = SubprocessRunner().run([PY, "-c", child, gate.path, GATE_CHILD], timeout=30, name="e")
+    result = ActionProcessRunner().run(
+        [PY, "-c", child, gate.path, GATE_CHILD], timeout=30, name="e"
+    )
     assert result.outcome is Outcome.OK
     assert result.duration < 20
     connection, _ = gate.arrive()
     connection.sendall(b"x")
     assert gone(connection)
+
+
+def test_what_an_action_leaves_in_its_group_ends_with_it(
+    gate: Gate, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`helper &`: the action exits at once, leaving a helper (that ignores SIGTERM) in its
+    process group; the run is over only once the helper is killed too."""
+    helper = (
+        "import os,signal,socket,sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+        "s.sendall(b'%d\\n' % os.getpid()); print('ready', flush=True); s.recv(1)"
+    )
+    leader = (
+        "import subprocess,sys; p=subprocess.Popen([sys.executable,'-c',sys.argv[2],sys.argv[1]],"
+        "stdout=subprocess.PIPE); p.stdout.readline()"
+    )
+    caplog.set_level(logging.INFO, logger="rctlpolicy.actions")
+    runner = ActionProcessRunner(grace=0.3)
+    result = runner.run([PY, "-c", leader, gate.path, helper], timeout=DEADLINE, name="leaver")
+    assert result.outcome is Outcome.OK
+    connection, helper_pid = gate.arrive()
+    assert gone(connection), f"the helper (pid {helper_pid}) outlived its action"
+    assert any("1 process(es) left in group" in r.getMessage() for r in caplog.records)
+
+
+def test_group_size_counts_a_process_group() -> None:
+    code = (
+        "import subprocess,sys,time; "
+        "subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); time.sleep(60)"
+    )
+    with subprocess.Popen([PY, "-c", code], start_new_session=True) as leader:
+        try:
+            deadline = time.monotonic() + DEADLINE
+            while group_size(leader.pid) != 2:
+                assert time.monotonic() < deadline, f"group of {group_size(leader.pid)}"
+                time.sleep(0.01)
+        finally:
+            os.killpg(leader.pid, signal.SIGKILL)
+
+
+def test_where_the_group_cannot_be_counted_leftovers_get_the_grace_period(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="rctlpolicy.actions")
+    runner = ActionProcessRunner(grace=0.2, group_size=lambda pgid: None)
+    assert runner.run([TRUE], timeout=DEADLINE, name="true").outcome is Outcome.OK
+    assert any("an unknown number of process(es)" in r.getMessage() for r in caplog.records)
+
+
+def test_an_action_that_leaves_nothing_ends_without_waiting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="rctlpolicy.actions")
+    result = ActionProcessRunner(grace=600).run([TRUE], timeout=DEADLINE, name="true")
+    assert result.outcome is Outcome.OK  # the 600 s grace was not waited for
+    assert not any("left in group" in r.getMessage() for r in caplog.records)
+
+
+def test_a_flood_of_output_is_read_and_counted_not_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`yes` for a while: what is past the bound is counted (every line, exactly) and dropped."""
+    caplog.set_level(logging.INFO, logger="rctlpolicy.actions")
+    lines = 400_000
+    script = f"import sys; sys.stdout.write('y\\n' * {lines}); sys.stdout.write('no newline')"
+    runner = ActionProcessRunner(max_logged_lines=5)
+    result = runner.run([PY, "-c", script], timeout=60, name="yes")
+    assert result.outcome is Outcome.OK
+    logged = [r.getMessage().split(": ", 1)[1] for r in caplog.records if r.msg.startswith("%s[")]
+    assert logged == ["y"] * 5 + [f"{lines - 5 + 1} more output lines not logged"]
+
+
+def test_a_long_line_is_logged_in_bounded_pieces(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="rctlpolicy.actions")
+    script = "import sys; sys.stdout.write('x' * 10000 + '\\n' + 'tail')"
+    result = ActionProcessRunner().run([PY, "-c", script], timeout=DEADLINE, name="long")
+    assert result.outcome is Outcome.OK
+    logged = [r.getMessage().split(": ", 1)[1] for r in caplog.records if r.msg.startswith("%s[")]
+    assert [len(line) for line in logged] == [4096, 4096, 1808, 4]
 
 
 # --- the engine: deciding ----------------------------------------------------------------------
@@ -572,7 +668,7 @@ def test_outcome_record(make_engine: EngineFactory) -> None:
     on_match = OnMatch(run=(PY, "-c", "raise SystemExit(7)"))
     assert engine.submit(policy(on_match), ctx("db1")) is Decision.STARTED
     outcome = outcomes.next()
-    assert outcome.name == os.path.basename(PY)
+    assert outcome.name == f"db1-memoryuse-{os.path.basename(PY)}"
     assert (outcome.resource, outcome.jail, outcome.outcome) == ("memoryuse", "db1", Outcome.FAILED)
     assert outcome.exit_status == 7
     assert outcome.started_at == 1_800_000_000.0
@@ -591,7 +687,7 @@ def test_cooldown(make_engine: EngineFactory) -> None:
     suppressed = outcomes.next()
     assert (suppressed.outcome, suppressed.name, suppressed.duration) == (
         Outcome.SUPPRESSED,
-        "true",
+        "web01-memoryuse-true",
         0.0,
     )
     assert engine.submit(rule, ctx("other")) is Decision.STARTED  # per rule *and* jail
@@ -632,7 +728,7 @@ def test_max_runs_exhaustion_and_recovery(
         assert outcomes.next().outcome is Outcome.EXHAUSTED
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "NOT ACTING" in errors[0].getMessage()
-    assert engine.exhausted() == {("true", "memoryuse", "web01")}
+    assert engine.exhausted() == {("web01-memoryuse-true", "memoryuse", "web01")}
     clock.advance(3600 - 1200)  # the first run leaves the window
     assert engine.exhausted() == set()
     assert engine.submit(engine_true, ctx()) is Decision.STARTED
@@ -669,7 +765,7 @@ def test_signal_action_on_a_real_process(make_engine: EngineFactory, gate: Gate)
         rule = policy(OnMatch(signal="TERM"))
         assert engine.submit(rule, ctx(pid=pid)) is Decision.STARTED
         outcome = outcomes.next()
-        assert (outcome.outcome, outcome.name) == (Outcome.OK, "signal:TERM")
+        assert (outcome.outcome, outcome.name) == (Outcome.OK, "web01-memoryuse-SIGTERM")
         assert child.wait(timeout=DEADLINE) == -signal.SIGTERM
 
 
@@ -694,7 +790,7 @@ def test_unusable_event_is_rejected_and_reported(
     decision = engine.submit(policy(OnMatch(run=("/bin/kill", "{pid}"))), ctx(pid=None))
     assert decision is Decision.REJECTED
     outcome = outcomes.next()
-    assert (outcome.outcome, outcome.name) == (Outcome.FAILED, "kill")
+    assert (outcome.outcome, outcome.name) == (Outcome.FAILED, "web01-memoryuse-kill")
     assert "pid" in outcome.detail
     assert any(r.levelno == logging.ERROR for r in caplog.records)
 
@@ -708,7 +804,7 @@ def test_a_failing_on_outcome_does_not_stop_the_engine(
         calls.put(outcome)
         raise RuntimeError("metrics broke")
 
-    engine = ActionEngine(ManualClock(), SubprocessRunner(), MemoryState(), on_outcome=explode)
+    engine = ActionEngine(ManualClock(), ActionProcessRunner(), MemoryState(), on_outcome=explode)
     try:
         rule = policy(OnMatch(run=(TRUE,)))
         assert engine.submit(rule, ctx()) is Decision.STARTED
@@ -720,13 +816,66 @@ def test_a_failing_on_outcome_does_not_stop_the_engine(
     assert any("on_outcome callback failed" in r.getMessage() for r in caplog.records)
 
 
+# --- the engine: workers ------------------------------------------------------------------------
+
+
+def test_hung_actions_never_delay_another_rules_action(
+    make_engine: EngineFactory, gate: Gate
+) -> None:
+    """Issue 8, 4: four actions hang; a fifth rule's action still starts at once (it used to
+    wait for one of the four workers)."""
+    engine, outcomes = make_engine(runner=ActionProcessRunner(grace=0.2))
+    hang = OnMatch(run=(PY, "-c", GATE_CHILD, gate.path), timeout=600)
+    hung = []
+    for jail in ("a", "b", "c", "d"):
+        assert engine.submit(policy(hang, jail_rule(jail)), ctx(jail)) is Decision.STARTED
+        hung.append(gate.arrive()[0])
+    other = jail_rule("e", Resource.MAXPROC)
+    context = ActionContext.from_event(other, 1, 0, "e")
+    assert engine.submit(policy(hang, other), context) is Decision.STARTED
+    fifth, _ = gate.arrive()  # with the four still hanging
+    for connection in (*hung, fifth):
+        connection.sendall(b"x")
+    assert {outcomes.next().outcome for _ in range(5)} == {Outcome.OK}
+
+
+def test_past_the_running_limit_an_action_waits_and_it_is_counted(
+    make_engine: EngineFactory, gate: Gate, caplog: pytest.LogCaptureFixture
+) -> None:
+    slots: list[tuple[int, int, int]] = []
+    engine, outcomes = make_engine(
+        runner=ActionProcessRunner(grace=0.2),
+        max_workers=1,
+        on_slots=lambda *s: slots.append(s),
+    )
+    assert slots == [(0, 1, 0)]
+    rule = policy(OnMatch(run=(PY, "-c", GATE_CHILD, gate.path)))
+    assert engine.submit(rule, ctx("a")) is Decision.STARTED
+    first, _ = gate.arrive()
+    assert engine.submit(rule, ctx("b")) is Decision.STARTED
+    assert slots[-1] == (1, 1, 1)
+    assert any("the most allowed at once" in r.getMessage() for r in caplog.records)
+    first.sendall(b"x")
+    second, _ = gate.arrive()  # b runs once a has ended, on the same worker
+    second.sendall(b"x")
+    assert [outcomes.next().jail, outcomes.next().jail] == ["a", "b"]
+    wait_until_true(lambda: slots[-1] == (0, 1, 1))
+
+
+def wait_until_true(predicate: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
 # --- the engine: shutting down -----------------------------------------------------------------
 
 
 def test_shutdown_kills_a_running_action_within_its_bound(
     make_engine: EngineFactory, gate: Gate
 ) -> None:
-    engine, outcomes = make_engine(runner=SubprocessRunner(grace=0.2))
+    engine, outcomes = make_engine(runner=ActionProcessRunner(grace=0.2))
     rule = policy(OnMatch(run=(PY, "-c", GATE_CHILD, gate.path), timeout=600))
     assert engine.submit(rule, ctx()) is Decision.STARTED
     connection, _ = gate.arrive()
@@ -750,7 +899,7 @@ def test_shutdown_lets_a_quick_action_finish(make_engine: EngineFactory, gate: G
 
 
 def test_shutdown_does_not_start_queued_actions(make_engine: EngineFactory, gate: Gate) -> None:
-    engine, outcomes = make_engine(runner=SubprocessRunner(grace=0.2), max_workers=1)
+    engine, outcomes = make_engine(runner=ActionProcessRunner(grace=0.2), max_workers=1)
     rule = policy(OnMatch(run=(PY, "-c", GATE_CHILD, gate.path)))
     assert engine.submit(rule, ctx("a")) is Decision.STARTED
     gate.arrive()
@@ -820,7 +969,7 @@ def test_file_state_concurrent_invocations(tmp_path: Path) -> None:
 
     def invocation(jail: str) -> None:
         with FileState(path) as state:
-            engine = ActionEngine(clock, SubprocessRunner(), state)
+            engine = ActionEngine(clock, ActionProcessRunner(), state)
             barrier.wait(DEADLINE)
             outcome = engine.run_sync(rule, ctx(jail))
             engine.shutdown(timeout=DEADLINE)
@@ -844,17 +993,19 @@ def test_file_state_concurrent_invocations(tmp_path: Path) -> None:
 CROSS_PROCESS_HANDLE = textwrap.dedent(
     """
     import sys
-    from rctlpolicy.actions import ActionContext, ActionEngine, FileState, SubprocessRunner
+    from rctlpolicy.actions import ActionEngine, ActionProcessRunner, FileState
+    from rctlpolicy.onmatch import ActionContext
     from rctlpolicy.clock import SystemClock
     from rctlpolicy.model import Action, Resource, Rule, SubjectType
-    from rctlpolicy.policy_model import OnMatch, PolicyRule, SourceLocation
+    from rctlpolicy.onmatch import OnMatch
+    from rctlpolicy.policy_model import PolicyRule, SourceLocation
 
     state_path, gate, code = sys.argv[1:4]
     rule = Rule(SubjectType.JAIL, "web01", Resource.MEMORYUSE, Action.DEVCTL, 1073741824,
                 SubjectType.JAIL)
     on_match = OnMatch(run=(sys.executable, "-c", code, gate))
     with FileState(state_path) as state:
-        engine = ActionEngine(SystemClock(), SubprocessRunner(), state)
+        engine = ActionEngine(SystemClock(), ActionProcessRunner(), state)
         outcome = engine.run_sync(
             PolicyRule(rule, SourceLocation("x", 1, 1), rule.canonical, on_match),
             ActionContext.from_event(rule, "42", "0", "web01"),
@@ -887,6 +1038,28 @@ def test_file_state_one_run_at_a_time_across_processes(
             assert outcome is not None and outcome.outcome is Outcome.OK
 
 
+def test_file_state_follows_no_planted_symlink(make_engine: EngineFactory, tmp_path: Path) -> None:
+    """The state file is replaced, never written through; its lock file must be a file."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    path = tmp_path / "actions.json"
+    path.symlink_to(victim)
+    with FileState(path) as state:
+        engine, _ = make_engine(ManualClock(), state)
+        outcome = engine.run_sync(policy(OnMatch(run=(TRUE,), cooldown=60)), ctx())
+    assert outcome is not None and outcome.outcome is Outcome.OK
+    assert victim.read_text() == "precious\n"
+    assert not path.is_symlink() and (path.stat().st_mode & 0o777) == 0o600
+    (tmp_path / "actions.json.lock").unlink()
+    (tmp_path / "actions.json.lock").symlink_to(victim)
+    with FileState(path) as state:
+        engine, _ = make_engine(ManualClock(), state)
+        outcome = engine.run_sync(policy(OnMatch(run=(TRUE,))), ctx("other"))
+    assert outcome is not None and outcome.outcome is Outcome.FAILED
+    assert "symbolic link" in outcome.detail
+    assert victim.read_text() == "precious\n"
+
+
 @pytest.mark.parametrize(
     "content",
     [
@@ -911,7 +1084,7 @@ def test_corrupt_state_file_is_logged_and_treated_as_empty(
         engine, _ = make_engine(ManualClock(), state)
         outcome = engine.run_sync(policy(OnMatch(run=(TRUE,), cooldown=60)), ctx())
     assert outcome is not None and outcome.outcome is Outcome.OK
-    assert any("starting empty" in r.getMessage() for r in caplog.records)
+    assert any(re.search("starting (from )?empty", r.getMessage()) for r in caplog.records)
     assert json.loads(path.read_text())["entries"][0]["jail"] == "web01"
 
 

@@ -34,8 +34,11 @@ from daemon_helpers import (
 from rctlpolicy.actions import ACTION_PATH
 from rctlpolicy.devd import RCTL_HEADER, format_rctl_event
 
-#: The action's metrics label: the basename of the program it runs.
-ACTION = os.path.basename(PYTHON)
+#: The default name of the test policies' action on db1's memoryuse (the metrics label):
+#: <jail>-<resource>-<the basename of the program it runs>.
+ACTION = f"db1-memoryuse-{os.path.basename(PYTHON)}"
+#: The same action on web1's maxproc.
+WEB1_ACTION = f"web1-maxproc-{os.path.basename(PYTHON)}"
 GOLDEN = Path(__file__).parent / "golden"
 
 # db1 uses 3.6 GiB in the bundled host: these limits are above it until a test raises usage.
@@ -264,6 +267,106 @@ def test_a_flood_of_2000_mixed_lines_loses_no_rctl_event(env: Env) -> None:
     assert daemon.proc.poll() is None
 
 
+def test_an_event_from_another_jail_is_rejected_and_a_child_jail_acts_on_the_rules_jail(
+    env: Env,
+) -> None:
+    """Issue 8, 5: for rule jail:db1, `jail=0` once built `service ... restart` on the host.
+    Now such an event is counted as rejected and nothing runs; an event from a child jail
+    (the kernel fires a jail rule for those too) runs the action for db1 itself."""
+    argv = action_argv(env.out, "{jail}")
+    env.policy("p.yaml", [{"rule": DB1_MEM, "on_match": {"run": argv, "name": "restart-db1"}}])
+    daemon = env.start()
+    env.send(DB1_MEM, jail="0")
+    env.send(DB1_MEM, jail="db10")
+    daemon.wait_value("rctlpolicy_events_total", 2, outcome="rejected")
+    daemon.log.wait_for(r"rejecting RCTL event for jail:db1:\S+ from jail '0'")
+    env.send(DB1_MEM, jail="db1.replica")
+    assert wait_for_records(env.out, 1)[0]["argv"] == ["db1"]
+    daemon.wait_value(
+        "rctlpolicy_actions_total", 1, name="restart-db1", resource="memoryuse", outcome="ok"
+    )
+    assert daemon.value("rctlpolicy_events_total", outcome="handled") == 1
+    assert len(records(env.out)) == 1
+
+
+def test_hung_actions_never_delay_another_rules_action(env: Env) -> None:
+    """Issue 8, 4: four actions that hang until their timeout delayed another rule's by
+    29.6 s. Each action now has a worker of its own."""
+    hang = on_match(action_argv(env.out, "{rule}", pause=60), timeout="5m")
+    hung_rules = [DB1_MEM, WEB1_PROC, "jail:web2:maxproc:devctl=50", "jail:db1:maxproc:devctl=900"]
+    other = "jail:web2:openfiles:devctl=100000"
+    env.policy(
+        "p.yaml",
+        [{"rule": r, "on_match": hang} for r in hung_rules]
+        + [{"rule": other, "on_match": on_match(action_argv(env.out, "{rule}"))}],
+    )
+    daemon = env.start(config={"shutdown-timeout": 0.2})
+    for rule in hung_rules:
+        env.send(rule, jail=rule.split(":")[1])
+    wait_for_records(env.out, 4)
+    daemon.wait_value("rctlpolicy_actions_running", 4)
+    env.send(other, jail="web2")
+    assert [r["argv"] for r in wait_for_records(env.out, 5)][-1] == [other]
+    assert daemon.value("rctlpolicy_actions_delayed_total") == 0
+    assert daemon.stop() == 0
+
+
+#: An action that starts a helper in its own process group, writes the helper's pid to
+#: argv[1]/helper.pid, then lives for argv[2] seconds. Brace-free: it sits in a run template.
+LEAVER = (
+    "import os,subprocess,sys,time; "
+    "p=subprocess.Popen([sys.executable,'-c','import time; time.sleep(600)']); "
+    "open(os.path.join(sys.argv[1],'helper.tmp'),'w').write(str(p.pid)); "
+    "os.rename(os.path.join(sys.argv[1],'helper.tmp'),os.path.join(sys.argv[1],'helper.pid')); "
+    "time.sleep(float(sys.argv[2]))"
+)
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting for its parent is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return state not in ("Z", "X")
+
+
+def helper_pid(directory: Path) -> int:
+    """The pid LEAVER wrote in `directory`, once it is there."""
+    path = directory / "helper.pid"
+    return int(wait_until(lambda: path.exists() and path.read_text(), 10, f"{path}"))
+
+
+def test_what_an_action_leaves_behind_ends_with_it_and_nothing_outlives_the_daemon(
+    env: Env,
+) -> None:
+    """Issue 8, 4: `helper &` outlived its action, and the daemon."""
+    quick, long = env.out / "quick", env.out / "long"
+    quick.mkdir()
+    long.mkdir()
+    env.policy(
+        "p.yaml",
+        [
+            {"rule": DB1_MEM, "on_match": on_match([PYTHON, "-c", LEAVER, str(quick), "0"])},
+            {"rule": WEB1_PROC, "on_match": on_match([PYTHON, "-c", LEAVER, str(long), "600"])},
+        ],
+    )
+    daemon = env.start(config={"shutdown-timeout": 0.2})
+    env.send(DB1_MEM)
+    left = helper_pid(quick)
+    wait_until(lambda: not running(left), 10, f"the helper {left} to end with its action")
+    daemon.log.wait_for(r"1 process\(es\) left in group")
+    env.send(WEB1_PROC, jail="web1")
+    hung = helper_pid(long)
+    assert running(hung)
+    assert daemon.stop() == 0
+    wait_until(lambda: not running(hung), 10, f"the helper {hung} to end when the daemon stops")
+
+
 # --- devd: restart, resync, stream socket ------------------------------------------------------
 
 
@@ -301,12 +404,14 @@ def test_devd_restart_reconnects_and_resync_acts_once_per_episode(env: Env) -> N
     assert env.server.wait_for_clients(1, 10)
     env.send(WEB1_PROC, pid=5100, ruid=80, jail="web1")
     daemon.wait_value(
-        "rctlpolicy_actions_total", 1, name=ACTION, resource="maxproc", outcome="suppressed"
+        "rctlpolicy_actions_total", 1, name=WEB1_ACTION, resource="maxproc", outcome="suppressed"
     )
     daemon.wait_value(
         "rctlpolicy_actions_total", 1, name=ACTION, resource="memoryuse", outcome="ok"
     )
-    daemon.wait_value("rctlpolicy_actions_total", 1, name=ACTION, resource="maxproc", outcome="ok")
+    daemon.wait_value(
+        "rctlpolicy_actions_total", 1, name=WEB1_ACTION, resource="maxproc", outcome="ok"
+    )
     assert len(records(env.out)) == 2
 
 

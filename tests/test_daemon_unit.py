@@ -1,5 +1,5 @@
-"""The daemon's pure decisions: which rule and jail an RCTL event is about (the kernel cuts its
-messages at 127 bytes), which rules a resync may act on.
+"""The daemon's pure decisions (rctlpolicy.eventmatch): which rule and jail an RCTL event is
+about (the kernel cuts its messages at 127 bytes), which rules a resync may act on.
 
 Events are built as the kernel writes them (`format_rctl_event`) and read by the daemon's parser,
 so the tables exercise the real cut points.
@@ -10,15 +10,16 @@ from __future__ import annotations
 import pytest
 from corpus_host import rule
 
-from rctlpolicy.daemon import (
+from rctlpolicy.devd import RctlEvent, format_rctl_event, parse_rctl_event
+from rctlpolicy.eventmatch import (
     event_jail,
     identify_rule,
     needs_event_fields,
     resync_candidate,
     rule_text_may_be_cut,
 )
-from rctlpolicy.devd import RctlEvent, format_rctl_event, parse_rctl_event
-from rctlpolicy.policy_model import OnMatch, PolicyRule, SourceLocation
+from rctlpolicy.onmatch import OnMatch
+from rctlpolicy.policy_model import PolicyRule, SourceLocation
 
 LONG = "customer-database-production-eu-west-1-replica-0001"  # cut inside jail=
 HUGE = "j" * 120  # cut inside the rule itself

@@ -95,3 +95,14 @@ def test_an_invalid_policy_is_not_acted_on(hook: Hook) -> None:
     assert result.returncode == 1
     assert "error[unknown-resource]" in result.stderr
     assert "the policy has errors; not acting" in result.stderr
+
+
+def test_an_event_from_a_jail_the_rule_does_not_cover_runs_nothing(hook: Hook) -> None:
+    hook.policy([{"rule": DB1_MEM, "on_match": {"run": action_argv(hook.out, "{jail}")}}])
+    result = hook.handle("--rule", DB1_MEM, "--pid", "4242", "--ruid", "0", "--jail", "0")
+    assert result.returncode == 1
+    assert "rejecting RCTL event for jail:db1:memoryuse" in result.stderr
+    assert records(hook.out) == []
+    child = hook.handle("--rule", DB1_MEM, "--pid", "4242", "--ruid", "0", "--jail", "db1.a")
+    assert child.returncode == 0, child.stderr
+    assert records(hook.out)[0]["argv"] == ["db1"]

@@ -17,7 +17,8 @@ from rctlpolicy.kernel import open_kernel
 from rctlpolicy.loadworker import ChildLoader, decode_load, encode_load
 from rctlpolicy.loops import Wakeup
 from rctlpolicy.model import Severity
-from rctlpolicy.policy_model import OnMatch, Policy, PolicyRule, RunLimit, SourceLocation
+from rctlpolicy.onmatch import OnMatch, RunLimit
+from rctlpolicy.policy_model import Policy, PolicyRule, SourceLocation
 from rctlpolicy.policyload import FileMark, Fingerprint, PolicyLoad, load_rules
 
 STOP = b"S"

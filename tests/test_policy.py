@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from corpus_host import emitted_codes
 
+import rctlpolicy.onmatch
 import rctlpolicy.policy_conf
 import rctlpolicy.policy_yaml
 from rctlpolicy.diagnostics import Diagnostic
@@ -23,6 +24,7 @@ from rctlpolicy.files import (
     read_policy_files,
 )
 from rctlpolicy.model import Action, Resource, Rule, Severity, SubjectType
+from rctlpolicy.onmatch import PLACEHOLDERS, OnMatch, RunLimit
 from rctlpolicy.policy import (
     LoadedPolicy,
     PolicyFile,
@@ -30,14 +32,7 @@ from rctlpolicy.policy import (
     jail_pattern_matches,
     load_policy,
 )
-from rctlpolicy.policy_model import (
-    PLACEHOLDERS,
-    OnMatch,
-    Policy,
-    PolicyRule,
-    RunLimit,
-    SourceLocation,
-)
+from rctlpolicy.policy_model import Policy, PolicyRule, SourceLocation
 
 
 def load(path: str, text: str) -> LoadedPolicy:
@@ -431,6 +426,24 @@ FINDINGS = [
     ),
     Finding(
         "p.yaml",
+        _rule_with("      run: [bin/notify, '{jail}']\n"),
+        4,
+        13,
+        "run-relative-path",
+        Severity.ERROR,
+        "absolute path",
+    ),
+    Finding(
+        "p.yaml",
+        _rule_with("      name: restart db1\n      signal: TERM\n"),
+        4,
+        13,
+        "invalid-action-name",
+        Severity.ERROR,
+        "restart-db1-postgres",
+    ),
+    Finding(
+        "p.yaml",
         _rule_with("      run: [/bin/echo, '{jale}']\n"),
         4,
         24,
@@ -516,7 +529,11 @@ def test_finding(case: Finding) -> None:
 
 def test_every_policy_code_has_an_example() -> None:
     shown = {f.code for f in FINDINGS}
-    emitted = emitted_codes(rctlpolicy.policy_conf) | emitted_codes(rctlpolicy.policy_yaml)
+    emitted = (
+        emitted_codes(rctlpolicy.policy_conf)
+        | emitted_codes(rctlpolicy.policy_yaml)
+        | emitted_codes(rctlpolicy.onmatch)
+    )
     assert emitted - shown == set()
     assert shown - emitted == set()
 

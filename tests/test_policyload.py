@@ -13,7 +13,8 @@ from corpus_host import rule
 from rctlpolicy import policy_yaml
 from rctlpolicy.diagnostics import Diagnostic
 from rctlpolicy.model import Severity
-from rctlpolicy.policy_model import OnMatch, Policy, PolicyRule, SourceLocation
+from rctlpolicy.onmatch import OnMatch
+from rctlpolicy.policy_model import Policy, PolicyRule, SourceLocation
 from rctlpolicy.policyload import (
     PolicyLoad,
     expand,
