@@ -541,7 +541,8 @@ def test_resolve_on_a_simulated_host_that_cannot_be_read(
 
 def test_lint_parses_with_its_own_parser_as_with_the_whole_one() -> None:
     """`rctlpolicy lint` starts without building every command's parser: the same help."""
-    from rctlpolicy.cli import build_parser, lint_parser
+    from rctlpolicy.cli import build_parser
+    from rctlpolicy.cli.lint import lint_parser
 
     whole = build_parser()
     subcommands = next(a for a in whole._actions if isinstance(a, argparse._SubParsersAction))

@@ -26,11 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from rctlpolicy.cli import SIM_RCTL_OPTIONS, build_parser, main
+from rctlpolicy.cli import build_parser, main
+from rctlpolicy.cli.sim import SIM_RCTL_OPTIONS
 from rctlpolicy.config import FILE_KEYS, build_config, load_config_file
 from rctlpolicy.metric_names import ALL_METRICS
 from rctlpolicy.model import SUBJECT_ALIASES, Action, Resource
-from rctlpolicy.policy_model import PLACEHOLDERS
+from rctlpolicy.onmatch import PLACEHOLDERS
 
 REPO = Path(__file__).resolve().parents[1]
 MAN_DIR = REPO / "man"

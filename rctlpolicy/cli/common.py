@@ -1,0 +1,69 @@
+"""What every subcommand shares: exit statuses, colour, and the options several commands take.
+
+Kept small and free of heavy imports: `rctlpolicy lint` (pre-commit, every commit) imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+TYPE_CHECKING = False  # not typing's: importing typing costs lint start-up (rctlpolicy.records)
+if TYPE_CHECKING:
+    from typing import TextIO
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_USAGE = 2
+
+
+def use_colour(stream: TextIO) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+def sim_host_option(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--sim-host",
+        metavar="FILE",
+        default=os.environ.get("RCTLPOLICY_SIM_HOST"),
+        help="simulated host file (default: $RCTLPOLICY_SIM_HOST, or the bundled example host)",
+    )
+
+
+def kernel_options(sub: argparse.ArgumentParser) -> None:
+    """--kernel, --sim-host and --format, for the commands that talk to the kernel."""
+    sub.add_argument(
+        "--kernel",
+        choices=("auto", "freebsd", "sim"),
+        default="auto",
+        help="the RCTL interface: FreeBSD's system calls, or the simulated "
+        "host (auto: FreeBSD when running on it, the simulator elsewhere)",
+    )
+    sim_host_option(sub)
+    sub.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="output format (default: text)",
+    )
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
+def size(text: str) -> int:
+    from rctlpolicy.config import ConfigError, parse_size
+
+    try:
+        return parse_size(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -1,0 +1,200 @@
+"""`rctlpolicy daemon` and `rctlpolicy handle`: the service, and one event in devd's hook mode."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from rctlpolicy.cli.common import EXIT_USAGE, seconds, size
+
+TYPE_CHECKING = False  # not typing's: see rctlpolicy.records
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def _daemon_config(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    from rctlpolicy.config import DEFAULT_CONFIG_PATH, build_config, load_config_file
+
+    file_values: dict[str, Any] = {}
+    config_path = Path(args.config) if args.config else None
+    if config_path is None and DEFAULT_CONFIG_PATH.exists():
+        config_path = DEFAULT_CONFIG_PATH
+    if config_path is not None:
+        file_values = load_config_file(config_path)
+    flags = {
+        "rules_dir": Path(args.rules_dir) if args.rules_dir else None,
+        "kernel": args.kernel,
+        "sim_host": Path(args.sim_host) if args.sim_host else None,
+        "devd_socket": Path(args.devd_socket) if args.devd_socket else None,
+        "listen_address": args.listen_address,
+        "telemetry_path": args.telemetry_path,
+        "web_config_file": Path(args.web_config_file) if args.web_config_file else None,
+        "pidfile": Path(args.pidfile) if args.pidfile else None,
+        "syslog": args.syslog,
+        "syslog_socket": args.syslog_socket,
+        "log_level": args.log_level,
+        "flush_on_exit": True if args.flush_on_exit else None,
+        "output_file": Path(args.output_file) if args.output_file else None,
+        "state_dir": Path(args.state_dir) if args.state_dir else None,
+        "jail_poll_interval": args.jail_poll_interval,
+        "reload_debounce": args.reload_debounce,
+        "reload_settle": args.reload_settle,
+        "max_policy_file_size": args.max_policy_file_size,
+        "shutdown_timeout": args.shutdown_timeout,
+    }
+    return build_config(file_values, flags)
+
+
+def _cmd_daemon(args: argparse.Namespace) -> int:
+    from rctlpolicy.config import ConfigError
+
+    try:
+        config = _daemon_config(args)
+    except ConfigError as error:
+        print(f"rctlpolicy daemon: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    from rctlpolicy.service import run_daemon
+
+    return run_daemon(config)
+
+
+def _cmd_handle(args: argparse.Namespace) -> int:
+    from rctlpolicy.config import ConfigError
+    from rctlpolicy.service import handle_event
+
+    try:
+        config = _daemon_config(args)
+    except ConfigError as error:
+        print(f"rctlpolicy handle: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return handle_event(config, args.rule, args.pid, args.ruid, args.jail)
+
+
+def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
+    daemon_parser = commands.add_parser(
+        "daemon",
+        help="run the service: reconcile rules, act on devd events, serve metrics",
+        description="Keep the kernel's rules in line with the rules directory (reloaded when "
+        "a file changes and on SIGHUP), run the policy's actions when devd reports an RCTL "
+        "event, and serve Prometheus metrics. Stays in the foreground; SIGTERM stops it.",
+        epilog="Every flag can be set in the YAML config file under the flag's name without "
+        "dashes (rules-dir, web.listen-address, ...); flags win. Exit status: 0 after "
+        "SIGTERM/SIGINT, 1 when start-up fails (policy errors are printed), 2 for usage "
+        "errors.",
+    )
+    _daemon_options(daemon_parser)
+    daemon_parser.set_defaults(handler=_cmd_daemon)
+
+    handle = commands.add_parser(
+        "handle",
+        help="run a rule's on_match once for one RCTL event (devd hook mode)",
+        description="Run the action engine once for one RCTL event, as devd.conf(5)'s "
+        "notify block passes it: cooldown and max_runs hold across invocations (a locked "
+        "state file in the state directory).",
+    )
+    handle.add_argument("--rule", required=True, help="the event's rule ($rule)")
+    handle.add_argument("--pid", help="the event's pid ($pid)")
+    handle.add_argument("--ruid", help="the event's real uid ($ruid)")
+    handle.add_argument("--jail", default="0", help="the event's jail ($jail; 0 is the host)")
+    _daemon_options(handle)
+    handle.set_defaults(handler=_cmd_handle)
+
+
+def _daemon_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config file (default: /usr/local/etc/rctlpolicy.yaml if present)",
+    )
+    sub.add_argument(
+        "--rules-dir",
+        metavar="DIR",
+        help="the policy directory (default: /usr/local/etc/rctlpolicy/rules)",
+    )
+    sub.add_argument("--kernel", choices=("auto", "freebsd", "sim"), default=None)
+    sub.add_argument("--sim-host", metavar="FILE", default=os.environ.get("RCTLPOLICY_SIM_HOST"))
+    sub.add_argument(
+        "--devd-socket",
+        metavar="PATH",
+        help="devd's seqpacket socket (default: /var/run/devd.seqpacket.pipe; on "
+        "the simulated host a simulated devd is started when not given)",
+    )
+    sub.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        metavar="HOST:PORT",
+        help="where to serve metrics (default: 127.0.0.1:10217)",
+    )
+    sub.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        metavar="PATH",
+        help="metrics path (default: /metrics)",
+    )
+    sub.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="exporter-toolkit web config: TLS and basic auth",
+    )
+    sub.add_argument("--pidfile", metavar="FILE")
+    sub.add_argument(
+        "--syslog",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="log to syslog (facility daemon) instead of stderr",
+    )
+    sub.add_argument("--syslog-socket", metavar="PATH", help="default: /var/run/log")
+    sub.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    sub.add_argument(
+        "--flush-on-exit",
+        action="store_true",
+        help="remove the rules this daemon added when it stops",
+    )
+    sub.add_argument(
+        "--output.file-path",
+        dest="output_file",
+        metavar="FILE",
+        help="also write the metrics to FILE for node_exporter's textfile collector",
+    )
+    sub.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where applied rules and action state are kept (default: "
+        "/var/db/rctlpolicy; beside the host file on the simulator)",
+    )
+    sub.add_argument(
+        "--jail-poll-interval",
+        type=seconds,
+        metavar="SECONDS",
+        help="how often the jail list is compared for jail patterns and "
+        "ended episodes (default: 5)",
+    )
+    sub.add_argument(
+        "--reload-debounce",
+        type=seconds,
+        metavar="SECONDS",
+        help="how long the rules directory must be quiet before a reload (default: 0.3)",
+    )
+    sub.add_argument(
+        "--reload-settle",
+        type=seconds,
+        metavar="SECONDS",
+        help="how long every policy file must stay unchanged before a changed policy is "
+        "applied (default: 2; SIGHUP applies at once)",
+    )
+    sub.add_argument(
+        "--max-policy-file-size",
+        type=size,
+        metavar="BYTES",
+        help="refuse policy files larger than this, before reading them (default: 16m)",
+    )
+    sub.add_argument(
+        "--shutdown-timeout",
+        type=seconds,
+        metavar="SECONDS",
+        help="how long running actions may finish at shutdown (default: 10)",
+    )
