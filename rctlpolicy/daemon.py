@@ -30,7 +30,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rctlpolicy.actions import (
     DEFAULT_MAX_RUNNING,
@@ -86,6 +86,9 @@ from rctlpolicy.policyload import (
 )
 from rctlpolicy.reload import PolicyLoader, Reloader
 from rctlpolicy.watcher import RulesWatcher
+
+if TYPE_CHECKING:
+    from rctlpolicy.web import MetricsServer, WebConfig
 
 log = logging.getLogger("rctlpolicy")
 
@@ -174,7 +177,7 @@ class Daemon:
         self.registry = make_registry(
             [JailCollector(kernel, self.stats), DaemonCollector(self.stats)]
         )
-        self.web: Any = None
+        self.web: MetricsServer | None = None
         self.devd: DevdClient | None = None
         self._devd_paths = devd_paths
         self._watcher: RulesWatcher | None = None
@@ -254,6 +257,7 @@ class Daemon:
 
     def _start_web(self) -> None:
         from rctlpolicy.web import MetricsServer, WebConfigError
+        from rctlpolicy.web.metrics import WebCollector
 
         web_config = None
         if self.config.web_config_file is not None:
@@ -270,9 +274,10 @@ class Daemon:
             web_config=web_config,
             landing_page=_landing_page(self.config.telemetry_path),
         )
+        self.registry.register(WebCollector(self.web.stats))
         self.web.start()
 
-    def _read_web_config(self) -> Any:
+    def _read_web_config(self) -> WebConfig:
         from rctlpolicy.web import load_web_config
 
         assert self.config.web_config_file is not None
@@ -297,11 +302,7 @@ class Daemon:
         """Where the metrics are served, with the bound port."""
         if self.web is None:
             return ""
-        host = str(self.web.host) or "0.0.0.0"  # noqa: S104 (only printed)
-        if ":" in host:
-            host = f"[{host}]"
-        scheme = "https" if self.web.tls_enabled else "http"
-        return f"{scheme}://{host}:{self.metrics_port}{self.config.telemetry_path}"
+        return str(self.web.url)
 
     # --- the main loop: signals ---------------------------------------------------------
 
