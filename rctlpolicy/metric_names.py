@@ -144,6 +144,15 @@ RCTLPOLICY_PROCESS_RESIDENT_MEMORY_BYTES = "rctlpolicy_process_resident_memory_b
 RCTLPOLICY_PROCESS_START_TIME_SECONDS = "rctlpolicy_process_start_time_seconds"
 RCTLPOLICY_PROCESS_OPEN_FDS = "rctlpolicy_process_open_fds"
 
+# The metrics endpoint itself (rctlpolicy.web): how it holds up against its clients.
+RCTLPOLICY_WEB_CONNECTIONS_OPEN = "rctlpolicy_web_connections_open"
+RCTLPOLICY_WEB_CONNECTIONS_LIMIT = "rctlpolicy_web_connections_limit"
+RCTLPOLICY_WEB_CONNECTIONS_EVICTED_TOTAL = "rctlpolicy_web_connections_evicted_total"
+RCTLPOLICY_WEB_CONNECTIONS_REFUSED_TOTAL = "rctlpolicy_web_connections_refused_total"
+RCTLPOLICY_WEB_TLS_HANDSHAKE_TIMEOUTS_TOTAL = "rctlpolicy_web_tls_handshake_timeouts_total"
+RCTLPOLICY_WEB_AUTH_FAILURES_TOTAL = "rctlpolicy_web_auth_failures_total"
+RCTLPOLICY_WEB_REQUESTS_TOO_LARGE_TOTAL = "rctlpolicy_web_requests_too_large_total"
+
 
 @dataclass(frozen=True, slots=True)
 class ResourceMetrics:
@@ -381,6 +390,41 @@ def _specs() -> tuple[MetricSpec, ...]:
         MetricSpec(RCTLPOLICY_PROCESS_START_TIME_SECONDS, _G, "Unix time the daemon started at."),
         MetricSpec(
             RCTLPOLICY_PROCESS_OPEN_FDS, _G, "Number of open file descriptors of the daemon."
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_CONNECTIONS_OPEN, _G, "Connections to the metrics endpoint open now."
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_CONNECTIONS_LIMIT,
+            _G,
+            "The most connections the metrics endpoint keeps open at once.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_CONNECTIONS_EVICTED_TOTAL,
+            _C,
+            "Connections closed to make room for a new one, with the endpoint full: each the "
+            "oldest that had not sent an authorised request (slow, stalled or guessing clients).",
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_CONNECTIONS_REFUSED_TOTAL,
+            _C,
+            "Connections closed at once because the endpoint was full of connections being "
+            "served or kept alive after an authorised request.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_TLS_HANDSHAKE_TIMEOUTS_TOTAL,
+            _C,
+            "TLS handshakes the metrics endpoint gave up on because the client was too slow.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_AUTH_FAILURES_TOTAL,
+            _C,
+            "Requests to the metrics endpoint answered 401: no, malformed or wrong credentials.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_REQUESTS_TOO_LARGE_TOTAL,
+            _C,
+            "Requests refused (431) because their request line and headers went past the budget.",
         ),
     ]
     return tuple(specs)
