@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import html
 import logging
+import queue
 import signal
+import sys
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -52,6 +54,7 @@ from rctlpolicy.devd import (
     Disconnected,
     MalformedEvent,
     RctlEvent,
+    Receiving,
     parse_rctl_event,
 )
 from rctlpolicy.diagnostics import Diagnostic
@@ -111,6 +114,13 @@ class StoppedDuringStartup(Exception):
 
 # --- the daemon ------------------------------------------------------------------------------
 
+#: Records the devd reader may queue ahead of the dispatcher; more are dropped and counted
+#: (rctlpolicy_devd_records_dropped_total) rather than letting devd drop the daemon.
+DEVD_QUEUE_MAX = 100_000
+#: The interpreter's thread switch interval once the devd reader runs: the reader wins the
+#: GIL back within a millisecond of its socket becoming readable (the default is 5 ms).
+SWITCH_INTERVAL = 0.001
+
 #: Requests to the main loop, one byte each on its wakeup pipe.
 _RELOAD = b"H"
 _STOP = b"T"
@@ -162,7 +172,9 @@ class Daemon:
         self._control = Wakeup()
         self._stopping = threading.Event()
         self._started = False
-        self._dispatcher: QueueLoop[DevdItem] = QueueLoop("rctlpolicy-dispatch", self._dispatch)
+        self._dispatcher: QueueLoop[DevdItem] = QueueLoop(
+            "rctlpolicy-dispatch", self._dispatch, queue.Queue(DEVD_QUEUE_MAX)
+        )
         #: What the devd reader feeds and the dispatcher takes from.
         self._events = self._dispatcher.items
         self._jail_watcher = PeriodicLoop(
@@ -189,6 +201,7 @@ class Daemon:
         )
         self._previous_handlers: dict[int, Any] = {}
         self._previous_wakeup_fd = -1
+        self._previous_switch_interval: float | None = None
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -285,7 +298,11 @@ class Daemon:
             seqpacket = self.config.devd_socket or Path("/var/run/devd.seqpacket.pipe")
             stream = seqpacket.with_name("devd.pipe")
         self.devd = DevdClient(self._events, seqpacket_path=seqpacket, stream_path=stream)
+        client = self.devd
+        self.stats.devd_records_dropped = lambda: client.dropped
         self.devd.start()
+        self._previous_switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(SWITCH_INTERVAL, self._previous_switch_interval))
 
     @property
     def metrics_port(self) -> int:
@@ -446,6 +463,12 @@ class Daemon:
             self._connections += 1
             self.stats.devd_state(True, reconnected=self._connections > 1)
             self.resync("connected to devd" if self._connections == 1 else "reconnected to devd")
+            return
+        if isinstance(item, Receiving):
+            # devd accepted us only now, perhaps long after the connect (its client limit):
+            # what fired in between never reached us.
+            self.stats.devd_receiving_now()
+            self.resync("first record from devd")
             return
         if isinstance(item, Disconnected):
             self.stats.devd_state(False)
@@ -641,6 +664,9 @@ class Daemon:
             self._reloader.join(1.0)
         if self.devd is not None:
             self.devd.stop()
+        if self._previous_switch_interval is not None:
+            sys.setswitchinterval(self._previous_switch_interval)
+            self._previous_switch_interval = None
         self.engine.shutdown(self.config.shutdown_timeout)
         for loop in (self._dispatcher, self._jail_watcher):
             if loop.is_alive():

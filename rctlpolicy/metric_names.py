@@ -129,6 +129,8 @@ RCTLPOLICY_RULES = "rctlpolicy_rules"
 RCTLPOLICY_CONFIG_RELOAD_PENDING = "rctlpolicy_config_reload_pending"
 RCTLPOLICY_DEVD_CONNECTED = "rctlpolicy_devd_connected"
 RCTLPOLICY_DEVD_RECONNECTS_TOTAL = "rctlpolicy_devd_reconnects_total"
+RCTLPOLICY_DEVD_RECEIVING = "rctlpolicy_devd_receiving"
+RCTLPOLICY_DEVD_RECORDS_DROPPED_TOTAL = "rctlpolicy_devd_records_dropped_total"
 RCTLPOLICY_KERNEL_RULES_LOST_TOTAL = "rctlpolicy_kernel_rules_lost_total"
 RCTLPOLICY_EVENTS_TOTAL = "rctlpolicy_events_total"
 RCTLPOLICY_ACTIONS_TOTAL = "rctlpolicy_actions_total"
@@ -328,6 +330,18 @@ def _specs() -> tuple[MetricSpec, ...]:
             RCTLPOLICY_DEVD_RECONNECTS_TOTAL,
             _C,
             "Connections to devd's socket made after the first one.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_DEVD_RECEIVING,
+            _G,
+            "1 once devd has sent a record on the current connection; 0 while connected but "
+            "not yet accepted (devd at its client limit, devd -l) or on a host with no events "
+            "since the connection.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_DEVD_RECORDS_DROPPED_TOTAL,
+            _C,
+            "devd records the daemon received but dropped because its event queue was full.",
         ),
         MetricSpec(
             RCTLPOLICY_KERNEL_RULES_LOST_TOTAL,

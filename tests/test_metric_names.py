@@ -56,6 +56,8 @@ EXPECTED_FAMILIES = {
     "rctlpolicy_config_reload_pending": "gauge",
     "rctlpolicy_devd_connected": "gauge",
     "rctlpolicy_devd_reconnects_total": "counter",
+    "rctlpolicy_devd_receiving": "gauge",
+    "rctlpolicy_devd_records_dropped_total": "counter",
     "rctlpolicy_kernel_rules_lost_total": "counter",
     "rctlpolicy_events_total": "counter",
     "rctlpolicy_actions_total": "counter",
