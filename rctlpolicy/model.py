@@ -428,6 +428,11 @@ class Severity(Enum):
     WARNING = "warning"
     INFO = "info"
 
+    # Members are singletons compared by identity: hashing by identity is as correct as
+    # Enum's hash of the name, and a C call instead of a Python one (a big policy's
+    # diagnostics are put in a set and sorted by severity).
+    __hash__ = object.__hash__
+
     @property
     def rank(self) -> int:
         return _SEVERITY_RANK[self]
