@@ -146,7 +146,7 @@ class Daemon:
         self._rule_store = rule_store
         self._kernel_generation: str | None = None
         self.clock = clock or SystemClock()
-        self.stats = DaemonStats()
+        self.stats = DaemonStats(start_time=self.clock.time())
         self.applied = AppliedRules.in_dir(state_dir)
         self.engine = ActionEngine(
             self.clock,
@@ -241,7 +241,7 @@ class Daemon:
         if not status.enabled:
             log.error("RACCT/RCTL is not usable: %s", status.reason)
         ok = self._apply(self.prepare(load))
-        self.stats.reloaded(ok, self._rule_count(), self.clock.time())
+        self.stats.reloaded(ok, self.clock.time(), self._rule_count())
         self._start_web()
         self._start_devd()
         self._dispatcher.start()
@@ -365,7 +365,7 @@ class Daemon:
         """Apply a new policy (its rules expanded by `prepare`)."""
         self._log_diagnostics(load)
         ok = self._apply(prepared)
-        self.stats.reloaded(ok, self._rule_count(), self.clock.time())
+        self.stats.reloaded(ok, self.clock.time(), self._rule_count())
         if ok:
             log.info("policy reloaded (%s): %d rules", reason, self._rule_count())
         else:
@@ -378,7 +378,7 @@ class Daemon:
             "reload (%s) rejected: the policy has errors; the rules in force are kept", reason
         )
         self._log_diagnostics(load, logging.ERROR)
-        self.stats.reloaded(False)
+        self.stats.reloaded(False, self.clock.time())
         self._write_textfile()
 
     def reload_pending(self, pending: bool) -> None:
@@ -408,7 +408,7 @@ class Daemon:
         failing = self._install_failed
         again = expand(loaded.policy, self._jail_names(), loaded.file_sizes)
         if self._apply(again) and failing:
-            self.stats.reloaded(True, self._rule_count(), self.clock.time())
+            self.stats.reloaded(True, self.clock.time(), self._rule_count())
         with self.stats.lock:
             self.stats.rules = self._rule_count()
         log.info("rules reconciled (%s)", reason)

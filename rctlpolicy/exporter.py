@@ -15,7 +15,6 @@ import re
 import resource as resource_module
 import tempfile
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -58,8 +57,14 @@ def _help(name: str) -> str:
 
 @dataclass
 class DaemonStats:
-    """The daemon's own counters and states, updated by its threads, read on each scrape."""
+    """The daemon's own counters and states, updated by its threads, read on each scrape.
 
+    Times come from the owner's clock (`start_time`, `reloaded(when=...)`): no reading of the
+    system clock here, so a test's ManualClock decides what the scrape says.
+    """
+
+    #: Wall-clock seconds when the daemon started (process_start_time_seconds).
+    start_time: float
     lock: threading.Lock = field(default_factory=threading.Lock)
     racct_enabled: bool = True
     last_reload_ok: bool = False
@@ -79,7 +84,6 @@ class DaemonStats:
     actions_running: int = 0
     actions_running_limit: int = 0
     actions_delayed: int = 0
-    start_time: float = field(default_factory=time.time)
     #: The usage history's sampler (its own lock: its threads never take this one).
     history: HistoryStats = field(default_factory=HistoryStats)
 
@@ -106,11 +110,12 @@ class DaemonStats:
             self.actions_running_limit = limit
             self.actions_delayed = delayed
 
-    def reloaded(self, ok: bool, rules: int | None = None, when: float | None = None) -> None:
+    def reloaded(self, ok: bool, when: float, rules: int | None = None) -> None:
+        """A reload ended at wall-clock `when`; a good one sets the rule count and time."""
         with self.lock:
             self.last_reload_ok = ok
             if ok:
-                self.last_reload_success = when if when is not None else time.time()
+                self.last_reload_success = when
                 if rules is not None:
                     self.rules = rules
 
