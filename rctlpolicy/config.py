@@ -221,3 +221,29 @@ def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> Da
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
     return validate(replace(config, **given))
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A configuration as the daemon builds it, and where its settings came from."""
+
+    config: DaemonConfig
+    #: The file read: the one given, else DEFAULT_CONFIG_PATH when it exists, else None.
+    path: Path | None
+    #: The settings (field names) the file gave.
+    from_file: frozenset[str]
+
+
+def config_file_to_read(given: Path | None) -> Path | None:
+    """The daemon's rule: the file given with --config, else the default file if present."""
+    if given is not None:
+        return given
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def load_daemon_config(given: Path | None, flag_values: dict[str, Any]) -> LoadedConfig:
+    """Defaults, then the config file (given, or the default one if present), then the flags
+    that were given: the daemon's precedence, for every command that shares its settings."""
+    path = config_file_to_read(given)
+    file_values = load_config_file(path) if path is not None else {}
+    return LoadedConfig(build_config(file_values, flag_values), path, frozenset(file_values))

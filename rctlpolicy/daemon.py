@@ -34,6 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from rctlpolicy.actioncontext import ActionContext
 from rctlpolicy.actions import (
     DEFAULT_MAX_RUNNING,
     ActionEngine,
@@ -76,7 +77,7 @@ from rctlpolicy.formats import render
 from rctlpolicy.kernel.base import Kernel, KernelError, RuleStoreWatch
 from rctlpolicy.loops import PeriodicLoop, QueueLoop, Wakeup
 from rctlpolicy.model import Filter, Rule, Severity
-from rctlpolicy.onmatch import ActionContext, action_name
+from rctlpolicy.onmatch import action_name
 from rctlpolicy.policy_model import PolicyRule
 from rctlpolicy.policyload import (
     LOG_DIAGNOSTICS_PER_FILE,

@@ -201,3 +201,19 @@ def test_the_daemon_command_reports_a_bad_config_file_with_exit_2(
     assert main(["daemon", "--config", str(path)]) == 2
     error = capsys.readouterr().err
     assert "unknown setting 'rule-dir'; did you mean 'rules-dir'?" in error
+
+
+def test_load_daemon_config_says_which_file_gave_what(tmp_path: Path) -> None:
+    from rctlpolicy.config import DEFAULT_CONFIG_PATH, config_file_to_read, load_daemon_config
+
+    path = tmp_path / "rctlpolicy.yaml"
+    path.write_text("rules-dir: rules\nstate-dir: /var/db/x\n")
+    loaded = load_daemon_config(path, {"state_dir": Path("/flag"), "kernel": None})
+    assert loaded.path == path
+    assert loaded.from_file == {"rules_dir", "state_dir"}
+    assert loaded.config.rules_dir == (tmp_path / "rules").resolve()
+    assert loaded.config.state_dir == Path("/flag")  # the flag wins, as for the daemon
+    assert loaded.config.kernel == "auto"
+    # Without --config: the default file if it exists, as the daemon reads it.
+    expected = DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+    assert config_file_to_read(None) == expected

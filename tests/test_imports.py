@@ -38,6 +38,7 @@ CORE = (
     "rctlpolicy.lint",
     "rctlpolicy.plan",
     "rctlpolicy.onmatch",
+    "rctlpolicy.actioncontext",
     "rctlpolicy.codes",
     "rctlpolicy.checks",
 )
