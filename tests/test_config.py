@@ -47,6 +47,9 @@ reload-debounce: 0.5
 reload-settle: 4
 max-policy-file-size: 1m
 shutdown-timeout: 3
+history.interval: 30s
+history.raw-retention: 24h
+history.retention: 10d
 """,
     )
     values = load_config_file(path)
@@ -72,6 +75,9 @@ shutdown-timeout: 3
         reload_settle=4.0,
         max_policy_file_size=1024 * 1024,
         shutdown_timeout=3.0,
+        history_interval=30.0,
+        history_raw_retention=86400.0,
+        history_retention=864000.0,
     )
 
 
@@ -85,6 +91,9 @@ shutdown-timeout: 3
         ("jail-poll-interval: 0\n", "must be a positive number of seconds"),
         ("shutdown-timeout: true\n", "must be a positive number of seconds"),
         ("rules-dir: ''\n", "rules-dir: must be a non-empty string"),
+        ("history.interval: -1\n", "is not 0 (off) or a duration"),
+        ("history.retention: 0\n", "is not a duration"),
+        ("history.raw-retention: soon\n", "is not a duration"),
         ("web.listen-address: 10217\n", "must be a non-empty string"),
         ("reload-settle: -1\n", "must be a positive number of seconds"),
         ("max-policy-file-size: 16MiB\n", "'16MiB' is not a size in bytes (such as 16m"),
