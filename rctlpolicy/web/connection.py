@@ -284,6 +284,13 @@ class Connection(asyncio.Protocol):
         try:
             event = self._h11.next_event()
             if isinstance(event, h11.Request):
+                if _head_size(event) > self._limits.header_budget:
+                    # h11 checks the budget only while a request is incomplete; one that
+                    # arrived whole in a single read is measured here.
+                    raise h11.RemoteProtocolError(
+                        "request line and headers too long",
+                        error_status_hint=http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    )
                 request = Request(event)
                 if not request.has_body:
                     # A request without a body ends at once; h11 wants to be told so.
@@ -367,6 +374,12 @@ class Connection(asyncio.Protocol):
         else:
             logger.debug("closing idle connection from %s", self.peer)
         self.abort()
+
+
+def _head_size(event: h11.Request) -> int:
+    """The request line and headers as sent (give or take optional whitespace)."""
+    line = len(event.method) + len(event.target) + len(b" HTTP/1.1\r\n ")
+    return line + sum(len(name) + len(value) + 4 for name, value in event.headers) + 2
 
 
 _REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in http.HTTPStatus}

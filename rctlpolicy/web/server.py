@@ -33,7 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from rctlpolicy.web.auth import BasicAuth
+import bcrypt
+
+from rctlpolicy.web.auth import BasicAuth, PasswordCheck
 from rctlpolicy.web.connection import Connection, Phase, Request
 from rctlpolicy.web.settings import ServerLimits, metrics_url
 from rctlpolicy.web.tls import TLSContextSource
@@ -48,6 +50,8 @@ _T = TypeVar("_T")
 
 #: Threads that run render(); scrapes with the same Accept header share one render.
 _RENDER_WORKERS = 4
+#: Connections asyncio accepts per wakeup of the listening socket.
+_ACCEPT_BATCH = 32
 #: Descriptors kept for the rest of the daemon when the connection cap is sized to the limit.
 _RESERVED_FDS = 64
 
@@ -135,6 +139,7 @@ class MetricsServer:
         landing_page: bytes | None = None,
         *,
         limits: ServerLimits | None = None,
+        password_check: PasswordCheck = bcrypt.checkpw,
         **limit_overrides: Any,
     ) -> None:
         if not telemetry_path.startswith("/"):
@@ -153,6 +158,7 @@ class MetricsServer:
         base = dataclasses.replace(limits or ServerLimits(), **limit_overrides)
         self.limits = base
         self.stats = ServerStats()
+        self._password_check = password_check
         self._state = self._build_state(web_config, None)
         self._listener: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -165,13 +171,15 @@ class MetricsServer:
         self._auth_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._render_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._auth_waiting = 0
+        self._scrapes_waiting = 0
         self._renders: dict[str | None, asyncio.Future[_Rendered]] = {}
         self._pending: set[asyncio.Future[Any]] = set()
 
     # --- configuration ------------------------------------------------------------------
 
-    @staticmethod
-    def _build_state(web_config: WebConfig | None, previous: _ServeState | None) -> _ServeState:
+    def _build_state(
+        self, web_config: WebConfig | None, previous: _ServeState | None
+    ) -> _ServeState:
         if web_config is None:
             return _ServeState(web_config=None, tls=None, auth=None, headers=())
         old = previous.web_config if previous is not None else None
@@ -193,7 +201,7 @@ class MetricsServer:
             auth = (
                 previous.auth
                 if unchanged and previous is not None
-                else BasicAuth(web_config.basic_auth_users)
+                else BasicAuth(web_config.basic_auth_users, self._password_check)
             )
         return _ServeState(
             web_config=web_config, tls=tls, auth=auth, headers=tuple(web_config.headers.items())
@@ -224,6 +232,11 @@ class MetricsServer:
         if self._listener is None:
             raise RuntimeError("MetricsServer is not started")
         return int(self._listener.getsockname()[1])
+
+    @property
+    def scrapes_waiting(self) -> int:
+        """Scrapes waiting for a render to finish (several may share one)."""
+        return self._scrapes_waiting
 
     @property
     def url(self) -> str:
@@ -259,9 +272,14 @@ class MetricsServer:
             try:
                 self._server = loop.run_until_complete(
                     loop.create_server(
-                        lambda: Connection(self), sock=listener, backlog=self._max_connections
+                        lambda: Connection(self), sock=listener, backlog=_ACCEPT_BATCH
                     )
                 )
+                # asyncio accepts up to `backlog` connections per wakeup, and listen()s with it;
+                # keep the batch small (so reads of requests come between accepts, and a new
+                # connection is not evicted by the rest of its own batch) but the kernel's
+                # queue as long as the connection cap.
+                listener.listen(max(_ACCEPT_BATCH, self._max_connections))
             except BaseException as exc:
                 failure.append(exc)
                 ready.set()
@@ -453,6 +471,7 @@ class MetricsServer:
     def _scrape(self, connection: Connection, request: Request, state: _ServeState) -> None:
         accept = request.headers.get("accept")
         rendered = self._renders.get(accept)
+        self._scrapes_waiting += 1
         if rendered is None:
             rendered = self._offload(self._render_pool, self._render, accept)
             self._renders[accept] = rendered
@@ -473,6 +492,7 @@ class MetricsServer:
             )
 
         def done(future: asyncio.Future[_Rendered]) -> None:
+            self._scrapes_waiting -= 1
             if future.cancelled():
                 return
             if future.exception() is not None:
