@@ -340,3 +340,30 @@ def test_concurrent_scrapes_share_one_render(serve: ServerFactory) -> None:
     # The next scrape, after the shared render ended, renders afresh.
     assert scrape(server) == 200
     assert len(calls) == 2
+
+
+def test_large_bodies_reach_a_pipelining_client_whole_while_others_are_served(
+    serve: ServerFactory, sockets: Callable[[MetricsServer], socket.socket]
+) -> None:
+    body = b"".join(b'jail_memoryuse_bytes{name="j%d"} %d\n' % (n, n) for n in range(25000))
+    server = serve(render=lambda accept: (body, METRICS_TYPE))
+    slow = sockets(server)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    slow.sendall(request + request)  # two pipelined requests: the second waits for the first
+    # Meanwhile, other scrapes are served whole.
+    assert scrape(server) == 200
+    received = bytearray()
+    while (head_end := received.find(b"\r\n\r\n")) < 0:
+        received += slow.recv(4096)
+    expected = 2 * (head_end + 4 + len(body))
+    while len(received) < expected:
+        chunk = slow.recv(65536)
+        assert chunk, "the server closed the connection"
+        received += chunk
+    first, _, rest = bytes(received).partition(b"\r\n\r\n")
+    assert b"Content-Length: %d" % len(body) in first
+    assert rest.startswith(body)
+    assert rest[len(body) :].startswith(b"HTTP/1.1 200 OK")
+    assert rest.endswith(body)
+    assert len(rest) == len(body) + head_end + 4 + len(body)

@@ -50,8 +50,14 @@ _T = TypeVar("_T")
 
 #: Threads that run render(); scrapes with the same Accept header share one render.
 _RENDER_WORKERS = 4
+#: Seconds between two warnings of one kind about clients.
+_WARN_INTERVAL = 10.0
 #: Connections asyncio accepts per wakeup of the listening socket.
-_ACCEPT_BATCH = 32
+_ACCEPT_BATCH = 64
+#: The kernel's queue of connections not yet accepted (it caps this at its own maximum:
+#: somaxconn on Linux, kern.ipc.soacceptqueue on FreeBSD). A full queue drops new SYNs, and
+#: a client then waits a whole second to try again: longer than a scrape's timeout here.
+_LISTEN_BACKLOG = 4096
 #: Descriptors kept for the rest of the daemon when the connection cap is sized to the limit.
 _RESERVED_FDS = 64
 
@@ -172,6 +178,7 @@ class MetricsServer:
         self._render_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._auth_waiting = 0
         self._scrapes_waiting = 0
+        self._warned: dict[str, tuple[float, int]] = {}
         self._renders: dict[str | None, asyncio.Future[_Rendered]] = {}
         self._pending: set[asyncio.Future[Any]] = set()
 
@@ -279,7 +286,7 @@ class MetricsServer:
                 # keep the batch small (so reads of requests come between accepts, and a new
                 # connection is not evicted by the rest of its own batch) but the kernel's
                 # queue as long as the connection cap.
-                listener.listen(max(_ACCEPT_BATCH, self._max_connections))
+                listener.listen(max(_LISTEN_BACKLOG, self._max_connections))
             except BaseException as exc:
                 failure.append(exc)
                 ready.set()
@@ -365,7 +372,8 @@ class MetricsServer:
             victim = next(iter(self._evictable), None)
             if victim is None:
                 self.stats.add("connections_refused")
-                logger.warning(
+                self.warn(
+                    "full",
                     "metrics: %d connections open, all serving; refusing %s",
                     self._max_connections,
                     connection.peer,
@@ -392,6 +400,20 @@ class MetricsServer:
         self._evictable.pop(connection, None)
         with self.stats.lock:
             self.stats.connections_open = len(self._connections)
+
+    def warn(self, key: str, message: str, *args: object) -> None:
+        # A flood of bad clients must not become a flood of log lines: one line per kind
+        # every _WARN_INTERVAL seconds, saying how many were not logged.
+        assert self._loop is not None
+        now = self._loop.time()
+        last, suppressed = self._warned.get(key, (-_WARN_INTERVAL, 0))
+        if now - last < _WARN_INTERVAL:
+            self._warned[key] = (last, suppressed + 1)
+            return
+        self._warned[key] = (now, 0)
+        if suppressed:
+            message += f" ({suppressed} more like it not logged)"
+        logger.warning(message, *args)
 
     def handshake_timed_out(self) -> None:
         self.stats.add("handshake_timeouts")
