@@ -39,6 +39,7 @@ from prometheus_client.utils import floatToGoString as float_to_go_string
 
 from rctlpolicy import __version__
 from rctlpolicy import metric_names as names
+from rctlpolicy.history import HistoryStats
 from rctlpolicy.kernel.base import Jail, Kernel, KernelError
 from rctlpolicy.kernel.freebsd import UNREADABLE, USAGE_PAIR, parse_usage
 from rctlpolicy.metric_names import metric_spec, resource_metrics
@@ -75,6 +76,10 @@ class DaemonStats:
     reload_pending: bool = False
     devd_connected: bool = False
     devd_reconnects: int = 0
+    #: Whether devd has sent a record on the current connection (it accepted us).
+    devd_receiving: bool = False
+    #: Reads the devd reader's count of records dropped on a full queue (set by the daemon).
+    devd_records_dropped: Callable[[], int] = lambda: 0
     #: Times the kernel was found without the rules the daemon applied (and they were re-applied).
     kernel_rules_lost: int = 0
     events: Counter[str] = field(default_factory=Counter)
@@ -86,6 +91,8 @@ class DaemonStats:
     actions_running: int = 0
     actions_running_limit: int = 0
     actions_delayed: int = 0
+    #: The usage history's sampler (its own lock: its threads never take this one).
+    history: HistoryStats = field(default_factory=HistoryStats)
 
     def snapshot(self) -> DaemonStats:
         """A consistent copy, taken under the lock (with a lock of its own): read it at
@@ -133,8 +140,14 @@ class DaemonStats:
     def devd_state(self, connected: bool, reconnected: bool = False) -> None:
         with self.lock:
             self.devd_connected = connected
+            self.devd_receiving = False
             if reconnected:
                 self.devd_reconnects += 1
+
+    def devd_receiving_now(self) -> None:
+        """The current connection's first record arrived."""
+        with self.lock:
+            self.devd_receiving = True
 
 
 def _copied(value: object) -> object:
@@ -554,6 +567,16 @@ class DaemonCollector(Collector):
             _help(names.RCTLPOLICY_DEVD_RECONNECTS_TOTAL),
             value=s.devd_reconnects,
         )
+        yield GaugeMetricFamily(
+            names.RCTLPOLICY_DEVD_RECEIVING,
+            _help(names.RCTLPOLICY_DEVD_RECEIVING),
+            value=int(s.devd_receiving),
+        )
+        yield CounterMetricFamily(
+            names.RCTLPOLICY_DEVD_RECORDS_DROPPED_TOTAL,
+            _help(names.RCTLPOLICY_DEVD_RECORDS_DROPPED_TOTAL),
+            value=s.devd_records_dropped(),
+        )
         yield CounterMetricFamily(
             names.RCTLPOLICY_KERNEL_RULES_LOST_TOTAL,
             _help(names.RCTLPOLICY_KERNEL_RULES_LOST_TOTAL),
@@ -604,6 +627,17 @@ class DaemonCollector(Collector):
             names.RCTLPOLICY_ACTIONS_DELAYED_TOTAL,
             _help(names.RCTLPOLICY_ACTIONS_DELAYED_TOTAL),
             value=s.actions_delayed,
+        )
+        h = s.history
+        with h.lock:
+            samples, dropped, paused = h.samples, h.dropped, h.paused
+        for name, count in (
+            (names.RCTLPOLICY_HISTORY_SAMPLES_TOTAL, samples),
+            (names.RCTLPOLICY_HISTORY_DROPPED_TOTAL, dropped),
+        ):
+            yield CounterMetricFamily(name, _help(name), value=count)
+        yield GaugeMetricFamily(
+            names.RCTLPOLICY_HISTORY_PAUSED, _help(names.RCTLPOLICY_HISTORY_PAUSED), value=paused
         )
         yield from process_metrics(s.start_time)
 
