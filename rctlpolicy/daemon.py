@@ -19,6 +19,11 @@ Loading the policy is `rctlpolicy.policyload`; the process around the daemon (lo
 pidfile) is `rctlpolicy.service`. The pure decisions about events (which policy rule a possibly
 truncated event is about, which jail its action is about) are `rctlpolicy.eventmatch`, shared
 with `rctlpolicy handle` and tested on their own.
+
+One responsibility, hence one module of some 700 lines: the `Daemon` class wires those parts
+together and owns the state they share (the rules in force, the stats, the action engine). Each
+section below (start-up, signals, the reload thread's side, devd events, shutdown) is a handful
+of short methods over that shared state; cutting one out would only pass the state back in.
 """
 
 from __future__ import annotations
