@@ -12,8 +12,12 @@ TYPE_CHECKING = False  # not typing's: see rctlpolicy.records
 if TYPE_CHECKING:
     from typing import Any
 
+    from rctlpolicy.kernel import KernelSetup
+    from rctlpolicy.model import Rule
+    from rctlpolicy.policy_model import Policy
 
-def _load_policy_for_kernel(args: argparse.Namespace, setup: Any) -> Any:
+
+def _load_policy_for_kernel(args: argparse.Namespace, setup: KernelSetup) -> Policy | None:
     """Lint the policy against the kernel's host (user names -> uids); None when invalid."""
     from rctlpolicy.files import PolicyReadError, read_policy_files
     from rctlpolicy.formats import format_text
@@ -41,23 +45,23 @@ def _load_policy_for_kernel(args: argparse.Namespace, setup: Any) -> Any:
     return result.policy
 
 
-def _desired_rules(policy: Any, setup: Any) -> list[Any]:
+def _desired_rules(policy: Policy, setup: KernelSetup) -> list[Rule]:
     from rctlpolicy.policy import expand_jail_patterns
 
     names = {jail.name for jail in setup.kernel.jails()}
     return [r.rule for r in expand_jail_patterns(policy, names)]
 
 
-def _kernel_and_policy(args: argparse.Namespace, failed: int) -> tuple[Any, Any, int]:
+def _kernel_and_policy(args: argparse.Namespace, failed: int) -> tuple[KernelSetup, Policy] | int:
     """What plan and apply both start with: the kernel, then the policy checked against its
-    host. Returns (setup, policy, 0), or (None, None, exit status) after saying why."""
+    host. Returns (setup, policy), or the exit status after saying why."""
     setup = open_kernel_or_say(args)
     if setup is None:
-        return None, None, failed
+        return failed
     policy = _load_policy_for_kernel(args, setup)
     if policy is None:
-        return None, None, EXIT_FINDINGS
-    return setup, policy, EXIT_OK
+        return EXIT_FINDINGS
+    return setup, policy
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -68,9 +72,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     # With --detailed-exitcode 2 means "changes": every failure is then 1, as terraform does.
     failed = EXIT_FINDINGS if args.detailed_exitcode else EXIT_USAGE
-    setup, policy, status = _kernel_and_policy(args, failed)
-    if setup is None:
-        return status
+    opened = _kernel_and_policy(args, failed)
+    if isinstance(opened, int):
+        return opened
+    setup, policy = opened
     try:
         plan = plan_for(
             setup.kernel,
@@ -109,9 +114,10 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from rctlpolicy.apply import AppliedRules, apply_rules
     from rctlpolicy.kernel.base import KernelError
 
-    setup, policy, status = _kernel_and_policy(args, EXIT_USAGE)
-    if setup is None:
-        return status
+    opened = _kernel_and_policy(args, EXIT_USAGE)
+    if isinstance(opened, int):
+        return opened
+    setup, policy = opened
     try:
         report = apply_rules(
             setup.kernel,
