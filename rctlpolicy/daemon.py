@@ -12,7 +12,9 @@ Threads and what they own (each loop a small thread class that stops on a sentin
 - the jail watcher (`PeriodicLoop`): notices jails starting and stopping (jail patterns),
   retries a failed apply and ends episodes;
 - watchdog's observer (`rctlpolicy.watcher`), whose events go to the reload thread;
-- the metrics server's accept thread and connection workers.
+- the metrics server's accept thread and connection workers;
+- the usage history's sampler and writer (`rctlpolicy.history.sampler`), unless
+  `--history.interval 0`: nothing else waits on its database.
 Nothing that goes wrong after start-up stops the daemon: it is logged and counted.
 
 Loading the policy is `rctlpolicy.policyload`; the process around the daemon (logging, the
@@ -195,6 +197,8 @@ class Daemon:
         )
         self._previous_handlers: dict[int, Any] = {}
         self._previous_wakeup_fd = -1
+        self._state_dir = state_dir
+        self.history: Any = None
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -248,6 +252,7 @@ class Daemon:
         self._start_devd()
         self._dispatcher.start()
         self._jail_watcher.start()
+        self._start_history()
         self._reloader.start_from(load)
         self._started = True
         self._write_textfile()
@@ -277,6 +282,23 @@ class Daemon:
             landing_page=_landing_page(self.config.telemetry_path),
         )
         self.web.start()
+
+    def _start_history(self) -> None:
+        if not self.config.history_interval:
+            return
+        from rctlpolicy.history import HISTORY_FILE_NAME
+        from rctlpolicy.history.sampler import HistorySampler
+
+        self.history = HistorySampler(
+            self.kernel,
+            self._state_dir / HISTORY_FILE_NAME,
+            self.clock,
+            self.config.history_interval,
+            self.stats.history,
+            raw_retention=self.config.history_raw_retention,
+            retention=self.config.history_retention,
+        )
+        self.history.start()
 
     def _read_web_config(self) -> Any:
         from rctlpolicy.web import load_web_config
@@ -652,6 +674,8 @@ class Daemon:
             if loop.is_alive():
                 loop.stop()
                 loop.join(5.0)
+        if self.history is not None:
+            self.history.stop()
         if self._started and self.config.flush_on_exit:
             try:
                 report = apply_rules(self.kernel, [], self.applied)

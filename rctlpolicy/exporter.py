@@ -37,6 +37,7 @@ from prometheus_client.utils import floatToGoString as float_to_go_string
 
 from rctlpolicy import __version__
 from rctlpolicy import metric_names as names
+from rctlpolicy.history import HistoryStats
 from rctlpolicy.kernel.base import Kernel, KernelError
 from rctlpolicy.metric_names import metric_spec, resource_metrics
 from rctlpolicy.model import Filter, Resource, Rule, SubjectType
@@ -83,6 +84,8 @@ class DaemonStats:
     actions_running: int = 0
     actions_running_limit: int = 0
     actions_delayed: int = 0
+    #: The usage history's sampler (its own lock: its threads never take this one).
+    history: HistoryStats = field(default_factory=HistoryStats)
 
     def count_event(self, outcome: str) -> None:
         with self.lock:
@@ -307,6 +310,17 @@ class DaemonCollector(Collector):
                 value=s.actions_delayed,
             )
             start_time = s.start_time
+        h = s.history
+        with h.lock:
+            samples, dropped, paused = h.samples, h.dropped, h.paused
+        for name, count in (
+            (names.RCTLPOLICY_HISTORY_SAMPLES_TOTAL, samples),
+            (names.RCTLPOLICY_HISTORY_DROPPED_TOTAL, dropped),
+        ):
+            yield CounterMetricFamily(name, _help(name), value=count)
+        yield GaugeMetricFamily(
+            names.RCTLPOLICY_HISTORY_PAUSED, _help(names.RCTLPOLICY_HISTORY_PAUSED), value=paused
+        )
         yield from process_metrics(start_time)
 
 

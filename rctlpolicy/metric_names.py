@@ -136,6 +136,9 @@ RCTLPOLICY_EXHAUSTED_ACTIONS = "rctlpolicy_exhausted_actions"
 RCTLPOLICY_ACTIONS_RUNNING = "rctlpolicy_actions_running"
 RCTLPOLICY_ACTIONS_RUNNING_LIMIT = "rctlpolicy_actions_running_limit"
 RCTLPOLICY_ACTIONS_DELAYED_TOTAL = "rctlpolicy_actions_delayed_total"
+RCTLPOLICY_HISTORY_SAMPLES_TOTAL = "rctlpolicy_history_samples_total"
+RCTLPOLICY_HISTORY_DROPPED_TOTAL = "rctlpolicy_history_dropped_total"
+RCTLPOLICY_HISTORY_PAUSED = "rctlpolicy_history_paused"
 # prometheus_client's ProcessCollector reads Linux /proc and reports nothing on FreeBSD, so the
 # daemon measures itself under its own prefix.
 RCTLPOLICY_PROCESS_CPU_SECONDS_TOTAL = "rctlpolicy_process_cpu_seconds_total"
@@ -368,6 +371,23 @@ def _specs() -> tuple[MetricSpec, ...]:
             RCTLPOLICY_ACTIONS_DELAYED_TOTAL,
             _C,
             "on_match actions that waited because the running limit was reached.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_HISTORY_SAMPLES_TOTAL,
+            _C,
+            "Jail usage samples stored in the usage history (one per jail and interval).",
+        ),
+        MetricSpec(
+            RCTLPOLICY_HISTORY_DROPPED_TOTAL,
+            _C,
+            "Jail usage samples not stored: the history's writer was behind, or storing was "
+            "paused.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_HISTORY_PAUSED,
+            _G,
+            "1 while the usage history cannot be written (a full disk); sampling retries "
+            "every interval.",
         ),
         MetricSpec(
             RCTLPOLICY_PROCESS_CPU_SECONDS_TOTAL,

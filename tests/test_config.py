@@ -47,6 +47,9 @@ reload-debounce: 0.5
 reload-settle: 4
 max-policy-file-size: 1m
 shutdown-timeout: 3
+history.interval: 30s
+history.raw-retention: 24h
+history.retention: 10d
 """,
     )
     values = load_config_file(path)
@@ -72,6 +75,9 @@ shutdown-timeout: 3
         reload_settle=4.0,
         max_policy_file_size=1024 * 1024,
         shutdown_timeout=3.0,
+        history_interval=30.0,
+        history_raw_retention=86400.0,
+        history_retention=864000.0,
     )
 
 
@@ -85,6 +91,9 @@ shutdown-timeout: 3
         ("jail-poll-interval: 0\n", "must be a positive number of seconds"),
         ("shutdown-timeout: true\n", "must be a positive number of seconds"),
         ("rules-dir: ''\n", "rules-dir: must be a non-empty string"),
+        ("history.interval: -1\n", "is not 0 (off) or a duration"),
+        ("history.retention: 0\n", "is not a duration"),
+        ("history.raw-retention: soon\n", "is not a duration"),
         ("web.listen-address: 10217\n", "must be a non-empty string"),
         ("reload-settle: -1\n", "must be a positive number of seconds"),
         ("max-policy-file-size: 16MiB\n", "'16MiB' is not a size in bytes (such as 16m"),
@@ -192,3 +201,19 @@ def test_the_daemon_command_reports_a_bad_config_file_with_exit_2(
     assert main(["daemon", "--config", str(path)]) == 2
     error = capsys.readouterr().err
     assert "unknown setting 'rule-dir'; did you mean 'rules-dir'?" in error
+
+
+def test_load_daemon_config_says_which_file_gave_what(tmp_path: Path) -> None:
+    from rctlpolicy.config import DEFAULT_CONFIG_PATH, config_file_to_read, load_daemon_config
+
+    path = tmp_path / "rctlpolicy.yaml"
+    path.write_text("rules-dir: rules\nstate-dir: /var/db/x\n")
+    loaded = load_daemon_config(path, {"state_dir": Path("/flag"), "kernel": None})
+    assert loaded.path == path
+    assert loaded.from_file == {"rules_dir", "state_dir"}
+    assert loaded.config.rules_dir == (tmp_path / "rules").resolve()
+    assert loaded.config.state_dir == Path("/flag")  # the flag wins, as for the daemon
+    assert loaded.config.kernel == "auto"
+    # Without --config: the default file if it exists, as the daemon reads it.
+    expected = DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+    assert config_file_to_read(None) == expected

@@ -44,6 +44,9 @@ def _daemon_config(args: argparse.Namespace) -> Any:
         "reload_settle": args.reload_settle,
         "max_policy_file_size": args.max_policy_file_size,
         "shutdown_timeout": args.shutdown_timeout,
+        "history_interval": args.history_interval,
+        "history_raw_retention": args.history_raw_retention,
+        "history_retention": args.history_retention,
     }
     return build_config(file_values, flags)
 
@@ -198,3 +201,37 @@ def _daemon_options(sub: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long running actions may finish at shutdown (default: 10)",
     )
+    sub.add_argument(
+        "--history.interval",
+        dest="history_interval",
+        type=_history_duration(zero=True),
+        metavar="DURATION",
+        help="how often every jail's usage is sampled into STATE_DIR/history.sqlite, for "
+        "rctlpolicy history, replay and suggest (default: 60s; 0 turns sampling off)",
+    )
+    sub.add_argument(
+        "--history.raw-retention",
+        dest="history_raw_retention",
+        type=_history_duration(),
+        metavar="DURATION",
+        help="how long every sample is kept (default: 48h)",
+    )
+    sub.add_argument(
+        "--history.retention",
+        dest="history_retention",
+        type=_history_duration(),
+        metavar="DURATION",
+        help="how long hourly rollups (max, mean, p50, p95, p99) are kept (default: 35d)",
+    )
+
+
+def _history_duration(zero: bool = False) -> Any:
+    def parse(text: str) -> float:
+        from rctlpolicy.config import ConfigError, parse_duration_setting
+
+        try:
+            return parse_duration_setting(text, "duration", zero=zero)
+        except ConfigError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
