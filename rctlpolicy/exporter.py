@@ -73,6 +73,10 @@ class DaemonStats:
     reload_pending: bool = False
     devd_connected: bool = False
     devd_reconnects: int = 0
+    #: Whether devd has sent a record on the current connection (it accepted us).
+    devd_receiving: bool = False
+    #: Reads the devd reader's count of records dropped on a full queue (set by the daemon).
+    devd_records_dropped: Callable[[], int] = lambda: 0
     #: Times the kernel was found without the rules the daemon applied (and they were re-applied).
     kernel_rules_lost: int = 0
     events: Counter[str] = field(default_factory=Counter)
@@ -122,8 +126,14 @@ class DaemonStats:
     def devd_state(self, connected: bool, reconnected: bool = False) -> None:
         with self.lock:
             self.devd_connected = connected
+            self.devd_receiving = False
             if reconnected:
                 self.devd_reconnects += 1
+
+    def devd_receiving_now(self) -> None:
+        """The current connection's first record arrived."""
+        with self.lock:
+            self.devd_receiving = True
 
 
 class JailCollector(Collector):
@@ -257,6 +267,16 @@ class DaemonCollector(Collector):
                 names.RCTLPOLICY_DEVD_RECONNECTS_TOTAL,
                 _help(names.RCTLPOLICY_DEVD_RECONNECTS_TOTAL),
                 value=s.devd_reconnects,
+            )
+            yield GaugeMetricFamily(
+                names.RCTLPOLICY_DEVD_RECEIVING,
+                _help(names.RCTLPOLICY_DEVD_RECEIVING),
+                value=int(s.devd_receiving),
+            )
+            yield CounterMetricFamily(
+                names.RCTLPOLICY_DEVD_RECORDS_DROPPED_TOTAL,
+                _help(names.RCTLPOLICY_DEVD_RECORDS_DROPPED_TOTAL),
+                value=s.devd_records_dropped(),
             )
             yield CounterMetricFamily(
                 names.RCTLPOLICY_KERNEL_RULES_LOST_TOTAL,

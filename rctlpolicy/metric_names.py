@@ -128,6 +128,8 @@ RCTLPOLICY_RULES = "rctlpolicy_rules"
 RCTLPOLICY_CONFIG_RELOAD_PENDING = "rctlpolicy_config_reload_pending"
 RCTLPOLICY_DEVD_CONNECTED = "rctlpolicy_devd_connected"
 RCTLPOLICY_DEVD_RECONNECTS_TOTAL = "rctlpolicy_devd_reconnects_total"
+RCTLPOLICY_DEVD_RECEIVING = "rctlpolicy_devd_receiving"
+RCTLPOLICY_DEVD_RECORDS_DROPPED_TOTAL = "rctlpolicy_devd_records_dropped_total"
 RCTLPOLICY_KERNEL_RULES_LOST_TOTAL = "rctlpolicy_kernel_rules_lost_total"
 RCTLPOLICY_EVENTS_TOTAL = "rctlpolicy_events_total"
 RCTLPOLICY_ACTIONS_TOTAL = "rctlpolicy_actions_total"
@@ -145,6 +147,15 @@ RCTLPOLICY_PROCESS_CPU_SECONDS_TOTAL = "rctlpolicy_process_cpu_seconds_total"
 RCTLPOLICY_PROCESS_RESIDENT_MEMORY_BYTES = "rctlpolicy_process_resident_memory_bytes"
 RCTLPOLICY_PROCESS_START_TIME_SECONDS = "rctlpolicy_process_start_time_seconds"
 RCTLPOLICY_PROCESS_OPEN_FDS = "rctlpolicy_process_open_fds"
+
+# The metrics endpoint itself (rctlpolicy.web): how it holds up against its clients.
+RCTLPOLICY_WEB_CONNECTIONS_OPEN = "rctlpolicy_web_connections_open"
+RCTLPOLICY_WEB_CONNECTIONS_LIMIT = "rctlpolicy_web_connections_limit"
+RCTLPOLICY_WEB_CONNECTIONS_EVICTED_TOTAL = "rctlpolicy_web_connections_evicted_total"
+RCTLPOLICY_WEB_CONNECTIONS_REFUSED_TOTAL = "rctlpolicy_web_connections_refused_total"
+RCTLPOLICY_WEB_TLS_HANDSHAKE_TIMEOUTS_TOTAL = "rctlpolicy_web_tls_handshake_timeouts_total"
+RCTLPOLICY_WEB_AUTH_FAILURES_TOTAL = "rctlpolicy_web_auth_failures_total"
+RCTLPOLICY_WEB_REQUESTS_TOO_LARGE_TOTAL = "rctlpolicy_web_requests_too_large_total"
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +343,18 @@ def _specs() -> tuple[MetricSpec, ...]:
             "Connections to devd's socket made after the first one.",
         ),
         MetricSpec(
+            RCTLPOLICY_DEVD_RECEIVING,
+            _G,
+            "1 once devd has sent a record on the current connection; 0 while connected but "
+            "not yet accepted (devd at its client limit, devd -l) or on a host with no events "
+            "since the connection.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_DEVD_RECORDS_DROPPED_TOTAL,
+            _C,
+            "devd records the daemon received but dropped because its event queue was full.",
+        ),
+        MetricSpec(
             RCTLPOLICY_KERNEL_RULES_LOST_TOTAL,
             _C,
             "Times the kernel was found without the rules the daemon applied (the simulated "
@@ -400,6 +423,41 @@ def _specs() -> tuple[MetricSpec, ...]:
         MetricSpec(RCTLPOLICY_PROCESS_START_TIME_SECONDS, _G, "Unix time the daemon started at."),
         MetricSpec(
             RCTLPOLICY_PROCESS_OPEN_FDS, _G, "Number of open file descriptors of the daemon."
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_CONNECTIONS_OPEN, _G, "Connections to the metrics endpoint open now."
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_CONNECTIONS_LIMIT,
+            _G,
+            "The most connections the metrics endpoint keeps open at once.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_CONNECTIONS_EVICTED_TOTAL,
+            _C,
+            "Connections closed to make room for a new one, with the endpoint full: each the "
+            "oldest that had not sent an authorised request (slow, stalled or guessing clients).",
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_CONNECTIONS_REFUSED_TOTAL,
+            _C,
+            "Connections closed at once because the endpoint was full of connections being "
+            "served or kept alive after an authorised request.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_TLS_HANDSHAKE_TIMEOUTS_TOTAL,
+            _C,
+            "TLS handshakes the metrics endpoint gave up on because the client was too slow.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_AUTH_FAILURES_TOTAL,
+            _C,
+            "Requests to the metrics endpoint answered 401: no, malformed or wrong credentials.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_REQUESTS_TOO_LARGE_TOTAL,
+            _C,
+            "Requests refused (431) because their request line and headers went past the budget.",
         ),
     ]
     return tuple(specs)

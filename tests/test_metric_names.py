@@ -56,6 +56,8 @@ EXPECTED_FAMILIES = {
     "rctlpolicy_config_reload_pending": "gauge",
     "rctlpolicy_devd_connected": "gauge",
     "rctlpolicy_devd_reconnects_total": "counter",
+    "rctlpolicy_devd_receiving": "gauge",
+    "rctlpolicy_devd_records_dropped_total": "counter",
     "rctlpolicy_kernel_rules_lost_total": "counter",
     "rctlpolicy_events_total": "counter",
     "rctlpolicy_actions_total": "counter",
@@ -71,6 +73,13 @@ EXPECTED_FAMILIES = {
     "rctlpolicy_process_resident_memory_bytes": "gauge",
     "rctlpolicy_process_start_time_seconds": "gauge",
     "rctlpolicy_process_open_fds": "gauge",
+    "rctlpolicy_web_connections_open": "gauge",
+    "rctlpolicy_web_connections_limit": "gauge",
+    "rctlpolicy_web_connections_evicted_total": "counter",
+    "rctlpolicy_web_connections_refused_total": "counter",
+    "rctlpolicy_web_tls_handshake_timeouts_total": "counter",
+    "rctlpolicy_web_auth_failures_total": "counter",
+    "rctlpolicy_web_requests_too_large_total": "counter",
 }  # fmt: skip
 
 
