@@ -38,9 +38,10 @@ web.config.file: /etc/rp/web.yml
 pidfile: /run/rp.pid
 syslog: true
 syslog-socket: /dev/log
-log-level: debug
+log.level: debug
+log.format: logfmt
 flush-on-exit: true
-output.file-path: /var/tmp/rp.prom
+output-file: /var/tmp/rp.prom
 state-dir: /var/db/rp
 jail-poll-interval: 2
 reload-debounce: 0.5
@@ -64,6 +65,7 @@ shutdown-timeout: 3
         syslog=True,
         syslog_socket="/dev/log",
         log_level="debug",
+        log_format="logfmt",
         flush_on_exit=True,
         output_file=Path("/var/tmp/rp.prom"),
         state_dir=Path("/var/db/rp"),
@@ -160,7 +162,8 @@ def test_flags_given_override_the_file_and_flags_not_given_do_not(tmp_path: Path
     ("flags", "message"),
     [
         ({"kernel": "linux"}, "kernel: 'linux' is not one of auto, freebsd, sim"),
-        ({"log_level": "loud"}, "log-level: 'loud' is not one of"),
+        ({"log_level": "loud"}, "log.level: 'loud' is not one of"),
+        ({"log_format": "xml"}, "log.format: 'xml' is not one of text, logfmt, json"),
         ({"telemetry_path": "metrics"}, "must start with '/'"),
         ({"listen_address": "localhost"}, "is not HOST:PORT"),
         ({"listen_address": "h:99999"}, "is not HOST:PORT"),
