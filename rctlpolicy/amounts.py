@@ -17,7 +17,8 @@ INT_MAX = 2**31 - 1
 
 #: isspace() in the C locale, as the kernel's and libc's strto*() skip it.
 _C_SPACE = " \t\n\v\f\r"
-_SUFFIX_SHIFT = {"k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
+#: expand_number(3)'s unit suffixes (lower case; it accepts either) and their binary shifts.
+SUFFIX_SHIFT = {"k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 
 
 class AmountProblem(StrEnum):
@@ -67,7 +68,7 @@ def expand_number(text: str) -> ExpandedNumber:
         value = int(plain.group(1))
         suffix = plain.group(2)
         if suffix:
-            value <<= _SUFFIX_SHIFT[suffix.lower()]
+            value <<= SUFFIX_SHIFT[suffix.lower()]
             if value > UINT64_MAX:
                 raise AmountError(AmountProblem.OVERFLOW, 0)
         return ExpandedNumber(value, 10, suffix, "")
@@ -94,7 +95,7 @@ def expand_number(text: str) -> ExpandedNumber:
     if value > UINT64_MAX:
         raise AmountError(AmountProblem.OVERFLOW, match.start())
     suffix = ""
-    if i < n and text[i].lower() in _SUFFIX_SHIFT:
+    if i < n and text[i].lower() in SUFFIX_SHIFT:
         suffix = text[i]
         i += 1
     if i < n and text[i] in "bB":
@@ -104,7 +105,7 @@ def expand_number(text: str) -> ExpandedNumber:
     if sign == "-" and value != 0:
         raise AmountError(AmountProblem.NEGATIVE, 0)
     if suffix:
-        value <<= _SUFFIX_SHIFT[suffix.lower()]
+        value <<= SUFFIX_SHIFT[suffix.lower()]
         if value > UINT64_MAX:
             raise AmountError(AmountProblem.OVERFLOW, match.start())
     return ExpandedNumber(value, base, suffix, sign)

@@ -95,6 +95,8 @@ def _checks_documentation() -> list[str]:
     sections = []
     for info in pkgutil.iter_modules(package.__path__):
         module = importlib.import_module(f"{package.__name__}.{info.name}")
+        if not hasattr(module, "check"):
+            continue  # checks.base: what the checks share, not a check
         doc = inspect.getdoc(module) or ""
         title, _, body = doc.partition("\n\n")
         sections.append(f"### {' '.join(title.split())}\n\n{body.strip()}\n")

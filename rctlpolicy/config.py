@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rctlpolicy import yamlload
-from rctlpolicy.amounts import AmountError, expand_number
+from rctlpolicy.amounts import AmountError, expand_number, parse_duration
 
 DEFAULT_CONFIG_PATH = Path("/usr/local/etc/rctlpolicy.yaml")
 DEFAULT_RULES_DIR = Path("/usr/local/etc/rctlpolicy/rules")
@@ -63,6 +63,12 @@ class DaemonConfig:
     max_policy_file_size: int = DEFAULT_MAX_POLICY_FILE_SIZE
     #: Bound on how long running actions may finish at shutdown.
     shutdown_timeout: float = 10.0
+    #: How often every jail's usage is sampled into STATE_DIR/history.sqlite (0: never).
+    history_interval: float = 60.0
+    #: How long per-interval samples are kept (seconds).
+    history_raw_retention: float = 48 * 3600.0
+    #: How long hourly rollups are kept (seconds).
+    history_retention: float = 35 * 86400.0
 
 
 #: File key -> field name. The keys are the flags without their leading dashes.
@@ -87,6 +93,9 @@ FILE_KEYS: dict[str, str] = {
     "reload-settle": "reload_settle",
     "max-policy-file-size": "max_policy_file_size",
     "shutdown-timeout": "shutdown_timeout",
+    "history.interval": "history_interval",
+    "history.raw-retention": "history_raw_retention",
+    "history.retention": "history_retention",
 }
 #: Spellings of the previous release, accepted for one more (flags too: see rctlpolicy.cli.common).
 RENAMED_KEYS: dict[str, str] = {"log-level": "log.level", "output.file-path": "output-file"}
@@ -102,6 +111,8 @@ _PATH_FIELDS = {
 _BOOL_FIELDS = {"syslog", "flush_on_exit"}
 _FLOAT_FIELDS = {"jail_poll_interval", "reload_debounce", "reload_settle", "shutdown_timeout"}
 _SIZE_FIELDS = {"max_policy_file_size"}
+#: Durations (`60s`, `48h`, `35d` or seconds); the history interval may be 0 (off).
+_DURATION_FIELDS = {"history_interval", "history_raw_retention", "history_retention"}
 
 
 def _coerce(field_name: str, value: Any, where: str) -> Any:
@@ -113,6 +124,10 @@ def _coerce(field_name: str, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise ConfigError(f"{where}: must be a size in bytes (such as 16m or 65536)")
         return parse_size(str(value), where)
+    if field_name in _DURATION_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{where}: must be a duration (such as 60s, 48h or 35d)")
+        return parse_duration_setting(value, where, zero=field_name == "history_interval")
     if field_name in _FLOAT_FIELDS:
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"{where}: must be a positive number of seconds")
@@ -135,6 +150,20 @@ def parse_size(text: str, where: str = "max-policy-file-size") -> int:
     return size
 
 
+def parse_duration_setting(value: str | float, where: str, *, zero: bool = False) -> float:
+    """A duration setting (`60s`, `48h`, `35d`, or seconds); positive, or 0 when `zero`."""
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0 or (seconds == 0 and not zero):
+        allowed = "0 (off) or " if zero else ""
+        raise ConfigError(
+            f"{where}: '{value}' is not {allowed}a duration (such as 60s, 48h or 35d)"
+        )
+    return seconds
+
+
 def validate(config: DaemonConfig) -> DaemonConfig:
     """Check the settings that are not checked by their type; raise ConfigError."""
     if config.kernel not in ("auto", "freebsd", "sim"):
@@ -148,6 +177,10 @@ def validate(config: DaemonConfig) -> DaemonConfig:
     if not config.telemetry_path.startswith("/"):
         raise ConfigError("web.telemetry-path must start with '/'")
     split_address(config.listen_address)
+    if config.history_interval and config.history_raw_retention < config.history_interval:
+        raise ConfigError("history.raw-retention must be at least one history.interval")
+    if config.history_retention < config.history_raw_retention:
+        raise ConfigError("history.retention must be at least history.raw-retention")
     return config
 
 
@@ -209,3 +242,29 @@ def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> Da
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
     return validate(replace(config, **given))
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A configuration as the daemon builds it, and where its settings came from."""
+
+    config: DaemonConfig
+    #: The file read: the one given, else DEFAULT_CONFIG_PATH when it exists, else None.
+    path: Path | None
+    #: The settings (field names) the file gave.
+    from_file: frozenset[str]
+
+
+def config_file_to_read(given: Path | None) -> Path | None:
+    """The daemon's rule: the file given with --config, else the default file if present."""
+    if given is not None:
+        return given
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def load_daemon_config(given: Path | None, flag_values: dict[str, Any]) -> LoadedConfig:
+    """Defaults, then the config file (given, or the default one if present), then the flags
+    that were given: the daemon's precedence, for every command that shares its settings."""
+    path = config_file_to_read(given)
+    file_values = load_config_file(path) if path is not None else {}
+    return LoadedConfig(build_config(file_values, flag_values), path, frozenset(file_values))

@@ -12,7 +12,9 @@ Threads and what they own (each loop a small thread class that stops on a sentin
 - the jail watcher (`PeriodicLoop`): notices jails starting and stopping (jail patterns),
   retries a failed apply and ends episodes;
 - watchdog's observer (`rctlpolicy.watcher`), whose events go to the reload thread;
-- the metrics server's accept thread and connection workers.
+- the metrics server's accept thread and connection workers;
+- the usage history's sampler and writer (`rctlpolicy.history.sampler`), unless
+  `--history.interval 0`: nothing else waits on its database.
 Nothing that goes wrong after start-up stops the daemon: it is logged and counted.
 
 Loading the policy is `rctlpolicy.policyload`; the process around the daemon (logging, the
@@ -26,13 +28,16 @@ from __future__ import annotations
 import html
 import logging
 import os
+import queue
 import signal
+import sys
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from rctlpolicy.actioncontext import ActionContext
 from rctlpolicy.actions import (
     DEFAULT_MAX_RUNNING,
     ActionEngine,
@@ -53,6 +58,7 @@ from rctlpolicy.devd import (
     Disconnected,
     MalformedEvent,
     RctlEvent,
+    Receiving,
     parse_rctl_event,
 )
 from rctlpolicy.diagnostics import Diagnostic
@@ -75,7 +81,7 @@ from rctlpolicy.formats import render
 from rctlpolicy.kernel.base import Kernel, KernelError, RuleStoreWatch
 from rctlpolicy.loops import PeriodicLoop, QueueLoop, Wakeup
 from rctlpolicy.model import Filter, Rule, Severity
-from rctlpolicy.onmatch import ActionContext, action_name
+from rctlpolicy.onmatch import action_name
 from rctlpolicy.policy_model import PolicyRule
 from rctlpolicy.policyload import (
     LOG_DIAGNOSTICS_PER_FILE,
@@ -112,6 +118,13 @@ class StoppedDuringStartup(Exception):
 
 # --- the daemon ------------------------------------------------------------------------------
 
+#: Records the devd reader may queue ahead of the dispatcher; more are dropped and counted
+#: (rctlpolicy_devd_records_dropped_total) rather than letting devd drop the daemon.
+DEVD_QUEUE_MAX = 100_000
+#: The interpreter's thread switch interval once the devd reader runs: the reader wins the
+#: GIL back within a millisecond of its socket becoming readable (the default is 5 ms).
+SWITCH_INTERVAL = 0.001
+
 #: Requests to the main loop, one byte each on its wakeup pipe.
 _RELOAD = b"H"
 _STOP = b"T"
@@ -145,7 +158,7 @@ class Daemon:
         self._rule_store = rule_store
         self._kernel_generation: str | None = None
         self.clock = clock or SystemClock()
-        self.stats = DaemonStats()
+        self.stats = DaemonStats(start_time=self.clock.time())
         self.applied = AppliedRules.in_dir(state_dir)
         self.engine = ActionEngine(
             self.clock,
@@ -163,7 +176,9 @@ class Daemon:
         self._control = Wakeup()
         self._stopping = threading.Event()
         self._started = False
-        self._dispatcher: QueueLoop[DevdItem] = QueueLoop("rctlpolicy-dispatch", self._dispatch)
+        self._dispatcher: QueueLoop[DevdItem] = QueueLoop(
+            "rctlpolicy-dispatch", self._dispatch, queue.Queue(DEVD_QUEUE_MAX)
+        )
         #: What the devd reader feeds and the dispatcher takes from.
         self._events = self._dispatcher.items
         self._jail_watcher = PeriodicLoop(
@@ -190,6 +205,9 @@ class Daemon:
         )
         self._previous_handlers: dict[int, Any] = {}
         self._previous_wakeup_fd = -1
+        self._previous_switch_interval: float | None = None
+        self._state_dir = state_dir
+        self.history: Any = None
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -245,11 +263,12 @@ class Daemon:
         if not status.enabled:
             log.error("RACCT/RCTL is not usable: %s", status.reason)
         ok = self._apply(self.prepare(load))
-        self.stats.reloaded(ok, self._rule_count(), self.clock.time())
+        self.stats.reloaded(ok, self.clock.time(), self._rule_count())
         self._start_web()
         self._start_devd()
         self._dispatcher.start()
         self._jail_watcher.start()
+        self._start_history()
         self._reloader.start_from(load)
         self._started = True
         self._write_textfile()
@@ -280,6 +299,23 @@ class Daemon:
         )
         self.web.start()
 
+    def _start_history(self) -> None:
+        if not self.config.history_interval:
+            return
+        from rctlpolicy.history import HISTORY_FILE_NAME
+        from rctlpolicy.history.sampler import HistorySampler
+
+        self.history = HistorySampler(
+            self.kernel,
+            self._state_dir / HISTORY_FILE_NAME,
+            self.clock,
+            self.config.history_interval,
+            self.stats.history,
+            raw_retention=self.config.history_raw_retention,
+            retention=self.config.history_retention,
+        )
+        self.history.start()
+
     def _read_web_config(self) -> Any:
         from rctlpolicy.web import load_web_config
 
@@ -293,7 +329,11 @@ class Daemon:
             seqpacket = self.config.devd_socket or Path("/var/run/devd.seqpacket.pipe")
             stream = seqpacket.with_name("devd.pipe")
         self.devd = DevdClient(self._events, seqpacket_path=seqpacket, stream_path=stream)
+        client = self.devd
+        self.stats.devd_records_dropped = lambda: client.dropped
         self.devd.start()
+        self._previous_switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(SWITCH_INTERVAL, self._previous_switch_interval))
 
     @property
     def metrics_port(self) -> int:
@@ -351,7 +391,7 @@ class Daemon:
         """Apply a new policy (its rules expanded by `prepare`)."""
         self._log_diagnostics(load)
         ok = self._apply(prepared)
-        self.stats.reloaded(ok, self._rule_count(), self.clock.time())
+        self.stats.reloaded(ok, self.clock.time(), self._rule_count())
         if ok:
             log.info("policy reloaded (%s): %d rules", reason, self._rule_count())
         else:
@@ -364,7 +404,7 @@ class Daemon:
             "reload (%s) rejected: the policy has errors; the rules in force are kept", reason
         )
         self._log_diagnostics(load, logging.ERROR)
-        self.stats.reloaded(False)
+        self.stats.reloaded(False, self.clock.time())
         self._write_textfile()
 
     def reload_pending(self, pending: bool) -> None:
@@ -394,7 +434,7 @@ class Daemon:
         failing = self._install_failed
         again = expand(loaded.policy, self._jail_names(), loaded.file_sizes)
         if self._apply(again) and failing:
-            self.stats.reloaded(True, self._rule_count(), self.clock.time())
+            self.stats.reloaded(True, self.clock.time(), self._rule_count())
         with self.stats.lock:
             self.stats.rules = self._rule_count()
         log.info("rules reconciled (%s)", reason)
@@ -454,6 +494,12 @@ class Daemon:
             self._connections += 1
             self.stats.devd_state(True, reconnected=self._connections > 1)
             self.resync("connected to devd" if self._connections == 1 else "reconnected to devd")
+            return
+        if isinstance(item, Receiving):
+            # devd accepted us only now, perhaps long after the connect (its client limit):
+            # what fired in between never reached us.
+            self.stats.devd_receiving_now()
+            self.resync("first record from devd")
             return
         if isinstance(item, Disconnected):
             self.stats.devd_state(False)
@@ -649,11 +695,16 @@ class Daemon:
             self._reloader.join(1.0)
         if self.devd is not None:
             self.devd.stop()
+        if self._previous_switch_interval is not None:
+            sys.setswitchinterval(self._previous_switch_interval)
+            self._previous_switch_interval = None
         self.engine.shutdown(self.config.shutdown_timeout)
         for loop in (self._dispatcher, self._jail_watcher):
             if loop.is_alive():
                 loop.stop()
                 loop.join(5.0)
+        if self.history is not None:
+            self.history.stop()
         if self._started and self.config.flush_on_exit:
             try:
                 report = apply_rules(self.kernel, [], self.applied)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from rctlpolicy.devd import SocketKind
+from rctlpolicy.devd.client import SocketKind
 
 log = logging.getLogger(__name__)
 

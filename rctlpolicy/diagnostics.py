@@ -8,6 +8,8 @@ from rctlpolicy.codes import DiagnosticCode
 from rctlpolicy.model import Severity
 from rctlpolicy.records import NamedTuple
 
+_RANK = {severity: severity.rank for severity in Severity}
+
 #: Where a producer of diagnostics sends each one as it is found.
 Report = Callable[["Diagnostic"], object]
 
@@ -47,7 +49,7 @@ class Diagnostic(NamedTuple):
 
     @property
     def sort_key(self) -> tuple[str, int, int, int, str]:
-        return (self.path, self.line, self.column, self.severity.rank, self.code)
+        return _sort_key(self)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -61,8 +63,10 @@ class Diagnostic(NamedTuple):
         }
 
 
-def _sort_key(diagnostic: Diagnostic) -> tuple[str, int, int, int, str]:
-    return diagnostic.sort_key
+def _sort_key(d: Diagnostic) -> tuple[str, int, int, int, str]:
+    """File order: path, line, column, the most serious first, code (by position: this is
+    called once per diagnostic of a big policy, and attribute names cost a lookup each)."""
+    return (d[0], d[1], d[2], _RANK[d[3]], d[4])
 
 
 def sorted_diagnostics(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:

@@ -26,9 +26,10 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from rctlpolicy.devd import RctlEvent
+from rctlpolicy.actioncontext import ActionContext, ActionInputError
+from rctlpolicy.devd.message import RctlEvent
 from rctlpolicy.model import HOST_JAIL, Action, Rule, SubjectType
-from rctlpolicy.onmatch import ActionContext, ActionInputError, OnMatch, uses_event_fields
+from rctlpolicy.onmatch import OnMatch, uses_event_fields
 from rctlpolicy.policy_model import PolicyRule
 
 

@@ -15,7 +15,6 @@ import re
 import resource as resource_module
 import tempfile
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from prometheus_client.utils import floatToGoString as float_to_go_string
 
 from rctlpolicy import __version__
 from rctlpolicy import metric_names as names
+from rctlpolicy.history import HistoryStats
 from rctlpolicy.kernel.base import Kernel, KernelError
 from rctlpolicy.metric_names import metric_spec, resource_metrics
 from rctlpolicy.model import Filter, Resource, Rule, SubjectType
@@ -57,8 +57,14 @@ def _help(name: str) -> str:
 
 @dataclass
 class DaemonStats:
-    """The daemon's own counters and states, updated by its threads, read on each scrape."""
+    """The daemon's own counters and states, updated by its threads, read on each scrape.
 
+    Times come from the owner's clock (`start_time`, `reloaded(when=...)`): no reading of the
+    system clock here, so a test's ManualClock decides what the scrape says.
+    """
+
+    #: Wall-clock seconds when the daemon started (process_start_time_seconds).
+    start_time: float
     lock: threading.Lock = field(default_factory=threading.Lock)
     racct_enabled: bool = True
     last_reload_ok: bool = False
@@ -67,6 +73,10 @@ class DaemonStats:
     reload_pending: bool = False
     devd_connected: bool = False
     devd_reconnects: int = 0
+    #: Whether devd has sent a record on the current connection (it accepted us).
+    devd_receiving: bool = False
+    #: Reads the devd reader's count of records dropped on a full queue (set by the daemon).
+    devd_records_dropped: Callable[[], int] = lambda: 0
     #: Times the kernel was found without the rules the daemon applied (and they were re-applied).
     kernel_rules_lost: int = 0
     events: Counter[str] = field(default_factory=Counter)
@@ -78,7 +88,8 @@ class DaemonStats:
     actions_running: int = 0
     actions_running_limit: int = 0
     actions_delayed: int = 0
-    start_time: float = field(default_factory=time.time)
+    #: The usage history's sampler (its own lock: its threads never take this one).
+    history: HistoryStats = field(default_factory=HistoryStats)
 
     def count_event(self, outcome: str) -> None:
         with self.lock:
@@ -103,19 +114,26 @@ class DaemonStats:
             self.actions_running_limit = limit
             self.actions_delayed = delayed
 
-    def reloaded(self, ok: bool, rules: int | None = None, when: float | None = None) -> None:
+    def reloaded(self, ok: bool, when: float, rules: int | None = None) -> None:
+        """A reload ended at wall-clock `when`; a good one sets the rule count and time."""
         with self.lock:
             self.last_reload_ok = ok
             if ok:
-                self.last_reload_success = when if when is not None else time.time()
+                self.last_reload_success = when
                 if rules is not None:
                     self.rules = rules
 
     def devd_state(self, connected: bool, reconnected: bool = False) -> None:
         with self.lock:
             self.devd_connected = connected
+            self.devd_receiving = False
             if reconnected:
                 self.devd_reconnects += 1
+
+    def devd_receiving_now(self) -> None:
+        """The current connection's first record arrived."""
+        with self.lock:
+            self.devd_receiving = True
 
 
 class JailCollector(Collector):
@@ -250,6 +268,16 @@ class DaemonCollector(Collector):
                 _help(names.RCTLPOLICY_DEVD_RECONNECTS_TOTAL),
                 value=s.devd_reconnects,
             )
+            yield GaugeMetricFamily(
+                names.RCTLPOLICY_DEVD_RECEIVING,
+                _help(names.RCTLPOLICY_DEVD_RECEIVING),
+                value=int(s.devd_receiving),
+            )
+            yield CounterMetricFamily(
+                names.RCTLPOLICY_DEVD_RECORDS_DROPPED_TOTAL,
+                _help(names.RCTLPOLICY_DEVD_RECORDS_DROPPED_TOTAL),
+                value=s.devd_records_dropped(),
+            )
             yield CounterMetricFamily(
                 names.RCTLPOLICY_KERNEL_RULES_LOST_TOTAL,
                 _help(names.RCTLPOLICY_KERNEL_RULES_LOST_TOTAL),
@@ -302,6 +330,17 @@ class DaemonCollector(Collector):
                 value=s.actions_delayed,
             )
             start_time = s.start_time
+        h = s.history
+        with h.lock:
+            samples, dropped, paused = h.samples, h.dropped, h.paused
+        for name, count in (
+            (names.RCTLPOLICY_HISTORY_SAMPLES_TOTAL, samples),
+            (names.RCTLPOLICY_HISTORY_DROPPED_TOTAL, dropped),
+        ):
+            yield CounterMetricFamily(name, _help(name), value=count)
+        yield GaugeMetricFamily(
+            names.RCTLPOLICY_HISTORY_PAUSED, _help(names.RCTLPOLICY_HISTORY_PAUSED), value=paused
+        )
         yield from process_metrics(start_time)
 
 

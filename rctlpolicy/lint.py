@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from rctlpolicy.checks import Context, Finding, all_checks
+from rctlpolicy.checks import all_checks
+from rctlpolicy.checks.base import Context, Finding
 from rctlpolicy.diagnostics import Diagnostic, DiagnosticCollector, Report, fails
 from rctlpolicy.gcpause import no_cyclic_gc
 from rctlpolicy.policy import PolicyFile, read_policy

@@ -129,6 +129,8 @@ RCTLPOLICY_RULES = "rctlpolicy_rules"
 RCTLPOLICY_CONFIG_RELOAD_PENDING = "rctlpolicy_config_reload_pending"
 RCTLPOLICY_DEVD_CONNECTED = "rctlpolicy_devd_connected"
 RCTLPOLICY_DEVD_RECONNECTS_TOTAL = "rctlpolicy_devd_reconnects_total"
+RCTLPOLICY_DEVD_RECEIVING = "rctlpolicy_devd_receiving"
+RCTLPOLICY_DEVD_RECORDS_DROPPED_TOTAL = "rctlpolicy_devd_records_dropped_total"
 RCTLPOLICY_KERNEL_RULES_LOST_TOTAL = "rctlpolicy_kernel_rules_lost_total"
 RCTLPOLICY_EVENTS_TOTAL = "rctlpolicy_events_total"
 RCTLPOLICY_ACTIONS_TOTAL = "rctlpolicy_actions_total"
@@ -137,6 +139,9 @@ RCTLPOLICY_EXHAUSTED_ACTIONS = "rctlpolicy_exhausted_actions"
 RCTLPOLICY_ACTIONS_RUNNING = "rctlpolicy_actions_running"
 RCTLPOLICY_ACTIONS_RUNNING_LIMIT = "rctlpolicy_actions_running_limit"
 RCTLPOLICY_ACTIONS_DELAYED_TOTAL = "rctlpolicy_actions_delayed_total"
+RCTLPOLICY_HISTORY_SAMPLES_TOTAL = "rctlpolicy_history_samples_total"
+RCTLPOLICY_HISTORY_DROPPED_TOTAL = "rctlpolicy_history_dropped_total"
+RCTLPOLICY_HISTORY_PAUSED = "rctlpolicy_history_paused"
 # prometheus_client's ProcessCollector reads Linux /proc and reports nothing on FreeBSD, so the
 # daemon measures itself under its own prefix.
 RCTLPOLICY_PROCESS_CPU_SECONDS_TOTAL = "rctlpolicy_process_cpu_seconds_total"
@@ -330,6 +335,18 @@ def _specs() -> tuple[MetricSpec, ...]:
             "Connections to devd's socket made after the first one.",
         ),
         MetricSpec(
+            RCTLPOLICY_DEVD_RECEIVING,
+            _G,
+            "1 once devd has sent a record on the current connection; 0 while connected but "
+            "not yet accepted (devd at its client limit, devd -l) or on a host with no events "
+            "since the connection.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_DEVD_RECORDS_DROPPED_TOTAL,
+            _C,
+            "devd records the daemon received but dropped because its event queue was full.",
+        ),
+        MetricSpec(
             RCTLPOLICY_KERNEL_RULES_LOST_TOTAL,
             _C,
             "Times the kernel was found without the rules the daemon applied (the simulated "
@@ -369,6 +386,23 @@ def _specs() -> tuple[MetricSpec, ...]:
             RCTLPOLICY_ACTIONS_DELAYED_TOTAL,
             _C,
             "on_match actions that waited because the running limit was reached.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_HISTORY_SAMPLES_TOTAL,
+            _C,
+            "Jail usage samples stored in the usage history (one per jail and interval).",
+        ),
+        MetricSpec(
+            RCTLPOLICY_HISTORY_DROPPED_TOTAL,
+            _C,
+            "Jail usage samples not stored: the history's writer was behind, or storing was "
+            "paused.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_HISTORY_PAUSED,
+            _G,
+            "1 while the usage history cannot be written (a full disk); sampling retries "
+            "every interval.",
         ),
         MetricSpec(
             RCTLPOLICY_PROCESS_CPU_SECONDS_TOTAL,

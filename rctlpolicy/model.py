@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from enum import Enum, Flag, StrEnum, auto
 
+from rctlpolicy.amounts import INT64_MAX
 from rctlpolicy.records import NamedTuple
 
 # --- FreeBSD's fixed sizes and names (each defined here once) ---------------------------------
@@ -26,6 +27,9 @@ MAXCOMLEN = 19
 LOGINCLASS_NAME_MAX = 32
 #: MAXHOSTNAMELEN - 1: the longest jail name, in bytes (kern_jail.c checks only the length).
 JAIL_NAME_MAX = 255
+#: sys/sys/jail.h JAIL_MAX: kern_jail.c's kern_jail_set() hands out jids from 1 and wraps back
+#: to 1 on reaching it, and prison0 allows this many children (pr_childmax).
+JID_MAX = 999999
 
 
 class SubjectType(StrEnum):
@@ -242,8 +246,7 @@ _THROTTLE_ALLOWED = frozenset(
 ) - {Resource.PCPU}
 
 #: Amounts above this are refused (ERANGE) for in-millions resources: INT64_MAX / 10^6.
-IN_MILLIONS_MAX = 9223372036854
-INT64_MAX = 2**63 - 1
+IN_MILLIONS_MAX = INT64_MAX // 1_000_000
 
 #: Usage output of `rctl -u` for a process subject omits the sloppy resources.
 PROCESS_USAGE_RESOURCES = tuple(r for r in Resource if not r.sloppy)
@@ -424,6 +427,11 @@ class Severity(Enum):
     ERROR = "error"
     WARNING = "warning"
     INFO = "info"
+
+    # Members are singletons compared by identity: hashing by identity is as correct as
+    # Enum's hash of the name, and a C call instead of a Python one (a big policy's
+    # diagnostics are put in a set and sorted by severity).
+    __hash__ = object.__hash__
 
     @property
     def rank(self) -> int:

@@ -32,6 +32,14 @@ class Plan:
     replaced: tuple[tuple[Rule, Rule], ...]
     #: Rules in force that the policy does not name and that we did not add (left alone).
     foreign: tuple[Rule, ...]
+    #: Rules in force that the policy names (left as they are).
+    kept: tuple[Rule, ...] = ()
+
+    @property
+    def in_force(self) -> list[Rule]:
+        """The rules in force when the plan was made, in the kernel's order."""
+        old = [old for old, _ in self.replaced]
+        return [*self.kept, *self.to_remove, *old, *self.foreign]
 
     @property
     def empty(self) -> bool:
@@ -91,8 +99,10 @@ def _make_plan(
     replaced: list[tuple[Rule, Rule]] = []
     to_remove: list[Rule] = []
     foreign: list[Rule] = []
+    kept: list[Rule] = []
     for canonical, rule in current.items():
         if canonical in wanted:
+            kept.append(rule)
             continue
         if denies_added and rule.action is Action.DENY:
             new = denies_added.get(_deny_key(rule))
@@ -105,4 +115,4 @@ def _make_plan(
             to_remove.append(rule)
         else:
             foreign.append(rule)
-    return Plan(to_add, tuple(to_remove), tuple(replaced), tuple(foreign))
+    return Plan(to_add, tuple(to_remove), tuple(replaced), tuple(foreign), tuple(kept))

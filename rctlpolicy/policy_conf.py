@@ -18,13 +18,12 @@ import re
 from collections.abc import Iterable
 from functools import cache
 
-from rctlpolicy.amounts import ExpandedNumber
+from rctlpolicy.amounts import INT64_MAX, SUFFIX_SHIFT, ExpandedNumber
 from rctlpolicy.codes import Code
 from rctlpolicy.diagnostics import Diagnostic, Report
 from rctlpolicy.grammar import SUBJECT_ID, ConfLine, RuleSyntax, conf_line_at, parse_rule_syntax
 from rctlpolicy.model import (
     IN_MILLIONS_MAX,
-    INT64_MAX,
     JAIL_NAME_MAX,
     LOGINCLASS_NAME_MAX,
     SUBJECT_ALIASES,
@@ -95,8 +94,8 @@ _PLAIN_SUBJECTS = {
     for word, name in [*((s, s) for s in SUBJECTS), *SUBJECT_ALIASES.items()]
     if name in ("user", "jail", "loginclass")
 }
-_SUFFIX_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
-_SUFFIX_SHIFT.update({suffix.upper(): shift for suffix, shift in _SUFFIX_SHIFT.items()})
+#: expand_number(3)'s suffixes in either case, and none.
+_SUFFIX_SHIFT = {"": 0, **SUFFIX_SHIFT, **{s.upper(): shift for s, shift in SUFFIX_SHIFT.items()}}
 _UID = re.compile(r"(?:0|[1-9][0-9]{0,9})\Z")
 
 

@@ -323,7 +323,7 @@ def handle_event(
     """
     from rctlpolicy.actions import ActionEngine, ActionProcessRunner, FileState, Outcome
     from rctlpolicy.clock import SystemClock
-    from rctlpolicy.devd import RCTL_HEADER, MalformedEvent, parse_rctl_event
+    from rctlpolicy.devd.message import RCTL_HEADER, MalformedEvent, parse_rctl_event
     from rctlpolicy.eventmatch import EventVerdict, match_event
     from rctlpolicy.kernel.base import KernelError
     from rctlpolicy.policyload import expand, load_rules
@@ -342,7 +342,7 @@ def handle_event(
     fields = [("rule", rule_text), ("pid", _optional(pid)), ("ruid", _optional(ruid)),
               ("jail", _optional(jail))]  # fmt: skip
     data = " ".join(f"{key}={value}" for key, value in fields if value is not None)
-    event = parse_rctl_event(f"{RCTL_HEADER} {data}".encode())
+    event = parse_rctl_event(f"{RCTL_HEADER} {data}".encode("utf-8", "surrogateescape"))
     if event is None or isinstance(event, MalformedEvent):
         reason = event.reason if event is not None else "not an RCTL event"
         print(f"rctlpolicy handle: malformed event ({reason})", file=sys.stderr)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from rctlpolicy.devd import format_rctl_event
+from rctlpolicy.devd.message import format_rctl_event
 from rctlpolicy.devdserver import SEQPACKET_NAME, DevdServer
 from rctlpolicy.kernel import KernelSetup
 from rctlpolicy.kernel.hostfile import HostFileError

@@ -10,15 +10,13 @@ directory can redirect a write. The directory is created 0700.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rctlpolicy.safeio import STATE_MODE, make_directory, open_lock_file, read_bytes, write_atomic
+from rctlpolicy import safeio
 
 log = logging.getLogger("rctlpolicy.state")
 
@@ -31,17 +29,13 @@ class JsonStateFile:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the file's lock; `load` and `save` are then safe to call."""
-        make_directory(self.path.parent)
-        fd = open_lock_file(self.lock_path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        safeio.make_directory(self.path.parent)
+        with safeio.locked(self.lock_path):
             yield
-        finally:
-            os.close(fd)  # closing releases the lock
 
     def load(self) -> dict[str, Any]:
         try:
-            raw = read_bytes(self.path)
+            raw = safeio.read_bytes(self.path)
         except FileNotFoundError:
             return {}
         except OSError as error:
@@ -59,7 +53,8 @@ class JsonStateFile:
 
     def save(self, data: dict[str, Any]) -> None:
         # dumps, not dump: only the one-shot path uses the C encoder (states can be big).
-        write_atomic(self.path, json.dumps(data, separators=(",", ":")), mode=STATE_MODE)
+        text = json.dumps(data, separators=(",", ":"))
+        safeio.write_atomic(self.path, text, mode=safeio.STATE_MODE)
 
     def read(self) -> dict[str, Any]:
         with self.locked():

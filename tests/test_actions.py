@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from rctlpolicy.actioncontext import ActionContext, ActionInputError
 from rctlpolicy.actions import (
     ACTION_PATH,
     ActionEngine,
@@ -41,8 +42,6 @@ from rctlpolicy.clock import ManualClock, SystemClock
 from rctlpolicy.model import Action, Resource, Rule, SubjectType
 from rctlpolicy.onmatch import (
     ActionConfigError,
-    ActionContext,
-    ActionInputError,
     ExecCommand,
     OnMatch,
     RunLimit,
@@ -994,7 +993,7 @@ CROSS_PROCESS_HANDLE = textwrap.dedent(
     """
     import sys
     from rctlpolicy.actions import ActionEngine, ActionProcessRunner, FileState
-    from rctlpolicy.onmatch import ActionContext
+    from rctlpolicy.actioncontext import ActionContext
     from rctlpolicy.clock import SystemClock
     from rctlpolicy.model import Action, Resource, Rule, SubjectType
     from rctlpolicy.onmatch import OnMatch

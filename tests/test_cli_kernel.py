@@ -38,6 +38,8 @@ jail:db1:maxproc:deny=100
 jail:web1:maxproc:deny=50
 user:www:maxproc:deny=256
 """
+#: What plan and apply print when the kernel already matches the policy.
+IN_SYNC = "No changes. The kernel's rules match the policy.\n"
 POLICY_RULES = [
     "jail:db1:memoryuse:deny=4294967296",
     "jail:db1:memoryuse:log=3221225472",
@@ -140,7 +142,7 @@ def test_the_bundled_host_makes_every_command_work(tmp_path: Path) -> None:
     assert plan.out.startswith("+ ")
     applied = cli("apply", str(rules))
     assert applied.code == 0, applied.err
-    assert cli("plan", str(rules), "--detailed-exitcode") == Result(0, "", "")
+    assert cli("plan", str(rules), "--detailed-exitcode") == Result(0, IN_SYNC, "")
     assert "user:www:maxproc:deny=256" in cli("show").out.splitlines()
     # The copy is made once: edits to it are the host from then on.
     add_jail(copy, "db9", 9)
@@ -411,23 +413,31 @@ def test_usage_table_puts_usage_beside_the_strictest_deny(cli: Cli, policy: Path
 def test_plan_apply_plan(cli: Cli, policy: Path) -> None:
     plan = cli("plan", str(policy))
     assert plan.code == 0
-    assert plan.out.splitlines() == [f"+ {rule}" for rule in POLICY_RULES]
-    assert plan.err == "Plan: 5 to add, 0 to remove.\n"
+    assert plan.out.splitlines() == [
+        *(f"+ {rule}" for rule in POLICY_RULES),
+        "",
+        "Plan: 5 to add, 0 to change, 0 to remove.",
+    ]
+    assert plan.err == ""
     assert cli("plan", str(policy), "--detailed-exitcode").code == 2
     as_json = json.loads(cli("plan", str(policy), "--format", "json").out)
-    assert as_json == {"add": POLICY_RULES, "remove": [], "replace": []}
+    assert as_json["changes"] == {"add": POLICY_RULES, "change": [], "remove": []}
 
     applied = cli("apply", str(policy))
     assert applied.code == 0, applied.err
-    assert applied.out.splitlines() == [f"+ {rule}" for rule in POLICY_RULES]
-    assert applied.err == "Applied: 5 added, 0 removed, 0 failed.\n"
+    assert applied.out.splitlines() == [
+        *(f"+ {rule}" for rule in POLICY_RULES),
+        "",
+        "Applied: 5 added, 0 changed, 0 removed.",
+    ]
+    assert applied.err == ""
     assert sorted(in_force(cli)) == sorted(POLICY_RULES)
 
-    # In sync: nothing at all is printed, and the detailed exit code says so.
-    assert cli("plan", str(policy)) == Result(0, "", "")
-    assert cli("plan", str(policy), "--detailed-exitcode") == Result(0, "", "")
+    # In sync: said in one line, and the detailed exit code says so.
+    assert cli("plan", str(policy)) == Result(0, IN_SYNC, "")
+    assert cli("plan", str(policy), "--detailed-exitcode") == Result(0, IN_SYNC, "")
     again = cli("apply", str(policy))
-    assert (again.code, again.out) == (0, "")
+    assert (again.code, again.out) == (0, IN_SYNC)
 
 
 def test_apply_removes_only_its_own_rules_unless_prune(cli: Cli, policy: Path) -> None:
@@ -442,10 +452,11 @@ def test_apply_removes_only_its_own_rules_unless_prune(cli: Cli, policy: Path) -
         "- user:80:maxproc:deny=256",
         "- jail:db1:memoryuse:log=3221225472",
         "- jail:db1:memoryuse:deny=4294967296",
-        "- jail:db1:maxproc:deny=100  (replaced by jail:db1:maxproc:deny=200)",
-        "+ jail:db1:maxproc:deny=200",
+        "~ jail:db1:maxproc:deny=100 -> jail:db1:maxproc:deny=200",
+        "",
+        "Plan: 0 to add, 1 to change, 3 to remove.",
     ]
-    assert plan.err == "Plan: 1 to add, 4 to remove.\n"
+    assert plan.err == ""
     applied = cli("apply", str(policy))
     assert applied.code == 0, applied.err
     assert sorted(in_force(cli)) == sorted(
@@ -456,13 +467,14 @@ def test_apply_removes_only_its_own_rules_unless_prune(cli: Cli, policy: Path) -
             "user:80:nthr:deny=99",
         ]
     )
-    assert cli("plan", str(policy)) == Result(0, "", "")
+    assert cli("plan", str(policy)) == Result(0, IN_SYNC, "")
 
     pruned = cli("plan", str(policy), "--prune")
-    assert sorted(pruned.out.splitlines()) == [
+    assert sorted(pruned.out.splitlines()[:2]) == [
         "- jail:web2:maxproc:deny=7",
         "- user:80:nthr:deny=99",
     ]
+    assert pruned.out.splitlines()[2:] == ["", "Plan: 0 to add, 0 to change, 2 to remove."]
     assert cli("apply", str(policy), "--prune").code == 0
     assert sorted(in_force(cli)) == ["jail:db1:maxproc:deny=200", "jail:web1:maxproc:deny=50"]
 
@@ -494,31 +506,34 @@ def test_a_process_gone_between_plan_and_apply_is_one_reported_failure(
 
     applied = cli("apply", str(policy))
     assert applied.code == 1
-    assert applied.out.splitlines() == [f"+ {rule}" for rule in POLICY_RULES]
+    assert applied.out.splitlines() == [
+        *(f"+ {rule}" for rule in POLICY_RULES),
+        "",
+        "Applied: 5 added, 0 changed, 0 removed, 1 failed.",
+    ]
     assert applied.err.splitlines() == [
         "rctlpolicy: failed to apply process:4242:openfiles:deny=1000: No such process",
-        "Applied: 5 added, 0 removed, 1 failed.",
     ]
     assert sorted(in_force(cli)) == sorted(POLICY_RULES)
     # Still gone: the same one failure, nothing else to do.
     again = cli("apply", str(policy))
-    assert (again.code, again.out) == (1, "")
+    assert (again.code, again.out) == (1, "\nApplied: 0 added, 0 changed, 0 removed, 1 failed.\n")
     assert "failed to apply process:4242:openfiles:deny=1000: No such process" in again.err
     # Back again (a new postgres with the same pid): the next apply converges.
     host.write_text(saved)
-    assert cli("apply", str(policy)).out == "+ process:4242:openfiles:deny=1000\n"
-    assert cli("plan", str(policy), "--detailed-exitcode") == Result(0, "", "")
+    assert cli("apply", str(policy)).out.splitlines()[0] == "+ process:4242:openfiles:deny=1000"
+    assert cli("plan", str(policy), "--detailed-exitcode") == Result(0, IN_SYNC, "")
 
 
 def test_jail_patterns_follow_the_running_jails(cli: Cli, tmp_path: Path, host: Path) -> None:
     policy = tmp_path / "web.yaml"
     policy.write_text("rules:\n  - rule: jail:web*:maxproc:deny=64\n")
-    assert cli("apply", str(policy)).out.splitlines() == [
+    assert cli("apply", str(policy)).out.splitlines()[:2] == [
         "+ jail:web1:maxproc:deny=64",
         "+ jail:web2:maxproc:deny=64",
     ]
     add_jail(host, "web3", 6)
-    assert cli("plan", str(policy)).out == "+ jail:web3:maxproc:deny=64\n"
+    assert cli("plan", str(policy)).out.splitlines()[0] == "+ jail:web3:maxproc:deny=64"
 
 
 # --- errors, as FreeBSD would give them, through main(argv) -------------------------------------

@@ -48,6 +48,9 @@ reload-debounce: 0.5
 reload-settle: 4
 max-policy-file-size: 1m
 shutdown-timeout: 3
+history.interval: 30s
+history.raw-retention: 24h
+history.retention: 10d
 """,
     )
     values = load_config_file(path)
@@ -74,6 +77,9 @@ shutdown-timeout: 3
         reload_settle=4.0,
         max_policy_file_size=1024 * 1024,
         shutdown_timeout=3.0,
+        history_interval=30.0,
+        history_raw_retention=86400.0,
+        history_retention=864000.0,
     )
 
 
@@ -87,6 +93,9 @@ shutdown-timeout: 3
         ("jail-poll-interval: 0\n", "must be a positive number of seconds"),
         ("shutdown-timeout: true\n", "must be a positive number of seconds"),
         ("rules-dir: ''\n", "rules-dir: must be a non-empty string"),
+        ("history.interval: -1\n", "is not 0 (off) or a duration"),
+        ("history.retention: 0\n", "is not a duration"),
+        ("history.raw-retention: soon\n", "is not a duration"),
         ("web.listen-address: 10217\n", "must be a non-empty string"),
         ("reload-settle: -1\n", "must be a positive number of seconds"),
         ("max-policy-file-size: 16MiB\n", "'16MiB' is not a size in bytes (such as 16m"),
@@ -105,7 +114,7 @@ def test_file_errors_say_what_and_where(tmp_path: Path, text: str, message: str)
 
 
 def test_a_setting_given_twice_is_an_error_not_the_last_one(tmp_path: Path) -> None:
-    path = config_file(tmp_path, "rules-dir: /etc/rp/rules\nlog-level: info\nrules-dir: /tmp/x\n")
+    path = config_file(tmp_path, "rules-dir: /etc/rp/rules\nlog.level: info\nrules-dir: /tmp/x\n")
     with pytest.raises(ConfigError) as caught:
         load_config_file(path)
     message = str(caught.value)
@@ -150,7 +159,7 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
 
 def test_flags_given_override_the_file_and_flags_not_given_do_not(tmp_path: Path) -> None:
     values = load_config_file(
-        config_file(tmp_path, "log-level: debug\nweb.listen-address: ':1234'\nsyslog: true\n")
+        config_file(tmp_path, "log.level: debug\nweb.listen-address: ':1234'\nsyslog: true\n")
     )
     config = build_config(values, {"log_level": "error", "listen_address": None, "syslog": None})
     assert config.log_level == "error"  # the flag wins
@@ -195,3 +204,19 @@ def test_the_daemon_command_reports_a_bad_config_file_with_exit_2(
     assert main(["daemon", "--config", str(path)]) == 2
     error = capsys.readouterr().err
     assert "unknown setting 'rule-dir'; did you mean 'rules-dir'?" in error
+
+
+def test_load_daemon_config_says_which_file_gave_what(tmp_path: Path) -> None:
+    from rctlpolicy.config import DEFAULT_CONFIG_PATH, config_file_to_read, load_daemon_config
+
+    path = tmp_path / "rctlpolicy.yaml"
+    path.write_text("rules-dir: rules\nstate-dir: /var/db/x\n")
+    loaded = load_daemon_config(path, {"state_dir": Path("/flag"), "kernel": None})
+    assert loaded.path == path
+    assert loaded.from_file == {"rules_dir", "state_dir"}
+    assert loaded.config.rules_dir == (tmp_path / "rules").resolve()
+    assert loaded.config.state_dir == Path("/flag")  # the flag wins, as for the daemon
+    assert loaded.config.kernel == "auto"
+    # Without --config: the default file if it exists, as the daemon reads it.
+    expected = DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+    assert config_file_to_read(None) == expected

@@ -13,6 +13,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import time
@@ -150,13 +151,15 @@ def test_garbage_malformed_and_unmatched_lines_are_counted_and_survived(env: Env
         head + b" nothing like a rule\n",
         head + b"\n",
         b"!system=RCTL subsystem=rule type=matched  rule=" + DB1_MEM.encode() + b"\n",
+        head + b" rule=" + DB1_MEM.encode() + b" pid=42 ruid=770 jail=db\xff1\n",  # not UTF-8
     ):
         assert env.server.send(line) == 1
     env.send("jail:db1:memoryuse:devctl=1", jail="db1")  # not a rule of the policy
     env.send(DB1_MEM)
     wait_for_records(env.out, 1)
     daemon.wait_value("rctlpolicy_events_total", 1, outcome="handled")
-    assert daemon.value("rctlpolicy_events_total", outcome="malformed") == 4
+    assert daemon.value("rctlpolicy_events_total", outcome="malformed") == 5
+    daemon.log.wait_for(r"malformed RCTL message \(not UTF-8 text\): .*jail=db\\\\xff1")
     assert daemon.value("rctlpolicy_events_total", outcome="unmatched") == 1
     daemon.log.wait_for(r"malformed RCTL message \(pid is not a number")
     assert daemon.proc.poll() is None
@@ -413,6 +416,38 @@ def test_devd_restart_reconnects_and_resync_acts_once_per_episode(env: Env) -> N
         "rctlpolicy_actions_total", 1, name=WEB1_ACTION, resource="maxproc", outcome="ok"
     )
     assert len(records(env.out)) == 2
+
+
+def test_a_connection_devd_parks_at_its_client_limit_is_resynced_when_records_come(
+    env: Env,
+) -> None:
+    """devd at its client limit (devd -l) leaves a new connection in its listen queue: the
+    daemon's connect succeeds, yet it hears nothing until a slot frees."""
+    env.policy(
+        "p.yaml", [{"rule": WEB1_PROC, "on_match": on_match(action_argv(env.out, "{jail}"))}]
+    )
+    env.server.client_limit = 1
+    env.server.start()
+    holder = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    holder.connect(str(env.server.seqpacket_path))
+    assert env.server.wait_for_clients(1, 10)
+    daemon = env.start(wait=False)
+    daemon.wait_started()
+    daemon.wait_connected()
+    daemon.wait_value("rctlpolicy_devd_connected", 1)
+    assert daemon.value("rctlpolicy_devd_receiving") == 0
+    # The episode begins while the daemon is parked: its event reaches the other client only.
+    env.host.set_usage("jail:web1", "maxproc", 60)
+    env.send(WEB1_PROC, jail="web1")
+    holder.close()  # devd notices the hang-up and accepts the waiting connection
+    assert env.server.wait_for(lambda s: s.accepted_total == 2, 10)
+    mark = daemon.log.mark
+    assert env.server.send(b"!system=DEVFS subsystem=CDEV type=CREATE cdev=md0\n") == 1
+    daemon.log.wait_for(
+        r"resync \(first record from devd\): acted on 1 rule\(s\) over their limit", since=mark
+    )
+    daemon.wait_value("rctlpolicy_devd_receiving", 1)
+    assert [r["argv"] for r in wait_for_records(env.out, 1)] == [["web1"]]
 
 
 def test_the_stream_socket_is_the_fallback(env: Env) -> None:

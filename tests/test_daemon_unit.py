@@ -7,9 +7,15 @@ so the tables exercise the real cut points.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from corpus_host import rule
+from prometheus_client import generate_latest
 
+from rctlpolicy.clock import ManualClock
+from rctlpolicy.config import DaemonConfig
+from rctlpolicy.daemon import Daemon
 from rctlpolicy.devd import RctlEvent, format_rctl_event, parse_rctl_event
 from rctlpolicy.eventmatch import (
     event_jail,
@@ -18,6 +24,8 @@ from rctlpolicy.eventmatch import (
     resync_candidate,
     rule_text_may_be_cut,
 )
+from rctlpolicy.kernel import open_kernel
+from rctlpolicy.loadworker import ChildLoader
 from rctlpolicy.onmatch import OnMatch
 from rctlpolicy.policy_model import PolicyRule, SourceLocation
 
@@ -149,3 +157,28 @@ def test_actions_that_need_an_event_cannot_run_from_a_resync() -> None:
     assert needs_event_fields(OnMatch(run=("/usr/bin/logger", "{ruid}")))
     assert needs_event_fields(OnMatch(signal="TERM"))
     assert not needs_event_fields(OnMatch(service=("postgresql", "restart")))
+
+
+# --- the clock seam ----------------------------------------------------------------------------
+
+
+def test_the_daemon_reads_time_only_through_its_clock(tmp_path: Path) -> None:
+    """What a scrape says about time comes from the injected clock, never the system's."""
+    host = tmp_path / "host.yaml"
+    host.write_text("jails: {db1: {jid: 3}}\n")
+    setup = open_kernel("sim", host)
+    clock = ManualClock(start_time=1_234_567_890.0)
+    daemon = Daemon(
+        DaemonConfig(rules_dir=tmp_path / "rules"),
+        setup.kernel,
+        ChildLoader("sim", host),
+        tmp_path / "state",
+        clock=clock,
+    )
+    try:
+        clock.advance(60)
+        assert daemon.stats.start_time == 1_234_567_890.0
+        text = generate_latest(daemon.registry).decode()
+        assert "rctlpolicy_process_start_time_seconds 1.23456789e+09" in text
+    finally:
+        daemon.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 from corpus_host import rule
 
+from rctlpolicy.actioncontext import ActionContext
 from rctlpolicy.devd import RctlEvent, format_rctl_event, parse_rctl_event
 from rctlpolicy.eventmatch import (
     Episodes,
@@ -18,7 +19,7 @@ from rctlpolicy.eventmatch import (
     resync_context,
     within_rule_jail,
 )
-from rctlpolicy.onmatch import ActionContext, OnMatch
+from rctlpolicy.onmatch import OnMatch
 from rctlpolicy.policy_model import PolicyRule, SourceLocation
 
 DB1 = "jail:db1:memoryuse:devctl=4294967296"

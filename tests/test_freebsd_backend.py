@@ -56,7 +56,7 @@ from rctlpolicy.kernel.jails import (
 )
 from rctlpolicy.kernel.libc import LibcSyscalls, sysctl_racct_enable
 from rctlpolicy.kernel.rctl8 import run_rctl
-from rctlpolicy.kernel.simstate import Add, StoredRule
+from rctlpolicy.kernel.ruletable import Add, StoredRule
 from rctlpolicy.kernel.simulator import SimulatedSyscalls
 from rctlpolicy.model import (
     PROCESS_USAGE_RESOURCES,

@@ -174,6 +174,7 @@ def test_comm_is_cut_to_maxcomlen() -> None:
         ("jails: {db1: {}}", "jails: db1: missing 'jid'"),
         ("jails: {db1: {jid: 3, path: /j}}", "jails: db1: unknown key 'path'"),
         ("jails: {a: {jid: 3}, b: {jid: 3}}", "jails: b: jid 3 is already jail 'a'"),
+        ("jails: {a: {jid: 1000000}}", "jails: a: jid: 1000000 is out of range (1 to 999999)"),
         ("jails: {'0': {jid: 3}}", "'0' is the host itself"),
         ("jails: {a: {jid: 3, parent: b}}", "jails: a: parent: no jail named 'b'"),
         ("jails: {a: {jid: 3, parent: b}, b: {jid: 4, parent: a}}", "jails form a cycle"),

@@ -19,6 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rctlpolicy.actioncontext import ActionContext
 from rctlpolicy.actions import (
     ActionEngine,
     ActionOutcome,
@@ -36,7 +37,6 @@ from rctlpolicy.model import Action, Resource, Rule, Severity, SubjectType
 from rctlpolicy.onmatch import (
     MAX_DURATION,
     SIGNALS,
-    ActionContext,
     OnMatch,
     RunLimit,
     canonical_signal,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from corpus_host import rule
 
-from rctlpolicy.kernel.simstate import (
+from rctlpolicy.kernel.ruletable import (
     Add,
     Change,
     Delete,
@@ -18,10 +18,10 @@ from rctlpolicy.kernel.simstate import (
     RateWindow,
     RuleTable,
     Seen,
-    StateStore,
     StoredRule,
     table_of,
 )
+from rctlpolicy.kernel.simstate import StateStore
 from rctlpolicy.model import Action, Filter, Resource, Rule, SubjectType
 
 

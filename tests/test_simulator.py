@@ -17,7 +17,7 @@ from corpus_host import corpus_cases
 from rctlpolicy.clock import ManualClock
 from rctlpolicy.kernel.base import Jail, RctlCall, SyscallError
 from rctlpolicy.kernel.hostfile import HostFileError, parse_host
-from rctlpolicy.kernel.simstate import RateWindow
+from rctlpolicy.kernel.ruletable import RateWindow
 from rctlpolicy.kernel.simulator import (
     MAX_INBUFSIZE,
     SimEvent,

@@ -22,13 +22,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from rctlpolicy.actioncontext import ActionContext, ActionError
 from rctlpolicy.actions.runner import Outcome, Run, Runner, RunResult
 from rctlpolicy.actions.state import Claim, CooldownState, StateEntry, StateKey
 from rctlpolicy.clock import Clock
 from rctlpolicy.onmatch import (
     SIGNALS,
-    ActionContext,
-    ActionError,
     Command,
     ExecCommand,
     OnMatch,

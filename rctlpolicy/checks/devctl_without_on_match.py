@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from rctlpolicy.checks import Context, Finding
+from rctlpolicy.checks.base import Context, Finding
 from rctlpolicy.codes import Code
 from rctlpolicy.model import Action
 from rctlpolicy.policy_model import PolicyRule

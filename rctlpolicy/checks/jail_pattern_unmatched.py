@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from rctlpolicy.checks import Context, Finding
+from rctlpolicy.checks.base import Context, Finding
 from rctlpolicy.codes import Code
 from rctlpolicy.policy import jail_pattern_matches
 from rctlpolicy.policy_model import PolicyRule

@@ -18,7 +18,8 @@ _FLAG_FIELDS = (
     "rules_dir", "kernel", "sim_host", "devd_socket", "listen_address", "telemetry_path",
     "web_config_file", "pidfile", "syslog", "syslog_socket", "log_level", "log_format",
     "flush_on_exit", "output_file", "state_dir", "jail_poll_interval", "reload_debounce",
-    "reload_settle", "max_policy_file_size", "shutdown_timeout",
+    "reload_settle", "max_policy_file_size", "shutdown_timeout", "history_interval",
+    "history_raw_retention", "history_retention",
 )  # fmt: skip
 _PATH_FLAGS = {
     "rules_dir", "sim_host", "devd_socket", "web_config_file", "pidfile", "output_file",
@@ -246,3 +247,37 @@ def _daemon_only_options(sub: argparse.ArgumentParser) -> None:
         help="how long every policy file must stay unchanged before a changed policy is "
         "applied (default: 2; SIGHUP applies at once)",
     )
+    sub.add_argument(
+        "--history.interval",
+        dest="history_interval",
+        type=_history_duration(zero=True),
+        metavar="DURATION",
+        help="how often every jail's usage is sampled into STATE_DIR/history.sqlite, for "
+        "rctlpolicy history, replay and suggest (default: 60s; 0 turns sampling off)",
+    )
+    sub.add_argument(
+        "--history.raw-retention",
+        dest="history_raw_retention",
+        type=_history_duration(),
+        metavar="DURATION",
+        help="how long every sample is kept (default: 48h)",
+    )
+    sub.add_argument(
+        "--history.retention",
+        dest="history_retention",
+        type=_history_duration(),
+        metavar="DURATION",
+        help="how long hourly rollups (max, mean, p50, p95, p99) are kept (default: 35d)",
+    )
+
+
+def _history_duration(zero: bool = False) -> Any:
+    def parse(text: str) -> float:
+        from rctlpolicy.config import ConfigError, parse_duration_setting
+
+        try:
+            return parse_duration_setting(text, "duration", zero=zero)
+        except ConfigError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse

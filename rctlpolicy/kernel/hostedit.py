@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from rctlpolicy import safeio, yamlload
-from rctlpolicy.amounts import AmountError, expand_number
+from rctlpolicy.amounts import INT64_MAX, AmountError, expand_number
 from rctlpolicy.kernel.hostfile import (
     DEFAULT_LOGINCLASS,
     HostFileError,
@@ -29,7 +29,7 @@ from rctlpolicy.kernel.hostfile import (
     parse_host,
     suggest,
 )
-from rctlpolicy.model import HOST_JAIL, IN_MILLIONS_MAX, INT64_MAX, Resource, SubjectType
+from rctlpolicy.model import HOST_JAIL, IN_MILLIONS_MAX, Resource, SubjectType
 
 
 class HostEditError(ValueError):

@@ -49,11 +49,12 @@ from pathlib import Path
 from typing import Any
 
 from rctlpolicy import yamlload
+from rctlpolicy.amounts import INT64_MAX
 from rctlpolicy.model import (
     HOST_JAIL,
     IN_MILLIONS_MAX,
-    INT64_MAX,
     JAIL_NAME_MAX,
+    JID_MAX,
     LOGINCLASS_NAME_MAX,
     MAXCOMLEN,
     PID_MAX,
@@ -319,7 +320,7 @@ def parse_host(data: bytes | str, path: Path | str = "<host>") -> HostSpec:
         raise HostFileError(path, f"not valid YAML: {error}") from None
     if document is None:
         document = {}
-    reader = _Reader(path)
+    reader = _HostFileReader(path)
     top = reader.mapping(document, "the host file")
     reader.known_keys(top, TOP_LEVEL_KEYS, "")
     users = reader.name_table(top.get("users", {}), "users")
@@ -390,7 +391,7 @@ def suggest(word: str, choices: Iterable[str]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _Reader:
+class _HostFileReader:
     """Checks of the decoded YAML; every failure names the key it is about."""
 
     path: Path
@@ -466,7 +467,7 @@ class _Reader:
             self.known_keys(entry, _JAIL_KEYS, where)
             if "jid" not in entry:
                 raise self.fail(where, "missing 'jid'")
-            jid = self.integer(entry["jid"], f"{where}: jid", 1, 2**31 - 1)
+            jid = self.integer(entry["jid"], f"{where}: jid", 1, JID_MAX)
             if jid in jids:
                 raise self.fail(where, f"jid {jid} is already jail '{jids[jid]}'")
             jids[jid] = name

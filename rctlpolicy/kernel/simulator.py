@@ -57,7 +57,7 @@ from typing import Literal
 from rctlpolicy.grammar import parse_rule_syntax
 from rctlpolicy.kernel.base import Jail, RctlCall, RuleStoreStatus, SyscallError
 from rctlpolicy.kernel.hostfile import HostFile, HostProcess, HostSpec, container_key
-from rctlpolicy.kernel.simstate import (
+from rctlpolicy.kernel.ruletable import (
     Add,
     Change,
     Delete,
@@ -65,9 +65,9 @@ from rctlpolicy.kernel.simstate import (
     RateWindow,
     RuleTable,
     Seen,
-    StateStore,
     StoredRule,
 )
+from rctlpolicy.kernel.simstate import StateStore
 from rctlpolicy.model import (
     HOST_JAIL,
     PROCESS_USAGE_RESOURCES,

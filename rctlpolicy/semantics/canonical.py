@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 
+from rctlpolicy.amounts import INT64_MAX
 from rctlpolicy.model import (
     IN_MILLIONS_MAX,
-    INT64_MAX,
     JAIL_NAME_MAX,
     LOGINCLASS_NAME_MAX,
     Action,
