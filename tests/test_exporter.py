@@ -36,6 +36,8 @@ from rctlpolicy.exporter import (
 from rctlpolicy.kernel import KernelSetup, open_simulator
 from rctlpolicy.metric_names import METRIC_TYPES, metric_spec, resource_metrics
 from rctlpolicy.model import Resource
+from rctlpolicy.web.metrics import WebCollector
+from rctlpolicy.web.server import ServerStats
 
 PROMTOOL = Path("/usr/bin/promtool")
 
@@ -98,7 +100,9 @@ def test_every_family_has_its_documented_name_type_and_labels(
     setup: KernelSetup, stats: DaemonStats
 ) -> None:
     stats.count_action("restart-pg", "swapuse", "ok", 1.2)
-    registry = registry_of(JailCollector(setup.kernel, stats), DaemonCollector(stats))
+    registry = registry_of(
+        JailCollector(setup.kernel, stats), DaemonCollector(stats), WebCollector(ServerStats())
+    )
     seen = set()
     for family in registry.collect():
         # CounterMetricFamily drops `_total` from the family name; the sample keeps it.

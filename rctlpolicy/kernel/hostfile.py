@@ -36,6 +36,11 @@ force were added: see `rctlpolicy.kernel.simulator` for what that changes.
 
 `HostFile` reads the file when it changed, so an edit takes effect on the next rctl call. Any
 problem in the file is a `HostFileError` naming the file and the key.
+
+One responsibility: the file's format, as records (`HostSpec` and its parts) and the one reader
+that checks every key of it. Most of its length is that reader, a short method per key with the
+message that key's mistakes get; editing the file in place is `rctlpolicy.kernel.hostedit`, the
+simulated kernel's own state `rctlpolicy.kernel.simstate`.
 """
 
 from __future__ import annotations
