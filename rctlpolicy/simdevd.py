@@ -8,8 +8,12 @@ format and logs the log ones with the kernel's line.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import signal
+import socket
+import sys
 import tempfile
 import threading
 import time
@@ -61,7 +65,18 @@ class SimDevd:
         self._host_error: str | None = None
 
     def start(self) -> None:
-        """Bind the sockets and start evaluating every `interval` seconds."""
+        """Bind the sockets and start evaluating every `interval` seconds.
+
+        Raises OSError (EADDRINUSE) when a devd already serves the directory: its sockets are
+        not ours to replace (devd's own start-up would unlink them)."""
+        path = self.server.seqpacket_path
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+            try:
+                probe.connect(os.fspath(path))
+            except OSError:
+                pass  # nobody serves it: a stale file, or none
+            else:
+                raise OSError(errno.EADDRINUSE, f"another devd is serving {path}")
         self.server.start()
         self._thread.start()
 
@@ -117,8 +132,12 @@ def serve_sim_devd(setup: KernelSetup, directory: Path | None, interval: float) 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    try:
+        sim.start()
+    except OSError as error:
+        print(f"rctlpolicy sim devd: {error}", file=sys.stderr)
+        return 2
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    sim.start()
     print(f"simulated devd: {sim.server.seqpacket_path} (and {sim.server.stream_path})", flush=True)
     try:
         while not stop.wait(0.5):
