@@ -8,7 +8,10 @@ format and logs the log ones with the kernel's line.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
+import os
 import signal
 import tempfile
 import threading
@@ -26,23 +29,27 @@ log = logging.getLogger("rctlpolicy.simdevd")
 
 #: sun_path holds 104 bytes on FreeBSD, 108 on Linux: deep directories fall back to /tmp.
 _SUN_PATH_MAX = 100
+#: The lock file a simulated devd holds in its socket directory.
+LOCK_NAME = ".simdevd.lock"
 
 
-def socket_directory(host_path: Path) -> tuple[Path, bool]:
-    """Where the simulated devd's sockets go: beside the host file (`<host>.devd/`), or a new
-    directory under the temporary directory when that path is too long for a socket.
-
-    Returns the directory and whether it is a temporary one (to be removed after use).
-    """
+def socket_directory(host_path: Path) -> Path | None:
+    """Where the simulated devd's sockets go beside the host file (`<host>.devd/`), or None
+    when that path is too long for a socket (a new temporary directory is then used)."""
     directory = host_path.with_name(host_path.name + ".devd")
     if len(str(directory / SEQPACKET_NAME).encode()) < _SUN_PATH_MAX:
-        directory.mkdir(parents=True, exist_ok=True)
-        return directory, False
-    return Path(tempfile.mkdtemp(prefix="rctlpolicy-devd-")), True
+        return directory
+    return None
 
 
 class SimDevd:
-    """A DevdServer fed by the simulated kernel's event evaluation, on its own thread."""
+    """A DevdServer fed by the simulated kernel's event evaluation, on its own thread.
+
+    One simulated devd per socket directory: :meth:`start` takes an exclusive flock(2) on
+    ``.simdevd.lock`` there (a second one fails with EBUSY instead of replacing the first
+    one's sockets), and :meth:`stop` removes only what this one made: the sockets it bound
+    (if they are still the same files) and the directory and lock file if it created them.
+    """
 
     def __init__(
         self, setup: KernelSetup, directory: Path | None = None, interval: float = 0.5
@@ -50,30 +57,91 @@ class SimDevd:
         if setup.simulator is None or setup.sim_host is None:
             raise ValueError("the simulated devd needs the simulated host")
         self.simulator: SimulatedSyscalls = setup.simulator
-        self._temporary = False
+        self._created_directory = False
         if directory is None:
-            directory, self._temporary = socket_directory(setup.sim_host)
+            directory = socket_directory(setup.sim_host)
+            if directory is None:
+                directory = Path(tempfile.mkdtemp(prefix="rctlpolicy-devd-"))
+                self._created_directory = True
         self.server = DevdServer(directory)
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rctlpolicy-sim-devd", daemon=True)
         self.sent = 0
         self._host_error: str | None = None
+        self._lock_fd = -1
+        self._bound: dict[Path, tuple[int, int]] = {}
+
+    @property
+    def lock_path(self) -> Path:
+        """The lock file that keeps a second simulated devd out of the directory."""
+        return self.server.directory / LOCK_NAME
 
     def start(self) -> None:
-        """Bind the sockets and start evaluating every `interval` seconds."""
-        self.server.start()
+        """Lock the directory, bind the sockets and start evaluating every `interval` s.
+
+        Raises OSError (EBUSY when another simulated devd serves the directory).
+        """
+        directory = self.server.directory
+        if not directory.exists():
+            try:
+                directory.mkdir(parents=True)
+                self._created_directory = True
+            except FileExistsError:
+                pass
+        self._lock()
+        try:
+            self.server.start()
+        except OSError:
+            self._unlock()
+            raise
+        for path in (self.server.seqpacket_path, self.server.stream_path):
+            with contextlib.suppress(OSError):
+                info = path.lstat()
+                self._bound[path] = (info.st_dev, info.st_ino)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop evaluating and serving; the sockets go (devd's own files stay, ours need not)."""
+        """Stop evaluating and serving; remove the sockets, lock and directory this one made."""
         self._stop.set()
         if self._thread.ident is not None:
             self._thread.join(5.0)
-        self.server.stop(remove_files=True)
-        if self._temporary:
+        self.server.stop()
+        for path, identity in self._bound.items():
             with contextlib.suppress(OSError):
-                self.server.directory.rmdir()
+                info = path.lstat()
+                if (info.st_dev, info.st_ino) == identity:
+                    path.unlink()
+        self._bound.clear()
+        self._unlock()
+
+    def _lock(self) -> None:
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(self.lock_path, flags, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OSError(
+                errno.EBUSY, f"another simulated devd serves {self.server.directory}"
+            ) from None
+        except OSError:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd < 0:
+            return
+        if self._created_directory:
+            # Ours alone: the lock file and the directory go (while still locked, so no other
+            # simulated devd can be between its open and its flock of this file).
+            with contextlib.suppress(OSError):
+                self.lock_path.unlink()
+            with contextlib.suppress(OSError):
+                self.server.directory.rmdir()  # only if empty: never another's files
+        os.close(self._lock_fd)
+        self._lock_fd = -1
 
     def tick(self) -> int:
         """Evaluate once; returns how many devctl messages were sent."""
