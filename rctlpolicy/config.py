@@ -14,6 +14,7 @@ from typing import Any
 
 from rctlpolicy import yamlload
 from rctlpolicy.amounts import AmountError, expand_number, parse_duration
+from rctlpolicy.web.settings import ListenAddressError, parse_listen_address
 
 DEFAULT_CONFIG_PATH = Path("/usr/local/etc/rctlpolicy.yaml")
 DEFAULT_RULES_DIR = Path("/usr/local/etc/rctlpolicy/rules")
@@ -175,12 +176,13 @@ def validate(config: DaemonConfig) -> DaemonConfig:
 
 
 def split_address(address: str) -> tuple[str, int]:
-    """`host:port`, `[v6]:port` or `:port` (all addresses) -> (host, port)."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise ConfigError(f"web.listen-address: '{address}' is not HOST:PORT")
-    host = host.strip("[]")
-    return host or "0.0.0.0", int(port_text)  # noqa: S104 (":10217" means every address)
+    """`host:port`, `[v6]:port` or `:port` (all addresses) -> (host, port); a URL or an
+    IPv6 address without brackets is a ConfigError that says how to write it."""
+    try:
+        host, port = parse_listen_address(address)
+    except ListenAddressError as error:
+        raise ConfigError(f"web.listen-address: {error}") from None
+    return host or "0.0.0.0", port  # noqa: S104 (":10217" means every address)
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

@@ -21,6 +21,11 @@ Loading the policy is `rctlpolicy.policyload`; the process around the daemon (lo
 pidfile) is `rctlpolicy.service`. The pure decisions about events (which policy rule a possibly
 truncated event is about, which jail its action is about) are `rctlpolicy.eventmatch`, shared
 with `rctlpolicy handle` and tested on their own.
+
+One responsibility, hence one module of some 700 lines: the `Daemon` class wires those parts
+together and owns the state they share (the rules in force, the stats, the action engine). Each
+section below (start-up, signals, the reload thread's side, devd events, shutdown) is a handful
+of short methods over that shared state; cutting one out would only pass the state back in.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rctlpolicy.actioncontext import ActionContext
 from rctlpolicy.actions import (
@@ -92,6 +97,9 @@ from rctlpolicy.policyload import (
 )
 from rctlpolicy.reload import PolicyLoader, Reloader
 from rctlpolicy.watcher import RulesWatcher
+
+if TYPE_CHECKING:
+    from rctlpolicy.web import MetricsServer, WebConfig
 
 log = logging.getLogger("rctlpolicy")
 
@@ -189,7 +197,7 @@ class Daemon:
         self.registry = make_registry(
             [JailCollector(kernel, self.stats), DaemonCollector(self.stats)]
         )
-        self.web: Any = None
+        self.web: MetricsServer | None = None
         self.devd: DevdClient | None = None
         self._devd_paths = devd_paths
         self._watcher: RulesWatcher | None = None
@@ -273,6 +281,7 @@ class Daemon:
 
     def _start_web(self) -> None:
         from rctlpolicy.web import MetricsServer, WebConfigError
+        from rctlpolicy.web.metrics import WebCollector
 
         web_config = None
         if self.config.web_config_file is not None:
@@ -289,6 +298,7 @@ class Daemon:
             web_config=web_config,
             landing_page=_landing_page(self.config.telemetry_path),
         )
+        self.registry.register(WebCollector(self.web.stats))
         self.web.start()
 
     def _start_history(self) -> None:
@@ -308,7 +318,7 @@ class Daemon:
         )
         self.history.start()
 
-    def _read_web_config(self) -> Any:
+    def _read_web_config(self) -> WebConfig:
         from rctlpolicy.web import load_web_config
 
         assert self.config.web_config_file is not None
@@ -337,11 +347,7 @@ class Daemon:
         """Where the metrics are served, with the bound port."""
         if self.web is None:
             return ""
-        host = str(self.web.host) or "0.0.0.0"  # noqa: S104 (only printed)
-        if ":" in host:
-            host = f"[{host}]"
-        scheme = "https" if self.web.tls_enabled else "http"
-        return f"{scheme}://{host}:{self.metrics_port}{self.config.telemetry_path}"
+        return str(self.web.url)
 
     # --- the main loop: signals ---------------------------------------------------------
 

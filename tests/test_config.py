@@ -173,6 +173,10 @@ def test_flags_given_override_the_file_and_flags_not_given_do_not(tmp_path: Path
         ({"telemetry_path": "metrics"}, "must start with '/'"),
         ({"listen_address": "localhost"}, "is not HOST:PORT"),
         ({"listen_address": "h:99999"}, "is not HOST:PORT"),
+        ({"listen_address": "http://127.0.0.1:10217/metrics"}, "is HOST:PORT, not a URL"),
+        ({"listen_address": "https://[::1]:10217"}, "is HOST:PORT, not a URL"),
+        ({"listen_address": "::1:10217"}, r"in brackets, as in \[::1\]:10217"),
+        ({"listen_address": "[127.0.0.1]:10217"}, "brackets hold an IPv6 address"),
         ({"colour": "red"}, "unknown settings: colour"),
     ],
 )
@@ -187,6 +191,8 @@ def test_invalid_values_are_refused(flags: dict[str, object], message: str) -> N
         ("127.0.0.1:10217", ("127.0.0.1", 10217)),
         ("[::1]:0", ("::1", 0)),
         (":10217", ("0.0.0.0", 10217)),
+        ("[fe80::1%em0]:9100", ("fe80::1%em0", 9100)),
+        ("localhost:10217", ("localhost", 10217)),
         (DEFAULT_LISTEN_ADDRESS, ("127.0.0.1", 10217)),
     ],
 )
@@ -201,6 +207,22 @@ def test_the_daemon_command_reports_a_bad_config_file_with_exit_2(
     assert main(["daemon", "--config", str(path)]) == 2
     error = capsys.readouterr().err
     assert "unknown setting 'rule-dir'; did you mean 'rules-dir'?" in error
+
+
+@pytest.mark.parametrize(
+    "address", ["http://127.0.0.1:10217/metrics", "127.0.0.1:10217/metrics", "::1:10217"]
+)
+def test_the_daemon_command_explains_a_listen_address_that_is_not_host_port(
+    address: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["daemon", "--web.listen-address", address]) == 2
+    error = capsys.readouterr().err
+    assert f"web.listen-address: '{address}'" in error
+    assert "HOST:PORT" in error
+    if "/" in address:
+        assert "not a URL" in error
+    else:
+        assert "[::1]:10217" in error
 
 
 def test_load_daemon_config_says_which_file_gave_what(tmp_path: Path) -> None:

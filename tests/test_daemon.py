@@ -726,7 +726,9 @@ def test_promtool_check_metrics_passes_on_a_real_scrape(env: Env) -> None:
 
 
 _MASKED_NAMES = re.compile(
-    r"^(rctlpolicy_process_\w+|rctlpolicy_config_last_reload_success_timestamp_seconds)\b"
+    r"^(rctlpolicy_process_\w+|rctlpolicy_config_last_reload_success_timestamp_seconds"
+    # The scrape's own connection, and the earlier ones the server may not have closed yet.
+    r"|rctlpolicy_web_connections_open)\b"
 )
 
 
@@ -813,6 +815,24 @@ def test_web_config_basic_auth_guards_the_daemons_metrics(env: Env) -> None:
     assert scrape(None) == 401
     assert scrape("wrong") == 401
     assert scrape("s3cret") == 200
+    # The endpoint counts what it refused, in the daemon's own exposition.
+    request = urllib.request.Request(daemon.url)
+    token = base64.b64encode(b"prometheus:s3cret").decode()
+    request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert b"\nrctlpolicy_web_auth_failures_total 2.0\n" in response.read()
+    assert daemon.stop() == 0
+
+
+def test_an_ipv6_listen_address_is_logged_and_served_with_brackets(env: Env) -> None:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    env.policy("p.yaml", ["jail:db1:maxproc:deny=100"])
+    daemon = env.start("--web.listen-address", "[::1]:0")
+    assert re.fullmatch(r"http://\[::1\]:\d+/metrics", daemon.url), daemon.url
+    assert "rctlpolicy_rules 1.0" in daemon.scrape()
     assert daemon.stop() == 0
 
 

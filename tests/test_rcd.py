@@ -485,6 +485,7 @@ def test_reload_fails_clearly_without_a_child_pid(host: Host, content: str | Non
 # Port origins of the project's runtime dependencies (pip name -> category/port).
 PORT_ORIGINS = {
     "bcrypt": "security/py-bcrypt",
+    "h11": "www/py-h11",
     "prometheus-client": "net-mgmt/py-prometheus-client",
     "pyparsing": "devel/py-pyparsing",
     "pyyaml": "devel/py-pyyaml",
