@@ -86,7 +86,7 @@ def start_daemon(root: Path, host: SimHost, server: DevdServer, rules: object) -
     rules_dir = root / "rules"
     rules_dir.mkdir(exist_ok=True)
     (rules_dir / "bench.yaml").write_text(yaml.safe_dump({"rules": rules}))
-    config = write_config(root / "rctlpolicy.yaml", {"log-level": "info"})
+    config = write_config(root / "rctlpolicy.yaml", {"log.level": "info"})
     daemon = DaemonProcess([
         "--config", str(config), "--kernel", "sim", "--sim-host", str(host.path),
         "--rules-dir", str(rules_dir), "--state-dir", str(root / "state"),

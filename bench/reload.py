@@ -71,7 +71,7 @@ def sigterm_seconds(megabytes: float) -> float:
     """SIGTERM to exit, idle (0 MB) or while a policy of `megabytes` loads."""
     with world() as env:
         # Only SIGHUP reloads: the big file must not start a load of its own.
-        daemon = env.start("--log-level", "debug", config={"reload-debounce": 3600})
+        daemon = env.start("--log.level", "debug", config={"reload-debounce": 3600})
         if megabytes:
             big_policy(env.rules_dir / "big.conf", megabytes)
             mark = daemon.log.mark
@@ -88,7 +88,7 @@ def sigterm_seconds(megabytes: float) -> float:
 def events_while_loading(megabytes: float, count: int) -> tuple[int, int]:
     """(events counted, events devd dropped) for `count` lines sent at 10,000/s meanwhile."""
     with world() as env:
-        daemon = env.start("--log-level", "debug", config={"reload-debounce": 3600})
+        daemon = env.start("--log.level", "debug", config={"reload-debounce": 3600})
         big_policy(env.rules_dir / "big.conf", megabytes)
         mark = daemon.log.mark
         daemon.send_signal(signal.SIGHUP)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import queue
 import signal
 import sys
@@ -243,6 +244,13 @@ class Daemon:
     def start(self) -> None:
         """Load and apply the policy, then start every loop. Raises StartupError (and OSError
         when the metrics address cannot be bound), StoppedDuringStartup on SIGTERM."""
+        # A rules directory that is not there is said once, before anything starts.
+        try:
+            os.stat(self.config.rules_dir)
+        except OSError as error:
+            raise StartupError(
+                f"rules directory {self.config.rules_dir}: {error.strerror or error}"
+            ) from error
         # Watch first: an edit made while we start must still lead to a reload.
         try:
             self._watcher = RulesWatcher(self.config.rules_dir, self._reloader.changed)

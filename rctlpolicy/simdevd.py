@@ -13,6 +13,8 @@ import fcntl
 import logging
 import os
 import signal
+import socket
+import sys
 import tempfile
 import threading
 import time
@@ -29,8 +31,6 @@ log = logging.getLogger("rctlpolicy.simdevd")
 
 #: sun_path holds 104 bytes on FreeBSD, 108 on Linux: deep directories fall back to /tmp.
 _SUN_PATH_MAX = 100
-#: The lock file a simulated devd holds in its socket directory.
-LOCK_NAME = ".simdevd.lock"
 
 
 def socket_directory(host_path: Path) -> Path | None:
@@ -42,13 +42,23 @@ def socket_directory(host_path: Path) -> Path | None:
     return None
 
 
+def _refuse_a_served_socket(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+        try:
+            probe.connect(os.fspath(path))
+        except OSError:
+            return  # nobody serves it: a stale file, or none
+    raise OSError(errno.EADDRINUSE, f"another devd is serving {path}")
+
+
 class SimDevd:
     """A DevdServer fed by the simulated kernel's event evaluation, on its own thread.
 
-    One simulated devd per socket directory: :meth:`start` takes an exclusive flock(2) on
-    ``.simdevd.lock`` there (a second one fails with EBUSY instead of replacing the first
-    one's sockets), and :meth:`stop` removes only what this one made: the sockets it bound
-    (if they are still the same files) and the directory and lock file if it created them.
+    One simulated devd per socket directory: :meth:`start` refuses a directory whose socket
+    answers (EADDRINUSE) and takes an exclusive flock(2) on the directory (a second one fails
+    with EBUSY instead of replacing the first one's sockets), and :meth:`stop` removes only
+    what this one made: the sockets it bound (if they are still the same files) and the
+    directory if it created it.
     """
 
     def __init__(
@@ -72,15 +82,12 @@ class SimDevd:
         self._lock_fd = -1
         self._bound: dict[Path, tuple[int, int]] = {}
 
-    @property
-    def lock_path(self) -> Path:
-        """The lock file that keeps a second simulated devd out of the directory."""
-        return self.server.directory / LOCK_NAME
-
     def start(self) -> None:
         """Lock the directory, bind the sockets and start evaluating every `interval` s.
 
-        Raises OSError (EBUSY when another simulated devd serves the directory).
+        Raises OSError: EBUSY when another simulated devd serves the directory, EADDRINUSE
+        when some other devd serves its socket (its sockets are not ours to replace: devd's
+        own start-up would unlink them).
         """
         directory = self.server.directory
         if not directory.exists():
@@ -89,6 +96,7 @@ class SimDevd:
                 self._created_directory = True
             except FileExistsError:
                 pass
+        _refuse_a_served_socket(self.server.seqpacket_path)
         self._lock()
         try:
             self.server.start()
@@ -116,8 +124,9 @@ class SimDevd:
         self._unlock()
 
     def _lock(self) -> None:
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(self.lock_path, flags, 0o600)
+        # flock(2) on the directory itself: no lock file among the sockets.
+        flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(self.server.directory, flags)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -134,10 +143,6 @@ class SimDevd:
         if self._lock_fd < 0:
             return
         if self._created_directory:
-            # Ours alone: the lock file and the directory go (while still locked, so no other
-            # simulated devd can be between its open and its flock of this file).
-            with contextlib.suppress(OSError):
-                self.lock_path.unlink()
             with contextlib.suppress(OSError):
                 self.server.directory.rmdir()  # only if empty: never another's files
         os.close(self._lock_fd)
@@ -185,8 +190,12 @@ def serve_sim_devd(setup: KernelSetup, directory: Path | None, interval: float) 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    try:
+        sim.start()
+    except OSError as error:
+        print(f"rctlpolicy sim devd: {error}", file=sys.stderr)
+        return 2
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    sim.start()
     print(f"simulated devd: {sim.server.seqpacket_path} (and {sim.server.stream_path})", flush=True)
     try:
         while not stop.wait(0.5):

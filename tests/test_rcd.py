@@ -332,7 +332,7 @@ def test_the_config_file_is_required_by_the_script_and_the_page_says_so() -> Non
 def test_start_runs_daemon8_with_flags_for_it_and_args_for_rctlpolicy(host: Host) -> None:
     host.set_rc_conf(
         rctlpolicy_flags="-c",
-        rctlpolicy_args="--log-level debug --web.listen-address 192.0.2.1:10217",
+        rctlpolicy_args="--log.level debug --web.listen-address 192.0.2.1:10217",
     )
     result = host.run("start")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -347,7 +347,7 @@ def test_start_runs_daemon8_with_flags_for_it_and_args_for_rctlpolicy(host: Host
         "--config", str(host.config),
         "--rules-dir", str(host.rules_dir),
         "--syslog",
-        "--log-level", "debug", "--web.listen-address", "192.0.2.1:10217",  # rctlpolicy_args
+        "--log.level", "debug", "--web.listen-address", "192.0.2.1:10217",  # rctlpolicy_args
     ]  # fmt: skip
     # The rules were linted before starting.
     assert host.program_calls() == [["lint", str(host.rules_dir)]]

@@ -7,6 +7,7 @@ step of the test; the `sim devd` command is run as a real process.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import socket
@@ -151,8 +152,7 @@ def test_a_second_simulated_devd_on_the_same_directory_is_refused(
         socket_inode = first.server.seqpacket_path.stat().st_ino
         with pytest.raises(OSError) as refused:
             second.start()
-        assert refused.value.errno == errno.EBUSY
-        assert "another simulated devd" in str(refused.value)
+        assert refused.value.errno == errno.EADDRINUSE  # its socket answers
         second.stop()  # stopping the refused one touches nothing of the first's
         # The first one's sockets are still its own, and still served.
         assert first.server.seqpacket_path.stat().st_ino == socket_inode
@@ -171,9 +171,7 @@ def test_stop_removes_only_what_this_simulated_devd_made(tmp_path: Path, socket_
     made = sim.server.directory
     assert not made.exists()
     sim.start()
-    assert sorted(p.name for p in made.iterdir()) == [
-        ".simdevd.lock", "devd.pipe", "devd.seqpacket.pipe"
-    ]  # fmt: skip
+    assert sorted(p.name for p in made.iterdir()) == ["devd.pipe", "devd.seqpacket.pipe"]
     sim.stop()
     assert not made.exists()
     # In a directory that was there, other files stay, and so does a socket someone else
@@ -190,4 +188,24 @@ def test_stop_removes_only_what_this_simulated_devd_made(tmp_path: Path, socket_
         sim.stop()
     finally:
         other.close()
-    assert sorted(p.name for p in shared.iterdir()) == [".simdevd.lock", "devd.pipe", "keep.txt"]
+    assert sorted(p.name for p in shared.iterdir()) == ["devd.pipe", "keep.txt"]
+
+
+def test_the_lock_keeps_a_second_simulated_devd_out_before_the_sockets_answer(
+    tmp_path: Path, socket_dir: Path
+) -> None:
+    host = SimHost(tmp_path / "host.yaml")
+    sim = SimDevd(open_simulator(host.path), socket_dir, interval=3600)
+    # Another simulated devd between its lock and its bind: nothing answers yet.
+    held = os.open(socket_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(OSError) as refused:
+            sim.start()
+        assert refused.value.errno == errno.EBUSY
+        assert "another simulated devd" in str(refused.value)
+        assert list(socket_dir.iterdir()) == []
+    finally:
+        os.close(held)
+    sim.start()
+    sim.stop()
