@@ -209,6 +209,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
 def http_scrape(python: Path, tmp: Path, jails: int, scrapes: int) -> dict[str, Any]:
     import yaml
     from _venv import NEUTRAL_CWD, bench_env
@@ -274,6 +281,7 @@ def http_scrape(python: Path, tmp: Path, jails: int, scrapes: int) -> dict[str, 
         return {
             "samples": samples_in(body),
             "bytes": len(body),
+            "rss_kib": rss_kib(daemon.pid),
             "wall": statistics.median(walls),
             # /proc's times are in clock ticks (10 ms): the mean over the scrapes, not a median.
             "cpu": sum(cpus) / len(cpus),
@@ -307,21 +315,27 @@ def main() -> int:
     if args.worker:
         print(json.dumps(worker(counts, args.runs, Path(args.worker))))
         return 0
+    ok = run(counts, args.runs, args.http_jails, args.scrapes)
+    return 1 if args.check and not ok else 0
 
+
+def run(counts: list[int], runs: int, http_jails: int, scrapes: int) -> bool:
+    """Measure and print everything; whether every goal was met."""
     from _venv import NEUTRAL_CWD, bench_env, bench_python
 
     python = bench_python()
     with tempfile.TemporaryDirectory(prefix="rctlbench") as directory:
         tmp = Path(directory)
+        jails_arg = ",".join(map(str, counts))
         done = subprocess.run(
             [str(python), str(Path(__file__).resolve()), "--worker", directory,
-             "--jails", args.jails, "--runs", str(args.runs)],
+             "--jails", jails_arg, "--runs", str(runs)],
             cwd=NEUTRAL_CWD, env=bench_env(), capture_output=True, text=True, check=False,
         )  # fmt: skip
         if done.returncode != 0:
             raise SystemExit(f"the worker failed:\n{done.stdout}\n{done.stderr}")
         measured: dict[str, Any] = json.loads(done.stdout)
-        http = http_scrape(python, tmp, args.http_jails, args.scrapes)
+        http = http_scrape(python, tmp, http_jails, scrapes)
 
     def per_sample(jails: int, name: str, index: int) -> float:
         figures = measured[str(jails)]
@@ -390,15 +404,15 @@ def main() -> int:
     )
     print(f"  host file read at most once per scrape: {verdict(reads_ok)}")
     print(
-        f"HTTP scrape of a daemon on a simulated host of {args.http_jails} jails "
-        f"({http['samples']:,} samples, {http['bytes']:,} bytes), {args.scrapes} scrapes:"
+        f"HTTP scrape of a daemon on a simulated host of {http_jails} jails "
+        f"({http['samples']:,} samples, {http['bytes']:,} bytes), {scrapes} scrapes:"
     )
     print(
         f"  median wall {http['wall'] * 1000:.2f} ms; daemon CPU {http['cpu'] * 1000:.2f} ms per "
         f"scrape (mean; /proc ticks), {http['cpu'] / http['samples'] * 1e6:.2f} us per sample"
     )
-    ok = cost_ok and ratio_ok and linear_ok and reads_ok
-    return 1 if args.check and not ok else 0
+    print(f"  daemon resident memory (VmRSS) serving them: {http['rss_kib'] / 1024:.1f} MiB")
+    return cost_ok and ratio_ok and linear_ok and reads_ok
 
 
 if __name__ == "__main__":
