@@ -329,6 +329,10 @@ def handle_event(
     from rctlpolicy.policyload import expand, load_rules
 
     setup_logging(config)
+    problem = _missing_rules_dir(config.rules_dir)
+    if problem is not None:
+        print(f"rctlpolicy handle: {problem}", file=sys.stderr)
+        return 2
     try:
         setup: KernelSetup = open_kernel(config.kernel, config.sim_host)
     except KernelSetupError as error:

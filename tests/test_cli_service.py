@@ -309,6 +309,13 @@ def test_handle_and_sim_exit_statuses(world: World) -> None:
                    "db1", "--kernel", "sim", "--sim-host", str(world.host.path),
                    "--rules-dir", str(world.rules), "--state-dir", str(world.state))  # fmt: skip
     assert not_ours.returncode == 1
+    gone = world.root / "gone"
+    no_rules = run("handle", *event, "--kernel", "sim", "--sim-host", str(world.host.path),
+                   "--rules-dir", str(gone), "--state-dir", str(world.state))  # fmt: skip
+    assert (no_rules.returncode, no_rules.stderr) == (
+        2,
+        f"rctlpolicy handle: rules directory {gone}: No such file or directory\n",
+    )
     assert run("sim", "rctl", "--sim-host", str(world.root / "x.yaml"), "-n").returncode == 2
     assert (
         run("sim", "set", "--sim-host", str(world.host.path), "jail:db9", "maxproc=1").returncode

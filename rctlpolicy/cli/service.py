@@ -104,8 +104,8 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         "directory).",
         epilog="Exit status: 0 the action ran, was suppressed by its cooldown or max_runs, "
         "or the rule has none; 1 the action failed, or the rule or the event is not one the "
-        "policy acts on; 2 for usage errors, an invalid config file, and a kernel interface "
-        "or state file that cannot be opened.",
+        "policy acts on; 2 for usage errors, an invalid config file, a missing rules "
+        "directory, and a kernel interface or state file that cannot be opened.",
     )
     event = handle.add_argument_group("the event (devd's variables)")
     event.add_argument("--rule", required=True, help="the event's rule ($rule)")
