@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from rctlpolicy import yamlload
-from rctlpolicy.amounts import AmountError, expand_number
+from rctlpolicy.amounts import AmountError, expand_number, parse_duration
+from rctlpolicy.web.settings import ListenAddressError, parse_listen_address
 
 DEFAULT_CONFIG_PATH = Path("/usr/local/etc/rctlpolicy.yaml")
 DEFAULT_RULES_DIR = Path("/usr/local/etc/rctlpolicy/rules")
@@ -24,6 +25,8 @@ DEFAULT_LISTEN_ADDRESS = "127.0.0.1:10217"
 DEFAULT_DEVD_SOCKET = Path("/var/run/devd.seqpacket.pipe")
 DEFAULT_SYSLOG_SOCKET = "/var/run/log"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: text: a timestamped line for a terminal; logfmt: key=value pairs; json: an object per line.
+LOG_FORMATS = ("text", "logfmt", "json")
 #: The largest policy file read (`max-policy-file-size`): real policies are kilobytes.
 DEFAULT_MAX_POLICY_FILE_SIZE = 16 * 1024 * 1024
 
@@ -47,6 +50,7 @@ class DaemonConfig:
     syslog: bool = False
     syslog_socket: str = DEFAULT_SYSLOG_SOCKET
     log_level: str = "info"
+    log_format: str = "text"
     flush_on_exit: bool = False
     output_file: Path | None = None
     state_dir: Path | None = None
@@ -60,6 +64,12 @@ class DaemonConfig:
     max_policy_file_size: int = DEFAULT_MAX_POLICY_FILE_SIZE
     #: Bound on how long running actions may finish at shutdown.
     shutdown_timeout: float = 10.0
+    #: How often every jail's usage is sampled into STATE_DIR/history.sqlite (0: never).
+    history_interval: float = 60.0
+    #: How long per-interval samples are kept (seconds).
+    history_raw_retention: float = 48 * 3600.0
+    #: How long hourly rollups are kept (seconds).
+    history_retention: float = 35 * 86400.0
 
 
 #: File key -> field name. The keys are the flags without their leading dashes.
@@ -74,16 +84,22 @@ FILE_KEYS: dict[str, str] = {
     "pidfile": "pidfile",
     "syslog": "syslog",
     "syslog-socket": "syslog_socket",
-    "log-level": "log_level",
+    "log.level": "log_level",
+    "log.format": "log_format",
     "flush-on-exit": "flush_on_exit",
-    "output.file-path": "output_file",
+    "output-file": "output_file",
     "state-dir": "state_dir",
     "jail-poll-interval": "jail_poll_interval",
     "reload-debounce": "reload_debounce",
     "reload-settle": "reload_settle",
     "max-policy-file-size": "max_policy_file_size",
     "shutdown-timeout": "shutdown_timeout",
+    "history.interval": "history_interval",
+    "history.raw-retention": "history_raw_retention",
+    "history.retention": "history_retention",
 }
+#: Spellings of the previous release, accepted for one more (flags too: see rctlpolicy.cli.common).
+RENAMED_KEYS: dict[str, str] = {"log-level": "log.level", "output.file-path": "output-file"}
 _PATH_FIELDS = {
     "rules_dir",
     "sim_host",
@@ -96,6 +112,8 @@ _PATH_FIELDS = {
 _BOOL_FIELDS = {"syslog", "flush_on_exit"}
 _FLOAT_FIELDS = {"jail_poll_interval", "reload_debounce", "reload_settle", "shutdown_timeout"}
 _SIZE_FIELDS = {"max_policy_file_size"}
+#: Durations (`60s`, `48h`, `35d` or seconds); the history interval may be 0 (off).
+_DURATION_FIELDS = {"history_interval", "history_raw_retention", "history_retention"}
 
 
 def _coerce(field_name: str, value: Any, where: str) -> Any:
@@ -107,6 +125,10 @@ def _coerce(field_name: str, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise ConfigError(f"{where}: must be a size in bytes (such as 16m or 65536)")
         return parse_size(str(value), where)
+    if field_name in _DURATION_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{where}: must be a duration (such as 60s, 48h or 35d)")
+        return parse_duration_setting(value, where, zero=field_name == "history_interval")
     if field_name in _FLOAT_FIELDS:
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"{where}: must be a positive number of seconds")
@@ -129,29 +151,55 @@ def parse_size(text: str, where: str = "max-policy-file-size") -> int:
     return size
 
 
+def parse_duration_setting(value: str | float, where: str, *, zero: bool = False) -> float:
+    """A duration setting (`60s`, `48h`, `35d`, or seconds); positive, or 0 when `zero`."""
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0 or (seconds == 0 and not zero):
+        allowed = "0 (off) or " if zero else ""
+        raise ConfigError(
+            f"{where}: '{value}' is not {allowed}a duration (such as 60s, 48h or 35d)"
+        )
+    return seconds
+
+
 def validate(config: DaemonConfig) -> DaemonConfig:
     """Check the settings that are not checked by their type; raise ConfigError."""
     if config.kernel not in ("auto", "freebsd", "sim"):
         raise ConfigError(f"kernel: '{config.kernel}' is not one of auto, freebsd, sim")
     if config.log_level not in LOG_LEVELS:
-        raise ConfigError(f"log-level: '{config.log_level}' is not one of " + ", ".join(LOG_LEVELS))
+        raise ConfigError(f"log.level: '{config.log_level}' is not one of " + ", ".join(LOG_LEVELS))
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(
+            f"log.format: '{config.log_format}' is not one of " + ", ".join(LOG_FORMATS)
+        )
     if not config.telemetry_path.startswith("/"):
         raise ConfigError("web.telemetry-path must start with '/'")
     split_address(config.listen_address)
+    if config.history_interval and config.history_raw_retention < config.history_interval:
+        raise ConfigError("history.raw-retention must be at least one history.interval")
+    if config.history_retention < config.history_raw_retention:
+        raise ConfigError("history.retention must be at least history.raw-retention")
     return config
 
 
 def split_address(address: str) -> tuple[str, int]:
-    """`host:port`, `[v6]:port` or `:port` (all addresses) -> (host, port)."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise ConfigError(f"web.listen-address: '{address}' is not HOST:PORT")
-    host = host.strip("[]")
-    return host or "0.0.0.0", int(port_text)  # noqa: S104 (":10217" means every address)
+    """`host:port`, `[v6]:port` or `:port` (all addresses) -> (host, port); a URL or an
+    IPv6 address without brackets is a ConfigError that says how to write it."""
+    try:
+        host, port = parse_listen_address(address)
+    except ListenAddressError as error:
+        raise ConfigError(f"web.listen-address: {error}") from None
+    return host or "0.0.0.0", port  # noqa: S104 (":10217" means every address)
 
 
-def load_config_file(path: Path) -> dict[str, Any]:
-    """Read a config file into field values (unknown keys are errors with a suggestion)."""
+def load_config_file(path: Path, notes: list[str] | None = None) -> dict[str, Any]:
+    """Read a config file into field values (unknown keys are errors with a suggestion).
+
+    A key spelt as in the previous release (`RENAMED_KEYS`) is read, and a note saying so is
+    appended to `notes` for the caller to show."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
@@ -165,12 +213,20 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the configuration is a mapping of settings")
     values: dict[str, Any] = {}
-    for key, value in data.items():
+    for given_key, value in data.items():
+        key = RENAMED_KEYS.get(str(given_key), str(given_key))
+        if key != given_key and notes is not None:
+            notes.append(
+                f"{path}: '{given_key}' is now spelt '{key}' "
+                "(the old name goes in the next release)"
+            )
         field_name = FILE_KEYS.get(str(key))
         if field_name is None:
             close = difflib.get_close_matches(str(key), list(FILE_KEYS), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{path}: unknown setting '{key}'{hint}")
+        if field_name in values:  # both spellings of a renamed key
+            raise ConfigError(f"{path}: '{key}' is given twice (once under its old name)")
         values[field_name] = _coerce(field_name, value, f"{path}: {key}")
     # A relative path in the file is relative to the file, wherever the daemon is started.
     for field_name in _PATH_FIELDS & values.keys():

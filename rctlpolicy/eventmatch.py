@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from rctlpolicy.actioncontext import ActionContext, ActionInputError
-from rctlpolicy.devd import RctlEvent
+from rctlpolicy.devd.message import RctlEvent
 from rctlpolicy.model import HOST_JAIL, Action, Rule, SubjectType
 from rctlpolicy.onmatch import OnMatch, uses_event_fields
 from rctlpolicy.policy_model import PolicyRule

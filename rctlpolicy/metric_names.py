@@ -15,15 +15,14 @@ Counter names keep their `_total`: prometheus_client's CounterMetricFamily strip
 family name and puts it back on the sample, so the constant is what PromQL sees either way.
 The values of the `outcome` labels belong to the code that counts them (rctlpolicy.exporter).
 
-`promql_selectors` is a small PromQL scanner, enough to list the metrics and label names an
-expression uses, so dashboards and alert rules can be checked against this table.
+The tests check the dashboards' and alert rules' expressions against this table with a small
+PromQL scanner of their own (tests/promql.py).
 
 Pure: no I/O, no prometheus_client import.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -129,6 +128,8 @@ RCTLPOLICY_RULES = "rctlpolicy_rules"
 RCTLPOLICY_CONFIG_RELOAD_PENDING = "rctlpolicy_config_reload_pending"
 RCTLPOLICY_DEVD_CONNECTED = "rctlpolicy_devd_connected"
 RCTLPOLICY_DEVD_RECONNECTS_TOTAL = "rctlpolicy_devd_reconnects_total"
+RCTLPOLICY_DEVD_RECEIVING = "rctlpolicy_devd_receiving"
+RCTLPOLICY_DEVD_RECORDS_DROPPED_TOTAL = "rctlpolicy_devd_records_dropped_total"
 RCTLPOLICY_KERNEL_RULES_LOST_TOTAL = "rctlpolicy_kernel_rules_lost_total"
 RCTLPOLICY_EVENTS_TOTAL = "rctlpolicy_events_total"
 RCTLPOLICY_ACTIONS_TOTAL = "rctlpolicy_actions_total"
@@ -137,12 +138,24 @@ RCTLPOLICY_EXHAUSTED_ACTIONS = "rctlpolicy_exhausted_actions"
 RCTLPOLICY_ACTIONS_RUNNING = "rctlpolicy_actions_running"
 RCTLPOLICY_ACTIONS_RUNNING_LIMIT = "rctlpolicy_actions_running_limit"
 RCTLPOLICY_ACTIONS_DELAYED_TOTAL = "rctlpolicy_actions_delayed_total"
+RCTLPOLICY_HISTORY_SAMPLES_TOTAL = "rctlpolicy_history_samples_total"
+RCTLPOLICY_HISTORY_DROPPED_TOTAL = "rctlpolicy_history_dropped_total"
+RCTLPOLICY_HISTORY_PAUSED = "rctlpolicy_history_paused"
 # prometheus_client's ProcessCollector reads Linux /proc and reports nothing on FreeBSD, so the
 # daemon measures itself under its own prefix.
 RCTLPOLICY_PROCESS_CPU_SECONDS_TOTAL = "rctlpolicy_process_cpu_seconds_total"
 RCTLPOLICY_PROCESS_RESIDENT_MEMORY_BYTES = "rctlpolicy_process_resident_memory_bytes"
 RCTLPOLICY_PROCESS_START_TIME_SECONDS = "rctlpolicy_process_start_time_seconds"
 RCTLPOLICY_PROCESS_OPEN_FDS = "rctlpolicy_process_open_fds"
+
+# The metrics endpoint itself (rctlpolicy.web): how it holds up against its clients.
+RCTLPOLICY_WEB_CONNECTIONS_OPEN = "rctlpolicy_web_connections_open"
+RCTLPOLICY_WEB_CONNECTIONS_LIMIT = "rctlpolicy_web_connections_limit"
+RCTLPOLICY_WEB_CONNECTIONS_EVICTED_TOTAL = "rctlpolicy_web_connections_evicted_total"
+RCTLPOLICY_WEB_CONNECTIONS_REFUSED_TOTAL = "rctlpolicy_web_connections_refused_total"
+RCTLPOLICY_WEB_TLS_HANDSHAKE_TIMEOUTS_TOTAL = "rctlpolicy_web_tls_handshake_timeouts_total"
+RCTLPOLICY_WEB_AUTH_FAILURES_TOTAL = "rctlpolicy_web_auth_failures_total"
+RCTLPOLICY_WEB_REQUESTS_TOO_LARGE_TOTAL = "rctlpolicy_web_requests_too_large_total"
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +343,18 @@ def _specs() -> tuple[MetricSpec, ...]:
             "Connections to devd's socket made after the first one.",
         ),
         MetricSpec(
+            RCTLPOLICY_DEVD_RECEIVING,
+            _G,
+            "1 once devd has sent a record on the current connection; 0 while connected but "
+            "not yet accepted (devd at its client limit, devd -l) or on a host with no events "
+            "since the connection.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_DEVD_RECORDS_DROPPED_TOTAL,
+            _C,
+            "devd records the daemon received but dropped because its event queue was full.",
+        ),
+        MetricSpec(
             RCTLPOLICY_KERNEL_RULES_LOST_TOTAL,
             _C,
             "Times the kernel was found without the rules the daemon applied (the simulated "
@@ -371,6 +396,23 @@ def _specs() -> tuple[MetricSpec, ...]:
             "on_match actions that waited because the running limit was reached.",
         ),
         MetricSpec(
+            RCTLPOLICY_HISTORY_SAMPLES_TOTAL,
+            _C,
+            "Jail usage samples stored in the usage history (one per jail and interval).",
+        ),
+        MetricSpec(
+            RCTLPOLICY_HISTORY_DROPPED_TOTAL,
+            _C,
+            "Jail usage samples not stored: the history's writer was behind, or storing was "
+            "paused.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_HISTORY_PAUSED,
+            _G,
+            "1 while the usage history cannot be written (a full disk); sampling retries "
+            "every interval.",
+        ),
+        MetricSpec(
             RCTLPOLICY_PROCESS_CPU_SECONDS_TOTAL,
             _C,
             "User and system CPU time of the daemon, in seconds.",
@@ -381,6 +423,41 @@ def _specs() -> tuple[MetricSpec, ...]:
         MetricSpec(RCTLPOLICY_PROCESS_START_TIME_SECONDS, _G, "Unix time the daemon started at."),
         MetricSpec(
             RCTLPOLICY_PROCESS_OPEN_FDS, _G, "Number of open file descriptors of the daemon."
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_CONNECTIONS_OPEN, _G, "Connections to the metrics endpoint open now."
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_CONNECTIONS_LIMIT,
+            _G,
+            "The most connections the metrics endpoint keeps open at once.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_CONNECTIONS_EVICTED_TOTAL,
+            _C,
+            "Connections closed to make room for a new one, with the endpoint full: each the "
+            "oldest that had not sent an authorised request (slow, stalled or guessing clients).",
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_CONNECTIONS_REFUSED_TOTAL,
+            _C,
+            "Connections closed at once because the endpoint was full of connections being "
+            "served or kept alive after an authorised request.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_TLS_HANDSHAKE_TIMEOUTS_TOTAL,
+            _C,
+            "TLS handshakes the metrics endpoint gave up on because the client was too slow.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_AUTH_FAILURES_TOTAL,
+            _C,
+            "Requests to the metrics endpoint answered 401: no, malformed or wrong credentials.",
+        ),
+        MetricSpec(
+            RCTLPOLICY_WEB_REQUESTS_TOO_LARGE_TOTAL,
+            _C,
+            "Requests refused (431) because their request line and headers went past the budget.",
         ),
     ]
     return tuple(specs)
@@ -418,122 +495,3 @@ def sample_labels(sample_name: str) -> frozenset[str]:
     spec = _SPECS_BY_SAMPLE[sample_name]
     extra = ("le",) if sample_name == f"{spec.name}_bucket" else ()
     return frozenset((*spec.labels, *extra))
-
-
-# PromQL as far as telling metric names apart from functions, keywords and label names.
-_PROMQL_FUNCTIONS = frozenset({
-    "abs", "absent", "absent_over_time", "acos", "acosh", "asin", "asinh", "atan", "atanh",
-    "avg_over_time", "ceil", "changes", "clamp", "clamp_max", "clamp_min", "cos", "cosh",
-    "count_over_time", "day_of_month", "day_of_week", "day_of_year", "days_in_month", "deg",
-    "delta", "deriv", "exp", "floor", "histogram_count", "histogram_fraction",
-    "histogram_quantile", "histogram_stddev", "histogram_stdvar", "histogram_sum",
-    "holt_winters", "hour", "idelta", "increase", "irate", "label_join", "label_replace",
-    "last_over_time", "ln", "log10", "log2", "mad_over_time", "max_over_time", "min_over_time",
-    "minute", "month", "pi", "predict_linear", "present_over_time", "quantile_over_time", "rad",
-    "rate", "resets", "round", "scalar", "sgn", "sin", "sinh", "sort", "sort_desc", "sqrt",
-    "stddev_over_time", "stdvar_over_time", "sum_over_time", "tan", "tanh", "time", "timestamp",
-    "vector", "year", "start", "end",
-})  # fmt: skip
-_PROMQL_AGGREGATIONS = frozenset({
-    "avg", "bottomk", "count", "count_values", "group", "max", "min", "quantile", "stddev",
-    "stdvar", "sum", "topk",
-})  # fmt: skip
-_PROMQL_LABEL_LIST_KEYWORDS = frozenset({
-    "by", "without", "on", "ignoring", "group_left", "group_right",
-})  # fmt: skip
-_PROMQL_KEYWORDS = _PROMQL_LABEL_LIST_KEYWORDS | frozenset({
-    "and", "or", "unless", "bool", "offset", "atan2", "inf", "nan",
-})  # fmt: skip
-_PROMQL_TOKEN = re.compile(
-    r"""
-    (?P<space>\s+)
-    |(?P<comment>\#[^\n]*)
-    |(?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
-    |(?P<variable>\$(?:\{[^}]*\}|\w+))
-    |(?P<number>0[xX][0-9a-fA-F]+|(?:\d+(?:ms|[smhdwy]))+(?![\w.])
-        |(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
-    |(?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
-    |(?P<punct>[{}()\[\],])
-    |(?P<other>.)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
-
-
-def promql_metric_names(expr: str) -> frozenset[str]:
-    """The metric names a PromQL expression selects (Grafana's `$variables` allowed).
-
-    Label names inside `{...}` and `by/without/on/ignoring/group_*(...)` lists, functions,
-    aggregations and keywords are not metric names. Raises ValueError for an identifier called
-    like a function that PromQL does not know, so a typo is reported rather than skipped.
-    """
-    return frozenset(name for name, _ in promql_selectors(expr))
-
-
-def promql_selectors(expr: str) -> tuple[tuple[str, frozenset[str]], ...]:
-    """Each metric selector of a PromQL expression: (metric name, label names it matches on).
-
-    `jail_memoryuse_limit_bytes{action="deny", per="jail"}` gives
-    `("jail_memoryuse_limit_bytes", {"action", "per"})`. Raises ValueError as
-    `promql_metric_names` does.
-    """
-    tokens = [
-        (m.lastgroup or "", m.group())
-        for m in _PROMQL_TOKEN.finditer(expr)
-        if m.lastgroup not in ("space", "comment")
-    ]
-    selectors: list[tuple[str, set[str]]] = []
-    braces = brackets = paren_depth = 0
-    # Parenthesis depths at which a `by (...)`, `on (...)`, ... label list is open.
-    label_list_opened_at: list[int] = []
-    expect_label_list = False
-    # The selector whose `{...}` is open, if its metric name came just before it.
-    open_selector: set[str] | None = None
-    for index, (kind, text) in enumerate(tokens):
-        following = tokens[index + 1][1] if index + 1 < len(tokens) else ""
-        if kind == "punct":
-            if text == "{":
-                braces += 1
-            elif text == "}":
-                braces -= 1
-                open_selector = None
-            elif text == "[":
-                brackets += 1
-            elif text == "]":
-                brackets -= 1
-            elif text == "(":
-                paren_depth += 1
-                if expect_label_list:
-                    label_list_opened_at.append(paren_depth)
-            elif text == ")":
-                if label_list_opened_at and label_list_opened_at[-1] == paren_depth:
-                    label_list_opened_at.pop()
-                paren_depth -= 1
-            expect_label_list = False
-            continue
-        expect_label_list = False
-        if kind != "ident" or brackets or label_list_opened_at:
-            continue
-        if braces:
-            if open_selector is not None and following in ("=", "!"):  # =, =~, !=, !~
-                open_selector.add(text)
-            continue
-        lowered = text.lower()
-        if lowered in _PROMQL_LABEL_LIST_KEYWORDS:
-            expect_label_list = following == "("
-            continue
-        if text in _PROMQL_AGGREGATIONS and following.lower() in ("(", "by", "without"):
-            continue  # `sum (...)`, `sum by (x) (...)`
-        if lowered in _PROMQL_KEYWORDS:
-            continue  # `or (...)` is not a call
-        if following == "(":
-            if text not in _PROMQL_FUNCTIONS:
-                raise ValueError(f"unknown PromQL function {text!r} in {expr!r}")
-            continue
-        labels: set[str] = set()
-        selectors.append((text, labels))
-        if following == "{":
-            open_selector = labels
-    if braces or brackets or paren_depth:
-        raise ValueError(f"unbalanced brackets in {expr!r}")
-    return tuple((name, frozenset(labels)) for name, labels in selectors)

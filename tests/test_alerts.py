@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 import yaml
+from promql import promql_selectors
 
 from rctlpolicy.exporter import ACTION_OUTCOMES, EVENT_OUTCOMES
 from rctlpolicy.metric_names import (
     ALL_SAMPLE_NAMES,
     RCTLPOLICY_ACTIONS_TOTAL,
     RCTLPOLICY_EVENTS_TOTAL,
-    promql_selectors,
     sample_labels,
 )
 

@@ -38,15 +38,19 @@ web.config.file: /etc/rp/web.yml
 pidfile: /run/rp.pid
 syslog: true
 syslog-socket: /dev/log
-log-level: debug
+log.level: debug
+log.format: logfmt
 flush-on-exit: true
-output.file-path: /var/tmp/rp.prom
+output-file: /var/tmp/rp.prom
 state-dir: /var/db/rp
 jail-poll-interval: 2
 reload-debounce: 0.5
 reload-settle: 4
 max-policy-file-size: 1m
 shutdown-timeout: 3
+history.interval: 30s
+history.raw-retention: 24h
+history.retention: 10d
 """,
     )
     values = load_config_file(path)
@@ -64,6 +68,7 @@ shutdown-timeout: 3
         syslog=True,
         syslog_socket="/dev/log",
         log_level="debug",
+        log_format="logfmt",
         flush_on_exit=True,
         output_file=Path("/var/tmp/rp.prom"),
         state_dir=Path("/var/db/rp"),
@@ -72,6 +77,9 @@ shutdown-timeout: 3
         reload_settle=4.0,
         max_policy_file_size=1024 * 1024,
         shutdown_timeout=3.0,
+        history_interval=30.0,
+        history_raw_retention=86400.0,
+        history_retention=864000.0,
     )
 
 
@@ -85,6 +93,9 @@ shutdown-timeout: 3
         ("jail-poll-interval: 0\n", "must be a positive number of seconds"),
         ("shutdown-timeout: true\n", "must be a positive number of seconds"),
         ("rules-dir: ''\n", "rules-dir: must be a non-empty string"),
+        ("history.interval: -1\n", "is not 0 (off) or a duration"),
+        ("history.retention: 0\n", "is not a duration"),
+        ("history.raw-retention: soon\n", "is not a duration"),
         ("web.listen-address: 10217\n", "must be a non-empty string"),
         ("reload-settle: -1\n", "must be a positive number of seconds"),
         ("max-policy-file-size: 16MiB\n", "'16MiB' is not a size in bytes (such as 16m"),
@@ -103,7 +114,7 @@ def test_file_errors_say_what_and_where(tmp_path: Path, text: str, message: str)
 
 
 def test_a_setting_given_twice_is_an_error_not_the_last_one(tmp_path: Path) -> None:
-    path = config_file(tmp_path, "rules-dir: /etc/rp/rules\nlog-level: info\nrules-dir: /tmp/x\n")
+    path = config_file(tmp_path, "rules-dir: /etc/rp/rules\nlog.level: info\nrules-dir: /tmp/x\n")
     with pytest.raises(ConfigError) as caught:
         load_config_file(path)
     message = str(caught.value)
@@ -148,7 +159,7 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
 
 def test_flags_given_override_the_file_and_flags_not_given_do_not(tmp_path: Path) -> None:
     values = load_config_file(
-        config_file(tmp_path, "log-level: debug\nweb.listen-address: ':1234'\nsyslog: true\n")
+        config_file(tmp_path, "log.level: debug\nweb.listen-address: ':1234'\nsyslog: true\n")
     )
     config = build_config(values, {"log_level": "error", "listen_address": None, "syslog": None})
     assert config.log_level == "error"  # the flag wins
@@ -160,10 +171,15 @@ def test_flags_given_override_the_file_and_flags_not_given_do_not(tmp_path: Path
     ("flags", "message"),
     [
         ({"kernel": "linux"}, "kernel: 'linux' is not one of auto, freebsd, sim"),
-        ({"log_level": "loud"}, "log-level: 'loud' is not one of"),
+        ({"log_level": "loud"}, "log.level: 'loud' is not one of"),
+        ({"log_format": "xml"}, "log.format: 'xml' is not one of text, logfmt, json"),
         ({"telemetry_path": "metrics"}, "must start with '/'"),
         ({"listen_address": "localhost"}, "is not HOST:PORT"),
         ({"listen_address": "h:99999"}, "is not HOST:PORT"),
+        ({"listen_address": "http://127.0.0.1:10217/metrics"}, "is HOST:PORT, not a URL"),
+        ({"listen_address": "https://[::1]:10217"}, "is HOST:PORT, not a URL"),
+        ({"listen_address": "::1:10217"}, r"in brackets, as in \[::1\]:10217"),
+        ({"listen_address": "[127.0.0.1]:10217"}, "brackets hold an IPv6 address"),
         ({"colour": "red"}, "unknown settings: colour"),
     ],
 )
@@ -178,6 +194,8 @@ def test_invalid_values_are_refused(flags: dict[str, object], message: str) -> N
         ("127.0.0.1:10217", ("127.0.0.1", 10217)),
         ("[::1]:0", ("::1", 0)),
         (":10217", ("0.0.0.0", 10217)),
+        ("[fe80::1%em0]:9100", ("fe80::1%em0", 9100)),
+        ("localhost:10217", ("localhost", 10217)),
         (DEFAULT_LISTEN_ADDRESS, ("127.0.0.1", 10217)),
     ],
 )
@@ -192,6 +210,22 @@ def test_the_daemon_command_reports_a_bad_config_file_with_exit_2(
     assert main(["daemon", "--config", str(path)]) == 2
     error = capsys.readouterr().err
     assert "unknown setting 'rule-dir'; did you mean 'rules-dir'?" in error
+
+
+@pytest.mark.parametrize(
+    "address", ["http://127.0.0.1:10217/metrics", "127.0.0.1:10217/metrics", "::1:10217"]
+)
+def test_the_daemon_command_explains_a_listen_address_that_is_not_host_port(
+    address: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["daemon", "--web.listen-address", address]) == 2
+    error = capsys.readouterr().err
+    assert f"web.listen-address: '{address}'" in error
+    assert "HOST:PORT" in error
+    if "/" in address:
+        assert "not a URL" in error
+    else:
+        assert "[::1]:10217" in error
 
 
 def test_load_daemon_config_says_which_file_gave_what(tmp_path: Path) -> None:

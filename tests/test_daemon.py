@@ -13,6 +13,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import time
@@ -150,13 +151,15 @@ def test_garbage_malformed_and_unmatched_lines_are_counted_and_survived(env: Env
         head + b" nothing like a rule\n",
         head + b"\n",
         b"!system=RCTL subsystem=rule type=matched  rule=" + DB1_MEM.encode() + b"\n",
+        head + b" rule=" + DB1_MEM.encode() + b" pid=42 ruid=770 jail=db\xff1\n",  # not UTF-8
     ):
         assert env.server.send(line) == 1
     env.send("jail:db1:memoryuse:devctl=1", jail="db1")  # not a rule of the policy
     env.send(DB1_MEM)
     wait_for_records(env.out, 1)
     daemon.wait_value("rctlpolicy_events_total", 1, outcome="handled")
-    assert daemon.value("rctlpolicy_events_total", outcome="malformed") == 4
+    assert daemon.value("rctlpolicy_events_total", outcome="malformed") == 5
+    daemon.log.wait_for(r"malformed RCTL message \(not UTF-8 text\): .*jail=db\\\\xff1")
     assert daemon.value("rctlpolicy_events_total", outcome="unmatched") == 1
     daemon.log.wait_for(r"malformed RCTL message \(pid is not a number")
     assert daemon.proc.poll() is None
@@ -415,6 +418,38 @@ def test_devd_restart_reconnects_and_resync_acts_once_per_episode(env: Env) -> N
     assert len(records(env.out)) == 2
 
 
+def test_a_connection_devd_parks_at_its_client_limit_is_resynced_when_records_come(
+    env: Env,
+) -> None:
+    """devd at its client limit (devd -l) leaves a new connection in its listen queue: the
+    daemon's connect succeeds, yet it hears nothing until a slot frees."""
+    env.policy(
+        "p.yaml", [{"rule": WEB1_PROC, "on_match": on_match(action_argv(env.out, "{jail}"))}]
+    )
+    env.server.client_limit = 1
+    env.server.start()
+    holder = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    holder.connect(str(env.server.seqpacket_path))
+    assert env.server.wait_for_clients(1, 10)
+    daemon = env.start(wait=False)
+    daemon.wait_started()
+    daemon.wait_connected()
+    daemon.wait_value("rctlpolicy_devd_connected", 1)
+    assert daemon.value("rctlpolicy_devd_receiving") == 0
+    # The episode begins while the daemon is parked: its event reaches the other client only.
+    env.host.set_usage("jail:web1", "maxproc", 60)
+    env.send(WEB1_PROC, jail="web1")
+    holder.close()  # devd notices the hang-up and accepts the waiting connection
+    assert env.server.wait_for(lambda s: s.accepted_total == 2, 10)
+    mark = daemon.log.mark
+    assert env.server.send(b"!system=DEVFS subsystem=CDEV type=CREATE cdev=md0\n") == 1
+    daemon.log.wait_for(
+        r"resync \(first record from devd\): acted on 1 rule\(s\) over their limit", since=mark
+    )
+    daemon.wait_value("rctlpolicy_devd_receiving", 1)
+    assert [r["argv"] for r in wait_for_records(env.out, 1)] == [["web1"]]
+
+
 def test_the_stream_socket_is_the_fallback(env: Env) -> None:
     env.policy("p.yaml", [{"rule": DB1_MEM, "on_match": on_match(action_argv(env.out, "{pid}"))}])
     env.server.start()
@@ -618,7 +653,7 @@ def test_pidfile_output_file_and_flush_on_exit_keeps_foreign_rules(env: Env) -> 
     pidfile = env.root / "rctlpolicy.pid"
     metrics_file = env.root / "rctlpolicy.prom"
     daemon = env.start(
-        "--pidfile", str(pidfile), "--output.file-path", str(metrics_file), "--flush-on-exit"
+        "--pidfile", str(pidfile), "--output-file", str(metrics_file), "--flush-on-exit"
     )
     assert pidfile.read_text() == f"{daemon.pid}\n"
     assert stat.S_IMODE(pidfile.stat().st_mode) == 0o644
@@ -691,7 +726,9 @@ def test_promtool_check_metrics_passes_on_a_real_scrape(env: Env) -> None:
 
 
 _MASKED_NAMES = re.compile(
-    r"^(rctlpolicy_process_\w+|rctlpolicy_config_last_reload_success_timestamp_seconds)\b"
+    r"^(rctlpolicy_process_\w+|rctlpolicy_config_last_reload_success_timestamp_seconds"
+    # The scrape's own connection, and the earlier ones the server may not have closed yet.
+    r"|rctlpolicy_web_connections_open)\b"
 )
 
 
@@ -778,6 +815,24 @@ def test_web_config_basic_auth_guards_the_daemons_metrics(env: Env) -> None:
     assert scrape(None) == 401
     assert scrape("wrong") == 401
     assert scrape("s3cret") == 200
+    # The endpoint counts what it refused, in the daemon's own exposition.
+    request = urllib.request.Request(daemon.url)
+    token = base64.b64encode(b"prometheus:s3cret").decode()
+    request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert b"\nrctlpolicy_web_auth_failures_total 2.0\n" in response.read()
+    assert daemon.stop() == 0
+
+
+def test_an_ipv6_listen_address_is_logged_and_served_with_brackets(env: Env) -> None:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    env.policy("p.yaml", ["jail:db1:maxproc:deny=100"])
+    daemon = env.start("--web.listen-address", "[::1]:0")
+    assert re.fullmatch(r"http://\[::1\]:\d+/metrics", daemon.url), daemon.url
+    assert "rctlpolicy_rules 1.0" in daemon.scrape()
     assert daemon.stop() == 0
 
 

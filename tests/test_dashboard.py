@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from promql import promql_selectors
 
 from rctlpolicy import metric_names
-from rctlpolicy.metric_names import ALL_SAMPLE_NAMES, MetricType, promql_selectors
+from rctlpolicy.metric_names import ALL_SAMPLE_NAMES, MetricType
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "contrib" / "grafana" / "rctlpolicy.json"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,11 +24,13 @@ from rctlpolicy.devd import (
     LineFramer,
     MalformedEvent,
     RctlEvent,
+    Receiving,
     SocketKind,
     format_rctl_event,
     parse_devd_line,
     parse_rctl_event,
 )
+from rctlpolicy.devd.batch import BatchReceiver, Record
 from rctlpolicy.devdserver import DevdServer
 
 HEADER = "!system=RCTL subsystem=rule type=matched "
@@ -383,6 +387,47 @@ def test_parse_rctl_event_reports_malformed_lines(line: str, reason: str) -> Non
     assert result.raw == line
 
 
+@pytest.mark.parametrize(
+    "record",
+    [
+        HEADER.encode() + b"rule=user:1:maxproc:devctl=5 pid=1 ruid=1 jail=db\xff1",
+        HEADER.encode() + b"rule=user:1:maxproc:devctl=5 pid=1 ruid=1 jail=\xc3",
+        HEADER.encode() + b"rule=user:\xe9:maxproc:devctl=5 pid=1 ruid=1 jail=0",
+        b"!subsystem=rule system=RCTL type=matched jail=\xed\xa0\x80",  # a UTF-16 surrogate
+    ],
+)
+def test_an_rctl_line_that_is_not_utf8_is_malformed(record: bytes) -> None:
+    result = parse_rctl_event(record)
+    assert isinstance(result, MalformedEvent), result
+    assert result.reason == "not UTF-8 text"
+    assert "\ufffd" not in result.raw and "\\x" in result.raw  # the bytes, escaped
+    # The same bytes through argv (rctlpolicy handle: os.fsdecode's surrogate escapes).
+    again = parse_rctl_event(os.fsdecode(record))
+    assert isinstance(again, MalformedEvent) and again.reason == "not UTF-8 text"
+
+
+def test_other_subsystems_may_carry_any_bytes() -> None:
+    assert parse_rctl_event(b"!system=DEVFS subsystem=CDEV type=CREATE cdev=\xff\xfe") is None
+    assert parse_rctl_event(b"+\xff0 at bus=0 on uhub0") is None
+
+
+def test_a_character_cut_by_the_kernel_is_dropped_but_one_before_the_cut_is_not() -> None:
+    prefix_len = len("rule=") + len(" pid=23456 ruid=770 jail=")
+    rule = rule_of_length(RCTL_DATA_MAX - prefix_len - 21)
+    line = format_rctl_event(rule, 23456, 770, "\u0436" * 30)  # 21 bytes left: 10.5 chars
+    result = parse_rctl_event(line)
+    assert isinstance(result, RctlEvent) and result.truncated
+    assert result.jail == "\u0436" * 10
+    # A bad byte anywhere else in a cut line is still not UTF-8.
+    spoiled = line.replace(b"pid=23456", b"pid=2345\xff")
+    assert parse_rctl_event(spoiled) == MalformedEvent(
+        "not UTF-8 text", spoiled.rstrip(b"\n").decode("utf-8", "backslashreplace")
+    )
+    # An incomplete character at the end of a line that is not at the limit is not a cut.
+    short = HEADER.encode() + b"rule=user:1:maxproc:devctl=5 pid=1 ruid=1 jail=\xd0"
+    assert isinstance(parse_rctl_event(short), MalformedEvent)
+
+
 # Where the kernel's 127-byte cut lands, for data "rule=<R> pid=23456 ruid=770 jail=pgjail":
 # SUFFIX[:k] survives after a rule of 122 - k characters.
 SUFFIX = " pid=23456 ruid=770 jail=pgjail"
@@ -550,6 +595,11 @@ def make_client(sockdir: Path) -> Iterator[MakeClient]:
         assert client.stop(timeout=TIMEOUT)
 
 
+def record_of(text: str) -> bytes:
+    """A record as the reader queues it: devd's bytes without the trailing newline."""
+    return text.rstrip("\n").encode()
+
+
 def take(out: queue.Queue[DevdItem], n: int = 1) -> list[DevdItem]:
     return [out.get(timeout=TIMEOUT) for _ in range(n)]
 
@@ -564,7 +614,9 @@ def test_seqpacket_client_gets_one_item_per_record(
     # Records, not newlines, frame the seqpacket socket: a record without "\n" is still one.
     for line in (EXAMPLE_USER.encode(), b"!no-newline=1", EXAMPLE_DEVFS.encode()):
         devd.send(line)
-    assert take(out, 3) == [EXAMPLE_USER.rstrip("\n"), "!no-newline=1", EXAMPLE_DEVFS.rstrip("\n")]
+    assert take(out) == [Receiving(str(devd.seqpacket_path), SocketKind.SEQPACKET)]
+    assert client.receiving
+    assert take(out, 3) == [record_of(EXAMPLE_USER), b"!no-newline=1", record_of(EXAMPLE_DEVFS)]
 
 
 def test_client_falls_back_to_the_stream_socket(
@@ -575,7 +627,8 @@ def test_client_falls_back_to_the_stream_socket(
     assert devd.wait_for_clients(1, timeout=TIMEOUT)
     devd.send(EXAMPLE_PGJAIL.encode())
     devd.send(EXAMPLE_IFNET.encode())
-    assert take(out, 2) == [EXAMPLE_PGJAIL.rstrip("\n"), EXAMPLE_IFNET.rstrip("\n")]
+    assert take(out) == [Receiving(str(devd.stream_path), SocketKind.STREAM)]
+    assert take(out, 2) == [record_of(EXAMPLE_PGJAIL), record_of(EXAMPLE_IFNET)]
 
 
 def test_a_stream_socket_at_the_seqpacket_path_is_skipped(
@@ -599,9 +652,10 @@ def test_stream_framing_splits_joins_and_discards_the_last_fragment(
         with conn:
             assert take(out) == [Connected(str(sockdir / "devd.pipe"), SocketKind.STREAM)]
             conn.sendall(b"!a=1\n!b")
-            assert take(out) == ["!a=1"]  # "!b" is now held as a fragment
+            assert take(out) == [Receiving(str(sockdir / "devd.pipe"), SocketKind.STREAM)]
+            assert take(out) == [b"!a=1"]  # "!b" is now held as a fragment
             conn.sendall(b"=2\n!c=3\n!d=4\n\n!e")
-            assert take(out, 3) == ["!b=2", "!c=3", "!d=4"]
+            assert take(out, 3) == [b"!b=2", b"!c=3", b"!d=4"]
         # devd's short write: the unterminated "!e" is discarded at EOF, never delivered.
         assert take(out) == [Disconnected("EOF")]
         assert client.fragments_discarded == 1
@@ -630,7 +684,10 @@ def test_restart_reconnects_and_reports_it(devd: DevdServer, make_client: MakeCl
     ]
     assert devd.wait_for_clients(1, timeout=TIMEOUT)
     devd.send(EXAMPLE_PCPU.encode())
-    assert take(out) == [EXAMPLE_PCPU.rstrip("\n")]
+    assert take(out, 2) == [
+        Receiving(str(devd.seqpacket_path), SocketKind.SEQPACKET),
+        record_of(EXAMPLE_PCPU),
+    ]
 
 
 def test_client_waits_out_a_devd_outage(devd: DevdServer, make_client: MakeClient) -> None:
@@ -679,9 +736,10 @@ def test_garbage_and_non_rctl_lines_are_delivered_for_the_parser(
     ]
     for record in records:
         devd.send(record)
+    assert isinstance(take(out)[0], Receiving)
     items = take(out, 4)
-    assert items[0] == "\ufffd\ufffd" + EXAMPLE_USER.rstrip("\n")
-    results = [parse_rctl_event(item) for item in items if isinstance(item, str)]
+    assert items[0] == b"\xff\xfe" + record_of(EXAMPLE_USER)  # the bytes as devd sent them
+    results = [parse_rctl_event(item) for item in items if isinstance(item, bytes)]
     assert results[:2] == [None, None]
     assert isinstance(results[2], MalformedEvent)
     assert isinstance(results[3], RctlEvent) and results[3].truncated
@@ -696,6 +754,7 @@ def test_flood_of_2000_events_arrives_in_order(
     take(seq_out)
     take(stream_out)
     assert devd.wait_for_clients(2, timeout=TIMEOUT)
+    first = True
     lines = [
         format_rctl_event(f"user:{i}:swapuse:devctl=1073741824", 1000 + i, i, f"jail{i}")
         for i in range(2000)
@@ -703,9 +762,13 @@ def test_flood_of_2000_events_arrives_in_order(
     # Batches well inside the send buffer: a client that reads promptly is never dropped.
     for start in range(0, len(lines), 200):
         batch = lines[start : start + 200]
-        for line in batch:
-            assert devd.send(line) == 2
-        expected = [line.decode().rstrip("\n") for line in batch]
+        for record in batch:
+            assert devd.send(record) == 2
+        expected = [record.rstrip(b"\n") for record in batch]
+        if first:
+            assert isinstance(take(seq_out)[0], Receiving)
+            assert isinstance(take(stream_out)[0], Receiving)
+            first = False
         assert take(seq_out, len(batch)) == expected
         assert take(stream_out, len(batch)) == expected
     assert devd.dropped_total == 0
@@ -720,9 +783,10 @@ def test_oversized_seqpacket_record_is_cut_and_counted(
     assert devd.wait_for_clients(1, timeout=TIMEOUT)
     devd.send(b"!big=" + b"x" * (DEVCTL_MAXBUF + 100) + b"\n")
     devd.send(EXAMPLE_USER.encode())
+    assert isinstance(take(out)[0], Receiving)
     big, after = take(out, 2)
-    assert isinstance(big, str) and len(big) == DEVCTL_MAXBUF
-    assert after == EXAMPLE_USER.rstrip("\n")
+    assert isinstance(big, bytes) and len(big) == DEVCTL_MAXBUF
+    assert after == record_of(EXAMPLE_USER)
     assert client.records_truncated == 1
 
 
@@ -744,18 +808,22 @@ class WatchedQueue(queue.Queue[DevdItem]):
 def test_full_bounded_queue_drops_without_blocking_the_reader(
     devd: DevdServer, make_client: MakeClient
 ) -> None:
-    watched = WatchedQueue(maxsize=2)
+    watched = WatchedQueue(maxsize=3)
     client, out = make_client(out=watched)
     assert devd.wait_for_clients(1, timeout=TIMEOUT)
     for i in range(3):
         devd.send(f"!n={i}\n".encode())
     with watched.offers:
-        assert watched.offers.wait_for(lambda: watched.offered == 4, timeout=TIMEOUT)
-    # Connected and !n=0 filled the queue; !n=1 and !n=2 were dropped, not waited for.
+        assert watched.offers.wait_for(lambda: watched.offered == 5, timeout=TIMEOUT)
+    # Connected, Receiving and !n=0 filled the queue; !n=1 and !n=2 were dropped, not waited for.
     assert client.dropped == 2
-    assert take(out, 2) == [Connected(str(devd.seqpacket_path), SocketKind.SEQPACKET), "!n=0"]
+    assert take(out, 3) == [
+        Connected(str(devd.seqpacket_path), SocketKind.SEQPACKET),
+        Receiving(str(devd.seqpacket_path), SocketKind.SEQPACKET),
+        b"!n=0",
+    ]
     devd.send(b"!n=3\n")
-    assert take(out) == ["!n=3"]
+    assert take(out) == [b"!n=3"]
 
 
 def test_stop_ends_a_connected_reader_promptly(devd: DevdServer, sockdir: Path) -> None:
@@ -795,3 +863,85 @@ def test_client_arguments_are_checked(sockdir: Path) -> None:
         DevdClient(out, seqpacket_path=None, stream_path=None)
     unstarted = DevdClient(out, seqpacket_path=sockdir / "x")
     assert unstarted.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# Many records per call, the receive buffer, devd's client limit
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_batch_receiver_takes_records_whole_in_order(batch: bool) -> None:
+    sender, receiver_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with sender, receiver_sock:
+        receiver_sock.setblocking(False)
+        receiver = BatchReceiver(receiver_sock, DEVCTL_MAXBUF, count=8, batch=batch)
+        if batch and sys.platform.startswith(("linux", "freebsd")):
+            assert receiver.batched
+        with pytest.raises(BlockingIOError):
+            receiver.receive()
+        sent = [f"!n={i}".encode() * (i + 1) for i in range(20)]
+        sent.append(b"!big=" + b"x" * DEVCTL_MAXBUF)
+        for record in sent:
+            sender.send(record, socket.MSG_EOR)
+        got: list[Record] = []
+        while len(got) < len(sent):
+            records = receiver.receive()
+            assert 1 <= len(records) <= (8 if receiver.batched else 1)
+            got.extend(records)
+        assert [r.data for r in got[:-1]] == sent[:-1]
+        assert not any(r.cut for r in got[:-1])
+        assert got[-1] == Record(sent[-1][:DEVCTL_MAXBUF], True)
+        sender.close()
+        assert receiver.receive() == []  # EOF
+
+
+def test_the_reader_asks_for_a_large_receive_buffer(
+    devd: DevdServer, make_client: MakeClient
+) -> None:
+    client, out = make_client()
+    take(out)
+    default = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with default:
+        assert client.receive_buffer > default.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def test_a_connection_devd_has_not_accepted_is_not_receiving(sockdir: Path) -> None:
+    # devd at its limit stops accepting, yet connect() succeeds into the listen queue.
+    with DevdServer(sockdir, client_limit=1, full_check_interval=0.05) as server:
+        first, first_out = queue.Queue[DevdItem](), queue.Queue[DevdItem]()
+        seqpacket = server.seqpacket_path
+        holder = DevdClient(first_out, seqpacket_path=seqpacket, stream_path=None, backoff=FAST)
+        waiting = DevdClient(first, seqpacket_path=seqpacket, stream_path=None, backoff=FAST)
+        with holder:
+            assert take(first_out) == [Connected(str(seqpacket), SocketKind.SEQPACKET)]
+            assert server.wait_for_clients(1, TIMEOUT)
+            with waiting:
+                assert take(first) == [Connected(str(seqpacket), SocketKind.SEQPACKET)]
+                server.send(EXAMPLE_USER.encode())
+                assert take(first_out, 2)[1] == record_of(EXAMPLE_USER)
+                assert holder.receiving
+                assert first.empty() and waiting.connected and not waiting.receiving
+                holder.stop()  # a slot frees: devd accepts the waiting connection
+                assert server.wait_for(lambda s: s.accepted_total == 2, TIMEOUT)
+                assert server.wait_for_clients(1, TIMEOUT)
+                server.send(EXAMPLE_PCPU.encode())
+                assert take(first, 2) == [
+                    Receiving(str(seqpacket), SocketKind.SEQPACKET),
+                    record_of(EXAMPLE_PCPU),
+                ]
+                assert waiting.receiving
+
+
+def test_where_records_carry_msg_eor_a_part_without_it_is_discarded(
+    devd: DevdServer, make_client: MakeClient
+) -> None:
+    # Linux never sets MSG_EOR on receive, so here every record looks like a part of one:
+    # what a FreeBSD reader sees of the record devd's short send left behind.
+    client, out = make_client(require_eor=True)
+    take(out)
+    assert devd.wait_for_clients(1, timeout=TIMEOUT)
+    devd.send(EXAMPLE_USER.encode())
+    assert isinstance(take(out)[0], Receiving)
+    with pytest.raises(queue.Empty):
+        out.get(timeout=0.2)
+    assert (client.fragments_discarded, client.lines) == (1, 0)

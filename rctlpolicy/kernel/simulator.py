@@ -50,6 +50,7 @@ Where the simulation is simpler than FreeBSD:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -119,6 +120,11 @@ class SimulatedSyscalls:
     def host(self) -> HostSpec:
         """The host as its file says now (raises HostFileError)."""
         return self.host_file.load()
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Calls of this thread inside are answered from one look at the host file (a
+        scrape's hundreds of calls read it at most once): `HostFile.pinned`."""
+        return self.host_file.pinned()
 
     def racct_enabled(self) -> bool:
         """kern.racct.enable."""

@@ -1,0 +1,372 @@
+"""One client connection of the metrics server: TLS, HTTP/1.1 framing (h11), timeouts.
+
+Each connection is an asyncio protocol on the server's one event loop, so an idle, slow or
+hostile client costs a file descriptor, this object and at most ``header_budget`` bytes of
+buffered request (h11 refuses a request line plus headers past it, while reading). No thread
+is tied to a connection: TLS runs through memory BIOs on the loop, bcrypt and rendering are
+handed to small thread pools by the server and come back as callbacks.
+
+A connection goes through these phases::
+
+    HANDSHAKE (TLS only) -> WAITING -> SERVING -> WAITING -> ... -> CLOSED
+
+WAITING has two clocks: ``idle_timeout`` since the last bytes received and ``request_deadline``
+for the whole request line and headers; HANDSHAKE has ``idle_timeout`` and
+``handshake_timeout``. While SERVING, reading is paused, so a pipelining client cannot make the
+server buffer without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import http
+import logging
+import ssl
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import h11
+
+from rctlpolicy.web.settings import ServerLimits, host_port
+from rctlpolicy.web.tls import san_allowed
+
+logger = logging.getLogger("rctlpolicy.web")
+
+Headers = Sequence[tuple[str, str]]
+
+
+class Phase(enum.Enum):
+    HANDSHAKE = "handshake"
+    WAITING = "waiting"
+    SERVING = "serving"
+    CLOSED = "closed"
+
+
+class Request:
+    """What a handler needs of one HTTP request (header names in lower case)."""
+
+    __slots__ = ("has_body", "headers", "method", "path")
+
+    def __init__(self, event: h11.Request) -> None:
+        self.method = event.method.decode("ascii", "replace")
+        target = event.target.decode("ascii", "replace")
+        self.path = urllib.parse.urlsplit(target).path
+        headers: dict[str, str] = {}
+        for name, value in event.headers:
+            # The first of repeated headers; none the server reads may be repeated.
+            headers.setdefault(name.decode("ascii"), value.decode("latin-1"))
+        self.headers = headers
+        length = headers.get("content-length", "0").strip()
+        self.has_body = length not in ("", "0") or "transfer-encoding" in headers
+
+
+class ConnectionHost(Protocol):
+    """What a connection needs from its server (rctlpolicy.web.server.MetricsServer)."""
+
+    limits: ServerLimits
+
+    def tls_context(self) -> tuple[ssl.SSLContext, tuple[str, ...]] | None:
+        """The SSLContext and allowed client SANs for a new connection, None for plain HTTP."""
+        ...
+
+    def admit(self, connection: Connection) -> bool:
+        """Count the connection in (evicting another if full); False if it was refused."""
+        ...
+
+    def protect(self, connection: Connection) -> None:
+        """The connection has sent an authorised request: it may no longer be evicted."""
+        ...
+
+    def forget(self, connection: Connection) -> None:
+        """The connection is closed."""
+        ...
+
+    def handle(self, connection: Connection, request: Request) -> None:
+        """Answer ``request``, now or later, with ``connection.respond``."""
+        ...
+
+    def handshake_timed_out(self) -> None: ...
+
+    def request_too_large(self) -> None: ...
+
+
+class Connection(asyncio.Protocol):
+    """One client; see the module's docstring."""
+
+    def __init__(self, host: ConnectionHost) -> None:
+        self._host = host
+        self._limits = host.limits
+        self.phase = Phase.WAITING
+        self.transport: asyncio.Transport | None = None
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.header_budget)
+        self._ssl: ssl.SSLObject | None = None
+        self._incoming: ssl.MemoryBIO | None = None
+        self._outgoing: ssl.MemoryBIO | None = None
+        self._allowed_sans: tuple[str, ...] = ()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle_at = 0.0
+        self._deadline_at = 0.0
+        self._write_backlog = 0
+        self._closing = False
+
+    # --- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._loop = asyncio.get_running_loop()
+        if not self._host.admit(self):
+            self.phase = Phase.CLOSED
+            transport.abort()
+            return
+        tls = self._host.tls_context()
+        if tls is not None:
+            context, self._allowed_sans = tls
+            self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+            self.phase = Phase.HANDSHAKE
+            self._start_clocks(self._limits.handshake_timeout)
+        else:
+            self._start_clocks(self._limits.request_deadline)
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase is Phase.CLOSED:
+            return
+        assert self._loop is not None
+        self._idle_at = self._loop.time() + self._limits.idle_timeout
+        if self._ssl is None:
+            self._receive_plain(data)
+            return
+        assert self._incoming is not None
+        self._incoming.write(data)
+        if self.phase is Phase.HANDSHAKE and not self._handshake():
+            return
+        self._receive_plain(self._decrypt())
+
+    def eof_received(self) -> bool | None:
+        if self.phase is Phase.SERVING and self._ssl is None:
+            # A client may shut down its side after sending the request; answer it first.
+            self._h11.receive_data(b"")
+            return True
+        self.close()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.phase = Phase.CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._host.forget(self)
+
+    # --- what the server calls ------------------------------------------------------------
+
+    @property
+    def peer(self) -> str:
+        address: Any = self.transport.get_extra_info("peername") if self.transport else None
+        if isinstance(address, tuple) and len(address) >= 2:
+            return host_port(str(address[0]), int(address[1]))
+        return str(address)
+
+    def respond(
+        self,
+        status: int,
+        body: bytes,
+        headers: Headers,
+        *,
+        head: bool = False,
+        close: bool = False,
+    ) -> None:
+        """Send one whole response; then wait for the next request, or close."""
+        if self.phase is not Phase.SERVING:
+            return  # closed (evicted, timed out, server stopping) while the answer was made
+        fields = [*headers, ("Content-Length", str(len(body)))]
+        # A body the server did not read would be taken for the next request: close after.
+        if close or self._h11.their_state is not h11.DONE:
+            fields.append(("Connection", "close"))
+        reason = _REASONS.get(status, b"")
+        try:
+            data = self._h11.send(h11.Response(status_code=status, headers=fields, reason=reason))
+            if not head and body:
+                data += self._h11.send(h11.Data(data=body))
+            data += self._h11.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            logger.exception("metrics: cannot send a %d response to %s", status, self.peer)
+            self.abort()
+            return
+        self._send(data)
+        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
+            self._h11.start_next_cycle()
+            self.phase = Phase.WAITING
+            self._start_clocks(self._limits.request_deadline)
+            assert self.transport is not None
+            self.transport.resume_reading()
+            self._next_request()
+        else:
+            self.close()
+
+    def close(self) -> None:
+        """Flush what was written, then close."""
+        if self.phase is Phase.CLOSED or self.transport is None:
+            return
+        self.phase = Phase.CLOSED
+        if self._ssl is not None:
+            try:
+                self._ssl.unwrap()
+            except ssl.SSLError:
+                pass
+            self._flush_tls()
+        self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping anything not yet sent."""
+        if self.transport is not None:
+            self.phase = Phase.CLOSED
+            self.transport.abort()
+
+    # --- reading --------------------------------------------------------------------------
+
+    def _handshake(self) -> bool:
+        assert self._ssl is not None
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush_tls()
+            return False
+        except ssl.SSLError as exc:
+            # A client with no, an expired or an untrusted certificate, or plain HTTP.
+            self._flush_tls()
+            logger.warning("TLS with %s failed: %s", self.peer, exc.reason or exc)
+            self.close()
+            return False
+        self._flush_tls()
+        if self._allowed_sans and not san_allowed(
+            self._ssl.getpeercert() or {}, self._allowed_sans
+        ):
+            logger.warning("TLS client %s: certificate has none of the allowed SANs", self.peer)
+            self.abort()
+            return False
+        self.phase = Phase.WAITING
+        self._start_clocks(self._limits.request_deadline)
+        return True
+
+    def _decrypt(self) -> bytes:
+        assert self._ssl is not None
+        chunks = []
+        while True:
+            try:
+                chunk = self._ssl.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self.close()
+                break
+            except ssl.SSLError as exc:
+                logger.debug("TLS with %s failed: %s", self.peer, exc)
+                self.abort()
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        self._flush_tls()
+        return b"".join(chunks)
+
+    def _receive_plain(self, data: bytes) -> None:
+        if not data or self.phase is Phase.CLOSED:
+            return
+        self._h11.receive_data(data)
+        if self.phase is Phase.WAITING:
+            self._next_request()
+
+    def _next_request(self) -> None:
+        try:
+            event = self._h11.next_event()
+            if isinstance(event, h11.Request):
+                request = Request(event)
+                if not request.has_body:
+                    # A request without a body ends at once; h11 wants to be told so.
+                    self._h11.next_event()
+            else:
+                if isinstance(event, h11.ConnectionClosed):
+                    self.close()
+                return
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            if status == http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE:
+                self._host.request_too_large()
+            logger.debug("metrics: bad request from %s: %s", self.peer, exc)
+            self.phase = Phase.SERVING
+            self.respond(status, f"{http.HTTPStatus(status).phrase}\n".encode(), (), close=True)
+            return
+        self.phase = Phase.SERVING
+        self._stop_clocks()
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self._host.handle(self, request)
+
+    # --- writing --------------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        if self._ssl is None:
+            assert self.transport is not None
+            self.transport.write(data)
+            return
+        view = memoryview(data)
+        while view:
+            written = self._ssl.write(view)
+            view = view[written:]
+        self._flush_tls()
+
+    def _flush_tls(self) -> None:
+        assert self._outgoing is not None
+        pending = self._outgoing.read()
+        if pending and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(pending)
+
+    # --- clocks -----------------------------------------------------------------------------
+
+    def _start_clocks(self, deadline: float) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        self._idle_at = now + self._limits.idle_timeout
+        self._deadline_at = now + deadline
+        self._arm(min(self._idle_at, self._deadline_at))
+
+    def _stop_clocks(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self, when: float) -> None:
+        assert self._loop is not None
+        self._stop_clocks()
+        self._timer = self._loop.call_at(when, self._check_clocks)
+
+    def _check_clocks(self) -> None:
+        # data_received only moves _idle_at; the timer, armed for the earliest possible
+        # expiry, looks again when it fires, which saves re-arming a timer per read.
+        self._timer = None
+        if self.phase not in (Phase.HANDSHAKE, Phase.WAITING):
+            return
+        assert self._loop is not None and self.transport is not None
+        now = self._loop.time()
+        backlog = self.transport.get_write_buffer_size()
+        if backlog and backlog != self._write_backlog:
+            # The client is still reading the last response: that is not idleness.
+            self._write_backlog = backlog
+            self._idle_at = now + self._limits.idle_timeout
+        due = min(self._idle_at, self._deadline_at)
+        if now < due:
+            self._arm(due)
+            return
+        if self.phase is Phase.HANDSHAKE:
+            self._host.handshake_timed_out()
+            logger.debug("TLS handshake with %s timed out", self.peer)
+        else:
+            logger.debug("closing idle connection from %s", self.peer)
+        self.abort()
+
+
+_REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in http.HTTPStatus}
