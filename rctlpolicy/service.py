@@ -265,7 +265,7 @@ def _run_locked(config: DaemonConfig, setup: KernelSetup, state_dir: Path) -> in
             sim_devd.start()
         except OSError as error:
             hint = ""
-            if error.errno == errno.EADDRINUSE:  # `rctlpolicy sim devd`, or another daemon's
+            if error.errno in (errno.EADDRINUSE, errno.EBUSY):  # `sim devd`, another daemon's
                 hint = f"; to read it, pass --devd-socket {sim_devd.server.seqpacket_path}"
             _say(config, "daemon", f"cannot start the simulated devd: {_os_error(error)}{hint}")
             return 2
