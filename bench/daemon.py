@@ -3,13 +3,18 @@ and its memory.
 
     .venv/bin/python bench/daemon.py [--events 200] [--burst 2000] [--jails 500] [--check]
 
-Everything goes through the real interfaces: the daemon is `python -m rctlpolicy daemon` on a
-simulated host, fed by the devd double (`DevdServer`) on a real seqpacket socket, and scraped
-over HTTP. The action is GNU date(1) printing its own start time and the event's jail
-(`date "+%s.%N {jail}"`); the daemon logs its output, so each event's latency is that time minus
-the moment the bench sent the line. Baselines are measured in the same run: the same date
-command spawned directly (subprocess, as the engine does), and a scrape of an empty registry
-served by the same `MetricsServer`. Goals are printed beside the figures; the exit status is 0
+The scrape is bench/scrape.py's (issue 12, goal 2: the cost per sample with the kernel's
+answers replayed from recorded strings, against prometheus_client's generate_latest in the same
+run, at 125 and 2,000 jails and --jails; the HTTP scrape of a daemon on the simulated host and
+the simulator's share beside it), run from here too.
+
+Everything goes through the real interfaces: the daemon is `python -m rctlpolicy daemon` from
+the bench's own non-editable install (`bench/_venv.py`, bytecode), on a simulated host, fed by
+the devd double (`DevdServer`) on a real seqpacket socket. The action is GNU date(1) printing
+its own start time and the event's jail (`date "+%s.%N {jail}"`); the daemon logs its output,
+so each event's latency is that time minus the moment the bench sent the line. The baseline is
+measured in the same run: the same date command spawned directly
+(subprocess, as the engine does). Goals are printed beside the figures; the exit status is 0
 unless --check is given and a goal is missed.
 """
 
@@ -22,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,16 +36,14 @@ import yaml
 # The test suite's harness for the daemon subprocess (tests/ is not a package).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import scrape
+from _venv import NEUTRAL_CWD, bench_env, bench_python
 from daemon_helpers import DaemonProcess, SimHost, short_tempdir, wait_until, write_config
-from prometheus_client import CollectorRegistry
 
 from rctlpolicy.devd import format_rctl_event
 from rctlpolicy.devdserver import DevdServer
-from rctlpolicy.exporter import renderer
-from rctlpolicy.web import MetricsServer
 
 GOAL_P99_RATIO = 2.0
-GOAL_SCRAPE_RATIO = 20.0
 DATE = "/usr/bin/date"
 #: A devctl rule of user www: its events may come from any jail, so each event's jail makes a
 #: distinct (rule, jail) for the engine, and 2,000 of them are 2,000 runs.
@@ -86,12 +88,12 @@ def start_daemon(root: Path, host: SimHost, server: DevdServer, rules: object) -
     rules_dir = root / "rules"
     rules_dir.mkdir(exist_ok=True)
     (rules_dir / "bench.yaml").write_text(yaml.safe_dump({"rules": rules}))
-    config = write_config(root / "rctlpolicy.yaml", {"log-level": "info"})
+    config = write_config(root / "rctlpolicy.yaml", {"log.level": "info"})
     daemon = DaemonProcess([
         "--config", str(config), "--kernel", "sim", "--sim-host", str(host.path),
         "--rules-dir", str(rules_dir), "--state-dir", str(root / "state"),
         "--web.listen-address", "127.0.0.1:0", "--devd-socket", str(server.seqpacket_path),
-    ])  # fmt: skip
+    ], python=str(bench_python()), cwd=NEUTRAL_CWD, environ=bench_env())  # fmt: skip
     daemon.wait_started(30)
     assert server.wait_for_clients(1, 10), "the daemon did not connect to devd"
     daemon.wait_connected(10)
@@ -103,20 +105,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
-
-
-def scrape_seconds(url: str, runs: int) -> float:
-    def once() -> None:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            response.read()
-
-    once()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def latency_run(args: argparse.Namespace, root: Path, sockets: Path) -> dict[str, Any]:
@@ -135,7 +123,7 @@ def latency_run(args: argparse.Namespace, root: Path, sockets: Path) -> dict[str
             sent[jail] = time.time()
             server.send(format_rctl_event(RULE, 5100, 80, jail))
             # Idle again before the next one: the action has ended and been accounted for.
-            daemon.log.wait_for(rf"action date for \S+ in jail {jail}: ok", 10, since=mark)
+            daemon.log.wait_for(rf"action \S+ for \S+ in jail {jail}: ok", 10, since=mark)
         starts = action_starts(daemon)
         single = [starts[jail] - at for jail, at in sent.items()]
 
@@ -180,38 +168,6 @@ def latency_run(args: argparse.Namespace, root: Path, sockets: Path) -> dict[str
         server.stop()
 
 
-def scrape_run(args: argparse.Namespace, root: Path, sockets: Path) -> dict[str, Any]:
-    root.mkdir()
-    jails = {f"j{index:04d}": {"jid": index + 1} for index in range(args.jails)}
-    usage = {
-        f"jail:{name}": {"cputime": 3600 + i, "memoryuse": 2**28 + i, "maxproc": 10 + i % 50,
-                         "openfiles": 200, "pcpu": i % 100, "readbps": 1048576}
-        for i, name in enumerate(jails)
-    }  # fmt: skip
-    host = SimHost(root / "host.yaml", {"users": {"root": 0, "www": 80}, "jails": jails,
-                                        "usage": usage})  # fmt: skip
-    server = DevdServer(sockets)
-    server.start()
-    limits = ["jail:j*:memoryuse:deny=4294967296", "jail:j*:maxproc:deny=500"]
-    daemon = start_daemon(root, host, server, [{"rule": rule} for rule in limits])
-    try:
-        assert daemon.value("rctlpolicy_rules") == 2 * args.jails
-        full = scrape_seconds(daemon.url, args.scrapes)
-        size = len(daemon.scrape())
-        memory = rss_kib(daemon.pid)
-    finally:
-        daemon.stop()
-        daemon.close()
-        server.stop()
-    empty_server = MetricsServer("127.0.0.1", 0, "/metrics", renderer(CollectorRegistry()))
-    empty_server.start()
-    try:
-        empty = scrape_seconds(f"http://127.0.0.1:{empty_server.port}/metrics", args.scrapes)
-    finally:
-        empty_server.stop()
-    return {"full": full, "empty": empty, "bytes": size, "rss_kib": memory}
-
-
 def line(label: str, value: str, goal: str = "", met: bool | None = None) -> None:
     verdict = "" if met is None else ("met" if met else "NOT MET")
     print(f"{label:<30}{value:>26}   {goal:<30}{verdict}")
@@ -232,16 +188,13 @@ def main() -> int:
     bare = bare_spawn_latencies(args.events)
     with tempfile.TemporaryDirectory(prefix="rctlbench") as tmp, short_tempdir() as sockets:
         latency = latency_run(args, Path(tmp) / "a", sockets)
-        scrape = scrape_run(args, Path(tmp) / "b", sockets)
 
     ms: Callable[[float], str] = lambda seconds: f"{seconds * 1000:.2f} ms"  # noqa: E731
     single, burst = latency["single"], latency["burst"]
     p99, bare_p99 = percentile(single, 0.99), percentile(bare, 0.99)
     lost = args.events + args.burst - latency["counted"]["handled"]
-    scrape_ratio = scrape["full"] / scrape["empty"]
     p99_ok = p99 <= GOAL_P99_RATIO * bare_p99
     lost_ok = lost == 0 and latency["actions_ok"] == args.events + args.burst
-    scrape_ok = scrape_ratio < GOAL_SCRAPE_RATIO
 
     print(f"event -> action start, {args.events} events one at a time (action: {DATE})")
     line("  daemon median / p99", f"{ms(statistics.median(single))} / {ms(p99)}",
@@ -255,12 +208,10 @@ def main() -> int:
     line("  events lost", f"{lost:g}", "not one event lost", lost_ok)
     print(f"    counted: {counted}; actions ok {latency['actions_ok']:g}; "
           f"dropped by devd {latency['dropped_by_devd']}")  # fmt: skip
-    print(f"scrape, {args.jails} jails ({scrape['bytes']:,} bytes), median of {args.scrapes}")
-    line("  500-jail / empty registry", f"{ms(scrape['full'])} / {ms(scrape['empty'])}",
-         f"< {GOAL_SCRAPE_RATIO:g}x empty ({scrape_ratio:.1f}x)", scrape_ok)  # fmt: skip
     print("resident memory (VmRSS)")
     line("  after the burst", f"{latency['rss_kib'] / 1024:.1f} MiB")
-    line(f"  serving {args.jails} jails", f"{scrape['rss_kib'] / 1024:.1f} MiB")
+    print(f"scrape (bench/scrape.py), {sorted({125, args.jails, 2000})} jails")
+    scrape_ok = scrape.run(sorted({125, args.jails, 2000}), 15, args.jails, args.scrapes)
     return 1 if args.check and not (p99_ok and lost_ok and scrape_ok) else 0
 
 

@@ -79,7 +79,7 @@ class Daemon:
         rules_dir.mkdir()
         (rules_dir / "bench.yaml").write_text(yaml.safe_dump({"rules": rules}))
         config = write_config(
-            root / "rctlpolicy.yaml", {"log-level": "info", "shutdown-timeout": 0.5}
+            root / "rctlpolicy.yaml", {"log.level": "info", "shutdown-timeout": 0.5}
         )
         host = SimHost(root / "host.yaml")
         argv = [

@@ -25,6 +25,8 @@ DEFAULT_LISTEN_ADDRESS = "127.0.0.1:10217"
 DEFAULT_DEVD_SOCKET = Path("/var/run/devd.seqpacket.pipe")
 DEFAULT_SYSLOG_SOCKET = "/var/run/log"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: text: a timestamped line for a terminal; logfmt: key=value pairs; json: an object per line.
+LOG_FORMATS = ("text", "logfmt", "json")
 #: The largest policy file read (`max-policy-file-size`): real policies are kilobytes.
 DEFAULT_MAX_POLICY_FILE_SIZE = 16 * 1024 * 1024
 
@@ -48,6 +50,7 @@ class DaemonConfig:
     syslog: bool = False
     syslog_socket: str = DEFAULT_SYSLOG_SOCKET
     log_level: str = "info"
+    log_format: str = "text"
     flush_on_exit: bool = False
     output_file: Path | None = None
     state_dir: Path | None = None
@@ -81,9 +84,10 @@ FILE_KEYS: dict[str, str] = {
     "pidfile": "pidfile",
     "syslog": "syslog",
     "syslog-socket": "syslog_socket",
-    "log-level": "log_level",
+    "log.level": "log_level",
+    "log.format": "log_format",
     "flush-on-exit": "flush_on_exit",
-    "output.file-path": "output_file",
+    "output-file": "output_file",
     "state-dir": "state_dir",
     "jail-poll-interval": "jail_poll_interval",
     "reload-debounce": "reload_debounce",
@@ -94,6 +98,8 @@ FILE_KEYS: dict[str, str] = {
     "history.raw-retention": "history_raw_retention",
     "history.retention": "history_retention",
 }
+#: Spellings of the previous release, accepted for one more (flags too: see rctlpolicy.cli.common).
+RENAMED_KEYS: dict[str, str] = {"log-level": "log.level", "output.file-path": "output-file"}
 _PATH_FIELDS = {
     "rules_dir",
     "sim_host",
@@ -164,7 +170,11 @@ def validate(config: DaemonConfig) -> DaemonConfig:
     if config.kernel not in ("auto", "freebsd", "sim"):
         raise ConfigError(f"kernel: '{config.kernel}' is not one of auto, freebsd, sim")
     if config.log_level not in LOG_LEVELS:
-        raise ConfigError(f"log-level: '{config.log_level}' is not one of " + ", ".join(LOG_LEVELS))
+        raise ConfigError(f"log.level: '{config.log_level}' is not one of " + ", ".join(LOG_LEVELS))
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(
+            f"log.format: '{config.log_format}' is not one of " + ", ".join(LOG_FORMATS)
+        )
     if not config.telemetry_path.startswith("/"):
         raise ConfigError("web.telemetry-path must start with '/'")
     split_address(config.listen_address)
@@ -185,8 +195,11 @@ def split_address(address: str) -> tuple[str, int]:
     return host or "0.0.0.0", port  # noqa: S104 (":10217" means every address)
 
 
-def load_config_file(path: Path) -> dict[str, Any]:
-    """Read a config file into field values (unknown keys are errors with a suggestion)."""
+def load_config_file(path: Path, notes: list[str] | None = None) -> dict[str, Any]:
+    """Read a config file into field values (unknown keys are errors with a suggestion).
+
+    A key spelt as in the previous release (`RENAMED_KEYS`) is read, and a note saying so is
+    appended to `notes` for the caller to show."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
@@ -200,12 +213,20 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the configuration is a mapping of settings")
     values: dict[str, Any] = {}
-    for key, value in data.items():
+    for given_key, value in data.items():
+        key = RENAMED_KEYS.get(str(given_key), str(given_key))
+        if key != given_key and notes is not None:
+            notes.append(
+                f"{path}: '{given_key}' is now spelt '{key}' "
+                "(the old name goes in the next release)"
+            )
         field_name = FILE_KEYS.get(str(key))
         if field_name is None:
             close = difflib.get_close_matches(str(key), list(FILE_KEYS), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{path}: unknown setting '{key}'{hint}")
+        if field_name in values:  # both spellings of a renamed key
+            raise ConfigError(f"{path}: '{key}' is given twice (once under its old name)")
         values[field_name] = _coerce(field_name, value, f"{path}: {key}")
     # A relative path in the file is relative to the file, wherever the daemon is started.
     for field_name in _PATH_FIELDS & values.keys():
@@ -243,9 +264,12 @@ def config_file_to_read(given: Path | None) -> Path | None:
     return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
 
 
-def load_daemon_config(given: Path | None, flag_values: dict[str, Any]) -> LoadedConfig:
+def load_daemon_config(
+    given: Path | None, flag_values: dict[str, Any], notes: list[str] | None = None
+) -> LoadedConfig:
     """Defaults, then the config file (given, or the default one if present), then the flags
-    that were given: the daemon's precedence, for every command that shares its settings."""
+    that were given: the daemon's precedence, for every command that shares its settings.
+    Notes on keys spelt the old way go to `notes` (see `load_config_file`)."""
     path = config_file_to_read(given)
-    file_values = load_config_file(path) if path is not None else {}
+    file_values = load_config_file(path, notes) if path is not None else {}
     return LoadedConfig(build_config(file_values, flag_values), path, frozenset(file_values))

@@ -21,12 +21,18 @@ Loading the policy is `rctlpolicy.policyload`; the process around the daemon (lo
 pidfile) is `rctlpolicy.service`. The pure decisions about events (which policy rule a possibly
 truncated event is about, which jail its action is about) are `rctlpolicy.eventmatch`, shared
 with `rctlpolicy handle` and tested on their own.
+
+One responsibility, hence one module of some 700 lines: the `Daemon` class wires those parts
+together and owns the state they share (the rules in force, the stats, the action engine). Each
+section below (start-up, signals, the reload thread's side, devd events, shutdown) is a handful
+of short methods over that shared state; cutting one out would only pass the state back in.
 """
 
 from __future__ import annotations
 
 import html
 import logging
+import os
 import queue
 import signal
 import sys
@@ -238,6 +244,13 @@ class Daemon:
     def start(self) -> None:
         """Load and apply the policy, then start every loop. Raises StartupError (and OSError
         when the metrics address cannot be bound), StoppedDuringStartup on SIGTERM."""
+        # A rules directory that is not there is said once, before anything starts.
+        try:
+            os.stat(self.config.rules_dir)
+        except OSError as error:
+            raise StartupError(
+                f"rules directory {self.config.rules_dir}: {error.strerror or error}"
+            ) from error
         # Watch first: an edit made while we start must still lead to a reload.
         try:
             self._watcher = RulesWatcher(self.config.rules_dir, self._reloader.changed)

@@ -75,6 +75,8 @@ class DevdServer:
         self._changed = threading.Condition(self._lock)
         self._clients: list[_Client] = []
         self._listeners: dict[SocketKind, socket.socket] = {}
+        #: The socket files this server bound, by (device, inode): only those are its to remove.
+        self._bound: dict[Path, tuple[int, int]] = {}
         self._thread: threading.Thread | None = None
         self._wake_r = -1
         self._wake_w = -1
@@ -132,6 +134,8 @@ class DevdServer:
                 (SocketKind.SEQPACKET, self.seqpacket_path),
             ):
                 self._listeners[kind] = _listen(path, kind)
+                info = os.stat(path, follow_symlinks=False)
+                self._bound[path] = (info.st_dev, info.st_ino)
         except OSError:
             self._close_listeners()
             raise
@@ -168,8 +172,15 @@ class DevdServer:
             self._short_write = None
             self._changed.notify_all()
         if remove_files:
-            for path in (self.seqpacket_path, self.stream_path):
-                path.unlink(missing_ok=True)
+            for path, identity in self._bound.items():
+                # Only the file we bound: another server may have replaced it since.
+                try:
+                    info = os.stat(path, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if (info.st_dev, info.st_ino) == identity:
+                    path.unlink(missing_ok=True)
+            self._bound.clear()
 
     def restart(self) -> None:
         """``service devd restart``: drop all clients and listeners, then bind fresh sockets."""

@@ -39,12 +39,12 @@ def login_classes(path: Path = LOGIN_CONF) -> set[str] | None:
 
 class SystemResolver:
     """rctl(8)'s own look-ups: getpwnam(3), getgrnam(3); whether a pid exists; the running
-    jails on FreeBSD (from `jail_lister`, by default jail_get(2), or jls(8) without it); login
-    classes from /etc/login.conf."""
+    jails on FreeBSD (from `jail_lister`: the kernel's, or `kernel.jails.list_system_jails`);
+    login classes from /etc/login.conf."""
 
     checks_names = True
 
-    def __init__(self, jail_lister: Callable[[], Iterable[Jail]] | None = None) -> None:
+    def __init__(self, jail_lister: Callable[[], Iterable[Jail]]) -> None:
         self._jail_lister = jail_lister
         self._jails: set[str] | None = None
         self._classes: set[str] | None = None
@@ -89,13 +89,7 @@ class SystemResolver:
         return self._jails
 
     def _list_jails(self) -> Iterable[Jail]:
-        if self._jail_lister is not None:
-            return self._jail_lister()
-        from rctlpolicy.kernel.commands import SubprocessCommandRunner
-        from rctlpolicy.kernel.jails import system_jail_lister
-        from rctlpolicy.kernel.libc import load_libc
-
-        return system_jail_lister(load_libc(), SubprocessCommandRunner())()
+        return self._jail_lister()
 
     def loginclass_exists(self, name: str) -> bool | None:
         if not self._classes_read:

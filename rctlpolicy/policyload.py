@@ -39,6 +39,7 @@ from rctlpolicy.lint import lint_files
 from rctlpolicy.model import Severity
 from rctlpolicy.policy import YAML_SUFFIXES, PolicyFile, expand_jail_patterns
 from rctlpolicy.policy_model import Policy, PolicyRule
+from rctlpolicy.safeio import O_CLOEXEC, O_NOFOLLOW
 from rctlpolicy.semantics.resolver import Resolver
 
 #: Editor backups whose presence beside a vanished policy file means a save is under way
@@ -50,8 +51,6 @@ DEFAULT_MAX_FILE_BYTES = DEFAULT_MAX_POLICY_FILE_SIZE
 LOG_DIAGNOSTICS_PER_FILE = 20
 LOG_SOURCE_CHARS = 200
 
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted under a policy name never blocks us
 
 
@@ -142,7 +141,7 @@ def _read_one(
     if stat.S_ISDIR(info.st_mode):
         return None
     linked = stat.S_ISLNK(info.st_mode)
-    flags = os.O_RDONLY | _CLOEXEC | _NONBLOCK | (0 if linked else _NOFOLLOW)
+    flags = os.O_RDONLY | O_CLOEXEC | _NONBLOCK | (0 if linked else O_NOFOLLOW)
     try:
         fd = os.open(path, flags)
     except OSError as error:

@@ -34,8 +34,9 @@ STATE_MODE = 0o600
 #: Directories rctlpolicy creates for its state.
 DIRECTORY_MODE = 0o700
 
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: open(2) flags where the platform has them (0 where not): every no-follow open uses these.
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
@@ -49,7 +50,7 @@ class UnsafeStateFileError(OSError):
 
 
 def _open_directory(directory: Path) -> int:
-    return os.open(directory, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+    return os.open(directory, os.O_RDONLY | _DIRECTORY | O_CLOEXEC)
 
 
 def _temporary_name(target: str) -> str:
@@ -71,7 +72,7 @@ def write_atomic(path: Path | str, data: bytes | str, *, mode: int) -> None:
         temp = _temporary_name(target.name)
         fd = os.open(
             temp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC,
             mode,
             dir_fd=dir_fd,
         )
@@ -106,7 +107,7 @@ def _regular_or_refuse(fd: int, path: Path | str) -> None:
 
 def _open_no_follow(path: Path | str, flags: int, mode: int) -> int:
     try:
-        return os.open(path, flags | _NOFOLLOW | _CLOEXEC, mode)
+        return os.open(path, flags | O_NOFOLLOW | O_CLOEXEC, mode)
     except OSError as error:
         # FreeBSD says EMLINK, Linux ELOOP, when O_NOFOLLOW meets a symlink.
         if Path(path).is_symlink():

@@ -54,8 +54,58 @@ class _SysLogHandler(logging.handlers.SysLogHandler):
         sys.stderr.write(f"rctlpolicy: {self.format(record)}\n")
 
 
+class LogfmtFormatter(logging.Formatter):
+    """`ts=... level=info pid=42 msg="..."`: logfmt's key=value pairs, one record a line."""
+
+    def __init__(self, with_time: bool = True) -> None:
+        super().__init__()
+        self.with_time = with_time
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        # JSON's string escapes are logfmt's; what JSON leaves (DEL, U+2028) is escaped too.
+        quoted = escape_controls(json.dumps(super().format(record), ensure_ascii=False))
+        head = f"ts={_timestamp(record)} " if self.with_time else ""
+        return f"{head}level={record.levelname.lower()} pid={record.process} msg={quoted}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: `{"ts": ..., "level": "info", "pid": 42, "msg": ...}`."""
+
+    def __init__(self, with_time: bool = True) -> None:
+        super().__init__()
+        self.with_time = with_time
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        entry: dict[str, object] = {"ts": _timestamp(record)} if self.with_time else {}
+        entry.update(level=record.levelname.lower(), pid=record.process)
+        entry["msg"] = super().format(record)
+        return json.dumps(entry, ensure_ascii=True)  # \u2028 and controls escaped: one line
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _formatter(log_format: str, *, syslog: bool) -> logging.Formatter:
+    """The `--log.format` formatter; syslog stamps time and pid itself."""
+    if log_format == "logfmt":
+        return LogfmtFormatter(with_time=not syslog)
+    if log_format == "json":
+        return JsonFormatter(with_time=not syslog)
+    if syslog:
+        return OneLineFormatter("%(message)s")
+    return OneLineFormatter("%(asctime)s rctlpolicy[%(process)d] %(levelname)s: %(message)s")
+
+
 def setup_logging(config: DaemonConfig) -> None:
-    """syslog (facility daemon, FreeBSD's /var/run/log) or stderr."""
+    """syslog (facility daemon, FreeBSD's /var/run/log) or stderr, as `--log.format` says."""
     level = getattr(logging, config.log_level.upper())
     root = logging.getLogger("rctlpolicy")
     root.setLevel(level)
@@ -67,12 +117,9 @@ def setup_logging(config: DaemonConfig) -> None:
             address=config.syslog_socket, facility=logging.handlers.SysLogHandler.LOG_DAEMON
         )
         handler.ident = f"rctlpolicy[{os.getpid()}]: "
-        handler.setFormatter(OneLineFormatter("%(message)s"))
     else:
         handler = logging.StreamHandler()
-        handler.setFormatter(
-            OneLineFormatter("%(asctime)s rctlpolicy[%(process)d] %(levelname)s: %(message)s")
-        )
+    handler.setFormatter(_formatter(config.log_format, syslog=config.syslog))
     root.addHandler(handler)
     logging.raiseExceptions = False
 
@@ -106,19 +153,108 @@ def _problems(diagnostics: tuple[Diagnostic, ...], private: frozenset[str] = fro
     return "".join(render(shown, per_file=LOG_DIAGNOSTICS_PER_FILE, source_width=LOG_SOURCE_CHARS))
 
 
+class DaemonRunning(Exception):
+    """Another daemon holds the state directory's lock."""
+
+    def __init__(self, path: Path, pid: str) -> None:
+        super().__init__(f"another daemon (pid {pid or 'unknown'}) holds {path}")
+        self.path = path
+        self.pid = pid
+
+
+#: Held by a running daemon for its whole life: two daemons on one state directory would each
+#: remove the rules the other added and bind each other's sockets.
+DAEMON_LOCK = "daemon.lock"
+
+
+def hold_daemon_lock(state_dir: Path) -> int:
+    """Take the state directory's daemon lock (flock, never waiting) and write our pid into it.
+
+    Returns the descriptor, to be closed when the daemon ends (the file stays: removing a lock
+    file another process may be opening races). Raises DaemonRunning naming the holder's pid,
+    OSError (UnsafeStateFileError for a symlink planted there) when it cannot be opened.
+    """
+    import fcntl
+
+    from rctlpolicy.safeio import open_lock_file
+
+    path = state_dir / DAEMON_LOCK
+    fd = open_lock_file(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        raise DaemonRunning(path, holder) from None
+    except OSError:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _missing_rules_dir(rules_dir: Path) -> str | None:
+    """Why the rules directory cannot be used at all, or None (its files are the loader's)."""
+    try:
+        os.stat(rules_dir)
+    except OSError as error:
+        return f"rules directory {rules_dir}: {error.strerror or error}"
+    return None
+
+
+def _os_error(error: OSError) -> str:
+    """`path: reason` without Python's `[Errno N]`."""
+    reason = error.strerror or str(error)
+    return f"{error.filename}: {reason}" if error.filename else reason
+
+
+def _say(config: DaemonConfig, command: str, message: str) -> None:
+    """A start-up failure: one line on stderr, and in syslog when the daemon logs there."""
+    if config.syslog:
+        log.error("%s", message)
+    print(f"rctlpolicy {command}: {message}", file=sys.stderr)
+
+
 def run_daemon(config: DaemonConfig) -> int:
     """Run the daemon in this process until SIGTERM/SIGINT; returns the exit status.
 
-    0 after a stop signal, 1 when start-up fails (the policy's diagnostics on stderr).
+    0 after a stop signal; 1 when the policy has errors (printed on stderr) or another daemon
+    holds the state directory; 2 when the rules directory is missing, or the kernel interface,
+    a socket or a file cannot be opened. What it cannot use is said before anything starts.
     """
     setup_logging(config)
+    problem = _missing_rules_dir(config.rules_dir)
+    if problem is not None:
+        _say(config, "daemon", problem)
+        return 2
     try:
         setup = open_kernel(config.kernel, config.sim_host)
     except KernelSetupError as error:
-        log.error("%s", error)
-        print(f"rctlpolicy daemon: {error}", file=sys.stderr)
-        return 1
+        _say(config, "daemon", str(error))
+        return 2
     state_dir = config.state_dir or setup.state_dir
+    try:
+        make_directory(state_dir)
+        lock_fd = hold_daemon_lock(state_dir)
+    except DaemonRunning as running:
+        _say(
+            config,
+            "daemon",
+            f"another daemon (pid {running.pid or 'unknown'}) is using the state directory "
+            f"{state_dir}; stop it first",
+        )
+        return 1
+    except OSError as error:
+        _say(config, "daemon", f"state directory {state_dir}: {_os_error(error)}")
+        return 2
+    try:
+        return _run_locked(config, setup, state_dir)
+    finally:
+        os.close(lock_fd)
+
+
+def _run_locked(config: DaemonConfig, setup: KernelSetup, state_dir: Path) -> int:
     sim_devd = None
     devd_paths = None
     if setup.simulated and config.devd_socket is None:
@@ -128,8 +264,11 @@ def run_daemon(config: DaemonConfig) -> int:
         try:
             sim_devd.start()
         except OSError as error:
-            print(f"rctlpolicy daemon: cannot start the simulated devd: {error}", file=sys.stderr)
-            return 1
+            hint = ""
+            if error.errno in (errno.EADDRINUSE, errno.EBUSY):  # `sim devd`, another daemon's
+                hint = f"; to read it, pass --devd-socket {sim_devd.server.seqpacket_path}"
+            _say(config, "daemon", f"cannot start the simulated devd: {_os_error(error)}{hint}")
+            return 2
         devd_paths = (sim_devd.server.seqpacket_path, sim_devd.server.stream_path)
         log.info("simulated devd serving %s", sim_devd.server.seqpacket_path)
     loader = ChildLoader(config.kernel, setup.sim_host, config.max_policy_file_size)
@@ -158,9 +297,9 @@ def run_daemon(config: DaemonConfig) -> int:
             daemon.shutdown()
             return 1
         except OSError as error:
-            print(f"rctlpolicy daemon: cannot start: {error}", file=sys.stderr)
+            _say(config, "daemon", f"cannot start: {_os_error(error)}")
             daemon.shutdown()
-            return 1
+            return 2
         return daemon.run()
     finally:
         daemon.restore_signal_handlers()
@@ -193,12 +332,16 @@ def handle_event(
     from rctlpolicy.policyload import expand, load_rules
 
     setup_logging(config)
+    problem = _missing_rules_dir(config.rules_dir)
+    if problem is not None:
+        print(f"rctlpolicy handle: {problem}", file=sys.stderr)
+        return 2
     try:
         setup: KernelSetup = open_kernel(config.kernel, config.sim_host)
     except KernelSetupError as error:
         print(f"rctlpolicy handle: {error}", file=sys.stderr)
-        return 1
-    load = load_rules(config.rules_dir, setup.resolver)
+        return 2
+    load = load_rules(config.rules_dir, setup.resolver, max_file_bytes=config.max_policy_file_size)
     if load.policy is None:
         sys.stderr.write(_problems(load.diagnostics, load.private))
         print("rctlpolicy handle: the policy has errors; not acting", file=sys.stderr)
@@ -232,14 +375,18 @@ def handle_event(
         return 1
     assert match.context is not None
     state_dir = config.state_dir or setup.state_dir
-    make_directory(state_dir)
     state_path: Path = state_dir / "actions.json"
-    with FileState(state_path) as state:
-        engine = ActionEngine(SystemClock(), ActionProcessRunner(), state)
-        try:
-            outcome = engine.run_sync(match.policy_rule, match.context)
-        finally:
-            engine.shutdown(config.shutdown_timeout)
+    try:
+        make_directory(state_dir)
+        with FileState(state_path) as state:
+            engine = ActionEngine(SystemClock(), ActionProcessRunner(), state)
+            try:
+                outcome = engine.run_sync(match.policy_rule, match.context)
+            finally:
+                engine.shutdown(config.shutdown_timeout)
+    except OSError as error:
+        print(f"rctlpolicy handle: {state_path}: {_os_error(error)}", file=sys.stderr)
+        return 2
     if outcome is None:
         return 0
     detail = f" ({outcome.detail})" if outcome.detail else ""

@@ -8,8 +8,13 @@ format and logs the log ones with the kernel's line.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
+import os
 import signal
+import socket
+import sys
 import tempfile
 import threading
 import time
@@ -28,21 +33,37 @@ log = logging.getLogger("rctlpolicy.simdevd")
 _SUN_PATH_MAX = 100
 
 
-def socket_directory(host_path: Path) -> tuple[Path, bool]:
-    """Where the simulated devd's sockets go: beside the host file (`<host>.devd/`), or a new
-    directory under the temporary directory when that path is too long for a socket.
-
-    Returns the directory and whether it is a temporary one (to be removed after use).
-    """
+def socket_directory(host_path: Path) -> Path | None:
+    """Where the simulated devd's sockets go beside the host file (`<host>.devd/`), or None
+    when that path is too long for a socket (a new temporary directory is then used)."""
     directory = host_path.with_name(host_path.name + ".devd")
     if len(str(directory / SEQPACKET_NAME).encode()) < _SUN_PATH_MAX:
-        directory.mkdir(parents=True, exist_ok=True)
-        return directory, False
-    return Path(tempfile.mkdtemp(prefix="rctlpolicy-devd-")), True
+        return directory
+    return None
+
+
+def _refuse_a_served_socket(path: Path) -> None:
+    """EADDRINUSE when something answers on `path`. devd's create_socket() unlinks whatever is
+    there, but a second devd never gets that far: config::open_pidfile() (sbin/devd/devd.cc)
+    exits with "devd already running, pid: N" when pidfile_open(3) finds the pidfile locked.
+    The simulated devd has no pidfile, so it asks the socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+        try:
+            probe.connect(os.fspath(path))
+        except OSError:
+            return  # nobody serves it: a stale file, or none
+    raise OSError(errno.EADDRINUSE, f"another devd is serving {path}")
 
 
 class SimDevd:
-    """A DevdServer fed by the simulated kernel's event evaluation, on its own thread."""
+    """A DevdServer fed by the simulated kernel's event evaluation, on its own thread.
+
+    One simulated devd per socket directory: :meth:`start` refuses a directory whose socket
+    answers (EADDRINUSE) and takes an exclusive flock(2) on the directory (a second one fails
+    with EBUSY instead of replacing the first one's sockets), and :meth:`stop` removes only
+    what this one made: the sockets it bound (if they are still the same files) and the
+    directory if it created it.
+    """
 
     def __init__(
         self, setup: KernelSetup, directory: Path | None = None, interval: float = 0.5
@@ -50,30 +71,86 @@ class SimDevd:
         if setup.simulator is None or setup.sim_host is None:
             raise ValueError("the simulated devd needs the simulated host")
         self.simulator: SimulatedSyscalls = setup.simulator
-        self._temporary = False
+        self._created_directory = False
         if directory is None:
-            directory, self._temporary = socket_directory(setup.sim_host)
+            directory = socket_directory(setup.sim_host)
+            if directory is None:
+                directory = Path(tempfile.mkdtemp(prefix="rctlpolicy-devd-"))
+                self._created_directory = True
         self.server = DevdServer(directory)
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rctlpolicy-sim-devd", daemon=True)
         self.sent = 0
         self._host_error: str | None = None
+        self._lock_fd = -1
+        self._bound: dict[Path, tuple[int, int]] = {}
 
     def start(self) -> None:
-        """Bind the sockets and start evaluating every `interval` seconds."""
-        self.server.start()
+        """Lock the directory, bind the sockets and start evaluating every `interval` s.
+
+        Raises OSError: EBUSY when another simulated devd serves the directory, EADDRINUSE
+        when some other devd serves its socket (its sockets are not ours to replace: devd's
+        own start-up would unlink them).
+        """
+        directory = self.server.directory
+        if not directory.exists():
+            try:
+                directory.mkdir(parents=True)
+                self._created_directory = True
+            except FileExistsError:
+                pass
+        _refuse_a_served_socket(self.server.seqpacket_path)
+        self._lock()
+        try:
+            self.server.start()
+        except OSError:
+            self._unlock()
+            raise
+        for path in (self.server.seqpacket_path, self.server.stream_path):
+            with contextlib.suppress(OSError):
+                info = path.lstat()
+                self._bound[path] = (info.st_dev, info.st_ino)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop evaluating and serving; the sockets go (devd's own files stay, ours need not)."""
+        """Stop evaluating and serving; remove the sockets, lock and directory this one made."""
         self._stop.set()
         if self._thread.ident is not None:
             self._thread.join(5.0)
-        self.server.stop(remove_files=True)
-        if self._temporary:
+        self.server.stop()
+        for path, identity in self._bound.items():
             with contextlib.suppress(OSError):
-                self.server.directory.rmdir()
+                info = path.lstat()
+                if (info.st_dev, info.st_ino) == identity:
+                    path.unlink()
+        self._bound.clear()
+        self._unlock()
+
+    def _lock(self) -> None:
+        # flock(2) on the directory itself: no lock file among the sockets.
+        flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(self.server.directory, flags)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OSError(
+                errno.EBUSY, f"another simulated devd serves {self.server.directory}"
+            ) from None
+        except OSError:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd < 0:
+            return
+        if self._created_directory:
+            with contextlib.suppress(OSError):
+                self.server.directory.rmdir()  # only if empty: never another's files
+        os.close(self._lock_fd)
+        self._lock_fd = -1
 
     def tick(self) -> int:
         """Evaluate once; returns how many devctl messages were sent."""
@@ -117,8 +194,12 @@ def serve_sim_devd(setup: KernelSetup, directory: Path | None, interval: float) 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    try:
+        sim.start()
+    except OSError as error:
+        print(f"rctlpolicy sim devd: {error}", file=sys.stderr)
+        return 2
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    sim.start()
     print(f"simulated devd: {sim.server.seqpacket_path} (and {sim.server.stream_path})", flush=True)
     try:
         while not stop.wait(0.5):

@@ -16,10 +16,13 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rctlpolicy.files import POLICY_SUFFIXES, is_editor_droppings
 from rctlpolicy.policyload import BACKUP_SUFFIXES
+
+if TYPE_CHECKING:
+    from watchdog.observers.api import ObservedWatch
 
 log = logging.getLogger("rctlpolicy")
 
@@ -51,7 +54,7 @@ class RulesWatcher:
         self.directory = directory
         self._changed = changed
         self._lock = threading.Lock()
-        self._watch: Any = None
+        self._watch: ObservedWatch | None = None
         self._watched: tuple[int, int] | None = None
         outer = self
         own_path = os.path.normpath(directory)

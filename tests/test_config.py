@@ -38,9 +38,10 @@ web.config.file: /etc/rp/web.yml
 pidfile: /run/rp.pid
 syslog: true
 syslog-socket: /dev/log
-log-level: debug
+log.level: debug
+log.format: logfmt
 flush-on-exit: true
-output.file-path: /var/tmp/rp.prom
+output-file: /var/tmp/rp.prom
 state-dir: /var/db/rp
 jail-poll-interval: 2
 reload-debounce: 0.5
@@ -67,6 +68,7 @@ history.retention: 10d
         syslog=True,
         syslog_socket="/dev/log",
         log_level="debug",
+        log_format="logfmt",
         flush_on_exit=True,
         output_file=Path("/var/tmp/rp.prom"),
         state_dir=Path("/var/db/rp"),
@@ -112,7 +114,7 @@ def test_file_errors_say_what_and_where(tmp_path: Path, text: str, message: str)
 
 
 def test_a_setting_given_twice_is_an_error_not_the_last_one(tmp_path: Path) -> None:
-    path = config_file(tmp_path, "rules-dir: /etc/rp/rules\nlog-level: info\nrules-dir: /tmp/x\n")
+    path = config_file(tmp_path, "rules-dir: /etc/rp/rules\nlog.level: info\nrules-dir: /tmp/x\n")
     with pytest.raises(ConfigError) as caught:
         load_config_file(path)
     message = str(caught.value)
@@ -157,7 +159,7 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
 
 def test_flags_given_override_the_file_and_flags_not_given_do_not(tmp_path: Path) -> None:
     values = load_config_file(
-        config_file(tmp_path, "log-level: debug\nweb.listen-address: ':1234'\nsyslog: true\n")
+        config_file(tmp_path, "log.level: debug\nweb.listen-address: ':1234'\nsyslog: true\n")
     )
     config = build_config(values, {"log_level": "error", "listen_address": None, "syslog": None})
     assert config.log_level == "error"  # the flag wins
@@ -169,7 +171,8 @@ def test_flags_given_override_the_file_and_flags_not_given_do_not(tmp_path: Path
     ("flags", "message"),
     [
         ({"kernel": "linux"}, "kernel: 'linux' is not one of auto, freebsd, sim"),
-        ({"log_level": "loud"}, "log-level: 'loud' is not one of"),
+        ({"log_level": "loud"}, "log.level: 'loud' is not one of"),
+        ({"log_format": "xml"}, "log.format: 'xml' is not one of text, logfmt, json"),
         ({"telemetry_path": "metrics"}, "must start with '/'"),
         ({"listen_address": "localhost"}, "is not HOST:PORT"),
         ({"listen_address": "h:99999"}, "is not HOST:PORT"),

@@ -653,7 +653,7 @@ def test_pidfile_output_file_and_flush_on_exit_keeps_foreign_rules(env: Env) -> 
     pidfile = env.root / "rctlpolicy.pid"
     metrics_file = env.root / "rctlpolicy.prom"
     daemon = env.start(
-        "--pidfile", str(pidfile), "--output.file-path", str(metrics_file), "--flush-on-exit"
+        "--pidfile", str(pidfile), "--output-file", str(metrics_file), "--flush-on-exit"
     )
     assert pidfile.read_text() == f"{daemon.pid}\n"
     assert stat.S_IMODE(pidfile.stat().st_mode) == 0o644

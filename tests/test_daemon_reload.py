@@ -135,7 +135,7 @@ def test_sigterm_during_a_10_mb_reload_stops_the_daemon_while_events_are_still_h
     argv = action_argv(env.out, "{jail}", "{pid}")
     env.policy("p.yaml", [{"rule": DB1_MEM, "on_match": {"run": argv}}])
     # Only the signal reloads: the file written below must not start a load of its own.
-    daemon = env.start("--log-level", "debug", config={"reload-debounce": 60})
+    daemon = env.start("--log.level", "debug", config={"reload-debounce": 60})
     before = env.host.rules()
     lines = (f"jail:j{n}:maxproc:deny={n + 1}\n" for n in range(400_000))
     big = env.rules_dir / "big.conf"
@@ -164,7 +164,7 @@ def test_sigterm_while_a_huge_policy_loads_at_start_up_exits_0_changing_nothing(
 ) -> None:
     lines = (f"jail:j{n}:maxproc:deny={n + 1}\n" for n in range(400_000))
     (env.rules_dir / "big.conf").write_text("".join(lines))
-    daemon = env.start("--log-level", "debug", wait=False)
+    daemon = env.start("--log.level", "debug", wait=False)
     daemon.log.wait_for(r"loading the policy of \S+ in process \d+", 15)
     daemon.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(15) == 0

@@ -930,3 +930,18 @@ def test_a_connection_devd_has_not_accepted_is_not_receiving(sockdir: Path) -> N
                     record_of(EXAMPLE_PCPU),
                 ]
                 assert waiting.receiving
+
+
+def test_where_records_carry_msg_eor_a_part_without_it_is_discarded(
+    devd: DevdServer, make_client: MakeClient
+) -> None:
+    # Linux never sets MSG_EOR on receive, so here every record looks like a part of one:
+    # what a FreeBSD reader sees of the record devd's short send left behind.
+    client, out = make_client(require_eor=True)
+    take(out)
+    assert devd.wait_for_clients(1, timeout=TIMEOUT)
+    devd.send(EXAMPLE_USER.encode())
+    assert isinstance(take(out)[0], Receiving)
+    with pytest.raises(queue.Empty):
+        out.get(timeout=0.2)
+    assert (client.fragments_discarded, client.lines) == (1, 0)

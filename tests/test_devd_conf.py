@@ -311,7 +311,53 @@ def rctl_block() -> Block:
 
 def test_matches_rctl_rule_matched_events(rctl_block: Block) -> None:
     assert rctl_block.kind == "notify"
-    assert dict(rctl_block.matches) == {"system": "RCTL", "subsystem": "rule", "type": "matched"}
+    assert dict(rctl_block.matches) == {
+        "system": "RCTL",
+        "subsystem": "rule",
+        "type": "matched",
+        "jail": "[-A-Za-z0-9_.]+",
+    }
+
+
+def devd_match(pattern: str, value: str) -> bool:
+    """devd's match: the pattern compiled as POSIX ERE between ^ and $ (match::match in
+    sbin/devd/devd.cc, REG_EXTENDED | REG_NOSUB | REG_ICASE; devd.conf(5): "All regular
+    expressions have an implicit ^$ around them"); a leading ! inverts it."""
+    inverted = pattern.startswith("!")
+    body = pattern[1:] if inverted else pattern
+    found = re.fullmatch(body, value, re.IGNORECASE) is not None
+    return found != inverted
+
+
+JAIL_NAMES_RUN = ["0", "db1", "db1.inner", "web-01_a", "Customer.DB-2", "a" * 255]
+JAIL_NAMES_REFUSED = [
+    "",  # a cut message without the jail= value: nothing to act on safely
+    "x;reboot",
+    "$(id)",
+    "`id`",
+    "a b",
+    "db1|sh",
+    "a&b",
+    "a>b",
+    "'q'",
+    '"q"',
+    "db1\\",
+    "\u0436",  # not ASCII: old devd would pass the bytes as they are
+    "db1\nreboot",
+]
+
+
+def test_only_plain_jail_names_reach_the_hook(rctl_block: Block) -> None:
+    pattern = dict(rctl_block.matches)["jail"]
+    # devd expands $variables in match patterns too, and anchors them itself.
+    assert "$" not in pattern and not pattern.startswith("^")
+    for name in JAIL_NAMES_RUN:
+        assert devd_match(pattern, name), name
+    for name in JAIL_NAMES_REFUSED:
+        assert not devd_match(pattern, name), name
+        # The names refused are exactly those a shell could read as more than a word.
+    for name in JAIL_NAMES_RUN:
+        assert shlex.quote(name) == name
 
 
 def test_action_runs_rctlpolicy_handle_with_bare_variables(rctl_block: Block) -> None:

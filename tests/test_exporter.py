@@ -8,6 +8,7 @@ jails vanish or RACCT go off.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import threading
@@ -17,9 +18,13 @@ from pathlib import Path
 import pytest
 import yaml
 from corpus_host import rule
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 from rctlpolicy import metric_names as names
 from rctlpolicy.exporter import (
@@ -29,11 +34,14 @@ from rctlpolicy.exporter import (
     DaemonStats,
     JailCollector,
     classic_text,
+    go_integer,
     make_registry,
     renderer,
     write_textfile,
 )
 from rctlpolicy.kernel import KernelSetup, open_simulator
+from rctlpolicy.kernel.base import Jail, RctlCall, SyscallError
+from rctlpolicy.kernel.freebsd import FreeBSDKernel
 from rctlpolicy.metric_names import METRIC_TYPES, metric_spec, resource_metrics
 from rctlpolicy.model import Resource
 from rctlpolicy.web.metrics import WebCollector
@@ -345,3 +353,172 @@ def test_a_reader_never_sees_half_a_textfile(setup: KernelSetup, tmp_path: Path)
         thread.join(10)
     assert not errors
     assert os.listdir(out) == ["rctlpolicy.prom"]
+
+
+# --- the classic text written straight from the kernel's answers -------------------------------
+
+
+class Answers:
+    """A system-call layer that answers from strings: `rctl_get_racct` per filter text (a
+    missing one fails with ESRCH, as for a jail that stopped between listing and asking) and
+    one `rctl_get_rules` listing."""
+
+    def __init__(self, racct: dict[str, str], rules: str = "") -> None:
+        self.racct = racct
+        self.rules = rules
+
+    def call(self, call: RctlCall, inbuf: bytes, outbuflen: int) -> bytes:
+        text = inbuf.rstrip(b"\0").decode("utf-8", "surrogateescape")
+        if call is RctlCall.GET_RULES:
+            return self.rules.encode()
+        answer = self.racct.get(text.removesuffix(":"))  # a filter's text: jail:NAME:
+        if answer is None:
+            raise SyscallError("ESRCH")
+        return answer.encode("utf-8", "surrogateescape")
+
+
+def replayed_kernel(jails: list[Jail], racct: dict[str, str], rules: str = "") -> FreeBSDKernel:
+    return FreeBSDKernel(Answers(racct, rules), lambda: jails, lambda: True)
+
+
+def test_classic_text_is_generate_latest_byte_for_byte(
+    setup: KernelSetup, stats: DaemonStats
+) -> None:
+    stats.count_event("handled")
+    stats.count_action("restart-pg", "swapuse", "ok", 1.2)
+    stats.exhausted = frozenset({("restart-pg", "swapuse", 'd"b\\1')})
+    registry = registry_of(JailCollector(setup.kernel, stats), DaemonCollector(stats))
+    text = classic_text(registry)
+    assert b"jail_memoryuse_bytes{" in text and b"rctlpolicy_rule_info{" in text
+    assert b"jail_memoryuse_limit_bytes{" in text
+    # The process metrics (CPU, memory, fds) move between two scrapes: compared without them.
+    moving = re.compile(rb"^rctlpolicy_process_(cpu_seconds|resident|open_fds).*\n", re.M)
+    assert moving.sub(b"", text) == moving.sub(b"", generate_latest(registry))
+
+
+#: Jail names with what the text format escapes, and what it does not.
+jail_names = st.text(
+    st.sampled_from(["a", "b", "z", "0", "9", "-", "_", ".", '"', "\\", "\n", " ", "é", "{", "}"]),
+    min_size=1,
+    max_size=6,
+)
+#: Usage values as the kernel prints them, and text a broken kernel might.
+values = st.one_of(
+    st.integers(0, 10**6).map(str),
+    st.integers(0, 2**63 - 1).map(str),
+    st.integers(-(2**63), 2**64).map(str),
+    st.sampled_from(["0", "-0", "007", "1000000", "9999999", "10000000000000000", "x", ""]),
+)
+resource_words = st.sampled_from([*(r.value for r in Resource), "newresource", "Bad", ""])
+
+
+@st.composite
+def answers(draw: st.DrawFn, words: list[str] | None) -> str:
+    """An rctl_get_racct answer: of the given names (the kernel's shape), or of any."""
+    if words is None:
+        words = draw(st.lists(resource_words, max_size=6))
+    pairs = [f"{word}={draw(values)}" for word in words]
+    if draw(st.integers(0, 9)) == 0:
+        pairs.insert(draw(st.integers(0, len(pairs))), draw(st.sampled_from(["", "a", "=1"])))
+    return ",".join(pairs)
+
+
+@st.composite
+def hosts(draw: st.DrawFn) -> tuple[list[Jail], dict[str, str], str]:
+    names_ = draw(st.lists(jail_names, max_size=8, unique=True))
+    jails = [Jail(index + 1, name) for index, name in enumerate(names_)]
+    kernel_words = [r.value for r in Resource]
+    if draw(st.booleans()):
+        kernel_words = draw(st.permutations([*kernel_words[:5], "newresource"]))
+    racct: dict[str, str] = {}
+    for jail in jails:
+        if draw(st.integers(0, 7)) == 0:
+            continue  # gone between the listing and the question
+        same = draw(st.integers(0, 5)) != 0
+        racct[f"jail:{jail.name}"] = draw(answers(kernel_words if same else None))
+    plain = [jail.name for jail in jails if jail.name.isalnum() and jail.name.isascii()]
+    rules = [
+        f"jail:{name}:{resource}:{action}={amount}{per}"
+        for name in plain
+        for resource, action, amount, per in draw(
+            st.lists(
+                st.tuples(
+                    st.sampled_from(["memoryuse", "maxproc", "pcpu"]),
+                    st.sampled_from(["deny", "log"]),
+                    st.integers(1, 90),
+                    st.sampled_from(["", "/process"]),
+                ),
+                max_size=3,
+            )
+        )
+    ]
+    rules += ["jail:gone:maxproc:deny=5", "user:80:maxproc:deny=10", "loginclass:a:nthr:log=7"]
+    return jails, racct, ",".join(draw(st.permutations(rules)))
+
+
+@given(hosts())
+@settings(max_examples=300, deadline=None)
+def test_classic_text_from_answers_is_what_the_families_give(
+    host: tuple[list[Jail], dict[str, str], str],
+) -> None:
+    jails, racct, rules = host
+    registry = registry_of(JailCollector(replayed_kernel(jails, racct, rules)))
+    assert classic_text(registry) == generate_latest(registry)
+
+
+@given(st.one_of(st.integers(-(2**70), 2**70).map(str), values.filter(bool)))
+@settings(max_examples=2000, deadline=None)
+def test_go_integer_is_float_to_go_string(text: str) -> None:
+    try:
+        expected = floatToGoString(int(text))
+    except ValueError:
+        return  # not an integer: the pattern that reads answers never passes one
+    assert go_integer(text) == expected
+
+
+def test_every_jail_of_one_shape_and_a_stranger(stats: DaemonStats) -> None:
+    shape = ",".join(f"{r.value}={i * 1000}" for i, r in enumerate(Resource))
+    jails = [Jail(1, "a"), Jail(2, "b"), Jail(3, "c"), Jail(4, "d")]
+    racct = {
+        "jail:a": shape,
+        "jail:b": shape.replace("=0,", "=12345678,"),
+        "jail:c": "cputime=5,newresource=7",
+        "jail:d": "cputime=oops",
+    }
+    registry = registry_of(JailCollector(replayed_kernel(jails, racct), stats))
+    text = classic_text(registry)
+    assert text == generate_latest(registry)
+    assert b'jail_cputime_seconds_total{name="c"} 5.0\n' in text
+    assert b'name="d"} ' in text and b'jail_cputime_seconds_total{name="d"}' not in text
+    assert b'jail_datasize_bytes{name="b"} 1000.0\n' in text
+
+
+def test_a_scrape_does_not_hold_the_stats_lock_while_formatting(stats: DaemonStats) -> None:
+    families_ = DaemonCollector(stats).collect()
+    next(families_)  # the consumer is between two families
+    assert stats.lock.acquire(timeout=5), "the scrape kept the lock"
+    stats.lock.release()
+    stats.count_event("handled")  # counted meanwhile: in the next scrape, not this one
+    rest = {family.name: family for family in families_}
+    assert all(s.value == 0 for s in rest["rctlpolicy_events"].samples)
+
+
+def test_stats_snapshot_is_a_copy(stats: DaemonStats) -> None:
+    stats.count_event("handled")
+    copy = stats.snapshot()
+    stats.count_event("handled")
+    assert copy.events["handled"] == 1 and stats.events["handled"] == 2
+    assert copy.lock is not stats.lock
+
+
+def test_a_scrape_reads_the_host_file_once_even_just_after_an_edit(
+    setup: KernelSetup, host: Path
+) -> None:
+    simulator = setup.simulator
+    assert simulator is not None
+    registry = registry_of(JailCollector(setup.kernel))
+    for scrape in (classic_text, lambda r: list(r.collect())):
+        edit_host(host, racct_enable=True)  # just written: every unpinned call would read it
+        reads = simulator.host_file.reads
+        scrape(registry)
+        assert simulator.host_file.reads - reads == 1

@@ -29,7 +29,7 @@ class Hook:
         self.out.mkdir()
         self.state = root / "state"
         self.config = root / "rctlpolicy.yaml"
-        self.config.write_text("log-level: warning\n")
+        self.config.write_text("log.level: warning\n")
 
     def policy(self, entries: list[dict[str, object]]) -> None:
         (self.rules / "p.yaml").write_text(yaml.safe_dump({"rules": entries}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -406,3 +407,25 @@ def test_any_document_is_a_host_or_a_host_file_error(document: object) -> None:
         parse_host(text, "fuzz.yaml")
     except HostFileError as error:
         assert str(error).startswith("fuzz.yaml: ")
+
+
+def test_a_pinned_host_is_read_once_however_fresh_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "host.yaml"
+    path.write_text("jails: {a: {jid: 1}}\n")  # just written: not settled, read on every load
+    host_file = HostFile(path)
+    host_file.load()
+    host_file.load()
+    assert host_file.reads == 2
+    with host_file.pinned():
+        first = host_file.load()
+        path.write_text("jails: {b: {jid: 2}}\n")
+        with host_file.pinned():
+            assert host_file.load() is first
+        assert host_file.load() is first
+        seen: list[object] = []
+        other = threading.Thread(target=lambda: seen.append(host_file.load().jail_exists("b")))
+        other.start()
+        other.join()
+        assert seen == [True], "another thread sees the file as it is"
+    assert host_file.reads == 4
+    assert host_file.load().jail_exists("b")

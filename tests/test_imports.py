@@ -234,6 +234,52 @@ def test_the_import_check_sees_a_forbidden_import(tmp_path: Path) -> None:
     assert names == {"__future__", "os"}
 
 
+#: (importer, imported): a lower layer that must not import a higher one, even inside a function.
+#: The kernel package serves apply, the daemon and the commands, never the reverse; hostinfo
+#: answers look-ups for the kernel's callers and is given its jail lister rather than building one.
+LAYERS = [
+    ("rctlpolicy.kernel", "rctlpolicy.apply"),
+    ("rctlpolicy.kernel", "rctlpolicy.daemon"),
+    ("rctlpolicy.kernel", "rctlpolicy.service"),
+    ("rctlpolicy.kernel", "rctlpolicy.cli"),
+    ("rctlpolicy.kernel", "rctlpolicy.exporter"),
+    ("rctlpolicy.hostinfo", "rctlpolicy.kernel"),
+]
+
+
+def _runtime_imports(module: str) -> set[str]:
+    """Every rctlpolicy module `module` may import when it runs (functions included, the type
+    checker's imports not)."""
+    tree = ast.parse(modules()[module].read_text(encoding="utf-8"))
+    type_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            type_only.update(id(inner) for part in node.body for inner in ast.walk(part))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom) and id(node) not in type_only:
+            for name in _imported_names(module, node):
+                own = _own_module(name)
+                if own is not None and own != module:
+                    found.add(own)
+    return found
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_lower_layers_do_not_import_higher_ones() -> None:
+    wrong = sorted(
+        (module, target)
+        for module in modules()
+        for target in _runtime_imports(module)
+        for lower, higher in LAYERS
+        if _within(module, lower) and _within(target, higher)
+    )
+    assert wrong == []
+
+
 #: Imports each module named on stdin first: the package's modules are dropped from sys.modules
 #: before each (third-party ones stay, they are not ours to check).
 _IMPORT_EACH = """

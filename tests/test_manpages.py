@@ -155,6 +155,35 @@ def test_mandoc_lint_finds_no_warnings(page: Path) -> None:
 
 
 @needs_mandoc
+def test_rctlpolicy_8_is_style_clean() -> None:
+    """mandoc -Tlint -Wstyle: nothing, but for cross-references to pages this host lacks."""
+    assert MANDOC is not None
+    result = subprocess.run(
+        [MANDOC, "-Tlint", "-W", "style", str(PAGE_8)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    problems = [
+        line
+        for line in output.splitlines()
+        if "STYLE:" in line and "referenced manual not found" not in line
+    ]
+    assert not problems, "\n".join(problems)
+
+
+def test_rctlpolicy_8_input_lines_fit_80_bytes() -> None:
+    wide = [
+        f"{number}: {line}"
+        for number, line in enumerate(source(PAGE_8).splitlines(), 1)
+        if len(line.encode()) > 80 and not line.startswith(".")
+    ]
+    assert not wide, "\n".join(wide)
+
+
+@needs_mandoc
 @pytest.mark.parametrize(
     ("page", "title", "name_line"),
     [

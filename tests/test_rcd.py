@@ -288,13 +288,51 @@ def test_disabled_service_does_not_start(host: Host) -> None:
     assert host.program_calls() == []
 
 
+def test_a_disabled_service_is_checked_only_through_oneconfigtest(host: Host) -> None:
+    """What the pkg-message and rctlpolicy(8) tell users to run before enabling the service."""
+    host.set_rc_conf(rctlpolicy_enable="NO")
+    refused = host.run("configtest")
+    assert "Cannot 'configtest' rctlpolicy" in refused.stdout + refused.stderr
+    assert host.program_calls() == []  # rc.subr checked nothing
+    result = host.run("oneconfigtest")
+    assert result.returncode == 0, result.stderr
+    assert host.program_calls() == [["lint", str(host.rules_dir)]]
+    host.set_lint(1, "rules/a.conf:1:1: [error] bad (E001)\n")
+    failed = host.run("oneconfigtest")
+    assert failed.returncode == 1
+    assert "service rctlpolicy oneconfigtest" in failed.stderr
+
+
+def test_the_docs_tell_users_to_check_before_enabling_with_oneconfigtest() -> None:
+    message = REPO / "contrib/freebsd-port/sysutils/py-rctlpolicy/files/pkg-message.in"
+    page = (REPO / "man/rctlpolicy.8").read_text()
+    for text in (message.read_text(), page):
+        lines = text.splitlines()
+        check = next(i for i, line in enumerate(lines) if "service rctlpolicy" in line
+                     and "configtest" in line)  # fmt: skip
+        enable = next(i for i, line in enumerate(lines) if "rctlpolicy_enable=YES" in line)
+        assert check < enable
+        assert "service rctlpolicy oneconfigtest" in lines[check]
+
+
+def test_the_config_file_is_required_by_the_script_and_the_page_says_so() -> None:
+    page = (REPO / "man/rctlpolicy.8").read_text()
+    assert "script requires it." in page
+    assert ".Pq Va required_files ;" in page
+    for script in (
+        RC_SCRIPT,
+        REPO / "contrib/freebsd-port/sysutils/py-rctlpolicy/files/rctlpolicy.in",
+    ):
+        assert 'required_files="${rctlpolicy_config}"' in script.read_text()
+
+
 # --- start ------------------------------------------------------------------------------
 
 
 def test_start_runs_daemon8_with_flags_for_it_and_args_for_rctlpolicy(host: Host) -> None:
     host.set_rc_conf(
         rctlpolicy_flags="-c",
-        rctlpolicy_args="--log-level debug --web.listen-address 192.0.2.1:10217",
+        rctlpolicy_args="--log.level debug --web.listen-address 192.0.2.1:10217",
     )
     result = host.run("start")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -309,7 +347,7 @@ def test_start_runs_daemon8_with_flags_for_it_and_args_for_rctlpolicy(host: Host
         "--config", str(host.config),
         "--rules-dir", str(host.rules_dir),
         "--syslog",
-        "--log-level", "debug", "--web.listen-address", "192.0.2.1:10217",  # rctlpolicy_args
+        "--log.level", "debug", "--web.listen-address", "192.0.2.1:10217",  # rctlpolicy_args
     ]  # fmt: skip
     # The rules were linted before starting.
     assert host.program_calls() == [["lint", str(host.rules_dir)]]
@@ -500,6 +538,7 @@ def test_port_plist_matches_what_post_install_installs() -> None:
     examples = {line.removeprefix("%%EXAMPLESDIR%%/") for line in plist if "EXAMPLESDIR" in line}
     assert set(installed) == examples == {
         "devd-rctlpolicy.conf", "grafana-rctlpolicy.json", "rctlpolicy-alerts.yml",
+        "prometheus-fleet.yml",
     }  # fmt: skip
     pages = re.findall(r"\$\{WRKSRC\}/man/(rctlpolicy\S*)\.(\d) ", makefile)
     assert sorted(pages) == [("rctlpolicy", "8"), ("rctlpolicy.yaml", "5")]

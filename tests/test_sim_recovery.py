@@ -30,7 +30,7 @@ def daemon(tmp_path: Path) -> Iterator[tuple[DaemonProcess, SimHost]]:
             "--rules-dir", str(rules_dir), "--state-dir", str(tmp_path / "state"),
             "--web.listen-address", "127.0.0.1:0",
             # rewritten on every pass of the jail watcher, which also looks at the kernel
-            "--output.file-path", str(tmp_path / "rctlpolicy.prom")]  # fmt: skip
+            "--output-file", str(tmp_path / "rctlpolicy.prom")]  # fmt: skip
     process = DaemonProcess(args)
     try:
         process.wait_started()

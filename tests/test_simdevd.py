@@ -6,6 +6,8 @@ step of the test; the `sim devd` command is run as a real process.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
 import socket
@@ -137,3 +139,73 @@ def test_the_sim_devd_command_serves_until_sigterm(tmp_path: Path, socket_dir: P
         proc.wait(10)
         log.join(5)
         proc.stdout.close()
+
+
+def test_a_second_simulated_devd_on_the_same_directory_is_refused(
+    tmp_path: Path, socket_dir: Path
+) -> None:
+    host = SimHost(tmp_path / "host.yaml")
+    first = SimDevd(open_simulator(host.path), socket_dir, interval=3600)
+    second = SimDevd(open_simulator(host.path), socket_dir, interval=3600)
+    first.start()
+    try:
+        socket_inode = first.server.seqpacket_path.stat().st_ino
+        with pytest.raises(OSError) as refused:
+            second.start()
+        assert refused.value.errno == errno.EADDRINUSE  # its socket answers
+        second.stop()  # stopping the refused one touches nothing of the first's
+        # The first one's sockets are still its own, and still served.
+        assert first.server.seqpacket_path.stat().st_ino == socket_inode
+        with connect(first.server.seqpacket_path):
+            assert first.server.wait_for_clients(1, 10)
+    finally:
+        first.stop()
+    second.start()  # free again once the first has stopped
+    second.stop()
+
+
+def test_stop_removes_only_what_this_simulated_devd_made(tmp_path: Path, socket_dir: Path) -> None:
+    host = SimHost(socket_dir / "h.yaml")
+    # A directory it creates goes entirely.
+    sim = SimDevd(open_simulator(host.path), interval=3600)
+    made = sim.server.directory
+    assert not made.exists()
+    sim.start()
+    assert sorted(p.name for p in made.iterdir()) == ["devd.pipe", "devd.seqpacket.pipe"]
+    sim.stop()
+    assert not made.exists()
+    # In a directory that was there, other files stay, and so does a socket someone else
+    # bound in place of one of ours meanwhile; the directory stays.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "keep.txt").write_text("not ours")
+    sim = SimDevd(open_simulator(host.path), shared, interval=3600)
+    sim.start()
+    sim.server.stream_path.unlink()
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        other.bind(str(sim.server.stream_path))
+        sim.stop()
+    finally:
+        other.close()
+    assert sorted(p.name for p in shared.iterdir()) == ["devd.pipe", "keep.txt"]
+
+
+def test_the_lock_keeps_a_second_simulated_devd_out_before_the_sockets_answer(
+    tmp_path: Path, socket_dir: Path
+) -> None:
+    host = SimHost(tmp_path / "host.yaml")
+    sim = SimDevd(open_simulator(host.path), socket_dir, interval=3600)
+    # Another simulated devd between its lock and its bind: nothing answers yet.
+    held = os.open(socket_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(OSError) as refused:
+            sim.start()
+        assert refused.value.errno == errno.EBUSY
+        assert "another simulated devd" in str(refused.value)
+        assert list(socket_dir.iterdir()) == []
+    finally:
+        os.close(held)
+    sim.start()
+    sim.stop()

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from rctlpolicy import __version__
-from rctlpolicy.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE
+from rctlpolicy.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, modern_spellings
 
 # Not typing.TYPE_CHECKING: importing typing alone is a tenth of what `rctlpolicy lint`, run by
 # pre-commit on every commit, may spend starting up (mypy honours the name as it is).
@@ -38,10 +38,10 @@ def _top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[A
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rctlpolicy.cli import history, lint, plan, service, show, sim
+    from rctlpolicy.cli import history, lint, plan, replay, service, show, sim, suggest
 
     parser, commands = _top_parser()
-    for group in (lint, show, plan, service, sim, history):
+    for group in (lint, show, plan, service, sim, history, replay, suggest):
         group.add_parsers(commands)
     return parser
 
@@ -55,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             args = lint_parser().parse_args(arguments[1:])
         else:
+            notes: list[str] = []
+            arguments = modern_spellings(arguments, notes)
+            for note in notes:
+                print(f"rctlpolicy: {note}", file=sys.stderr)
             args = build_parser().parse_args(arguments)
     except SystemExit as exit_:
         return int(exit_.code or 0) if isinstance(exit_.code, int) else EXIT_USAGE

@@ -17,13 +17,40 @@ EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 
 
+#: Flags renamed to the one convention (Prometheus-style dotted groups for what exporters
+#: share: --web.*, --log.*; dashes for the rest): the old spellings still work for one release,
+#: with a note on stderr, and rctlpolicy(8) lists them. The config file's keys alike
+#: (rctlpolicy.config.RENAMED_KEYS).
+OLD_SPELLINGS: dict[str, str] = {
+    "--log-level": "--log.level",
+    "--output.file-path": "--output-file",
+}
+
+
+def modern_spellings(arguments: list[str], notes: list[str]) -> list[str]:
+    """`arguments` with every old flag spelling (`--log-level debug`, `--log-level=debug`)
+    replaced by its new one; a note for each goes to `notes`. Nothing after `--` is touched."""
+    result: list[str] = []
+    for index, argument in enumerate(arguments):
+        if argument == "--":
+            return result + arguments[index:]
+        name, equals, value = argument.partition("=")
+        new = OLD_SPELLINGS.get(name)
+        if new is None:
+            result.append(argument)
+            continue
+        notes.append(f"{name} is now spelt {new} (the old name goes in the next release)")
+        result.append(new + equals + value)
+    return result
+
+
 def use_colour(stream: TextIO) -> bool:
     if os.environ.get("NO_COLOR"):
         return False
     return hasattr(stream, "isatty") and stream.isatty()
 
 
-def sim_host_option(sub: argparse.ArgumentParser) -> None:
+def sim_host_option(sub: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     sub.add_argument(
         "--sim-host",
         metavar="FILE",

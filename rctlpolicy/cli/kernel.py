@@ -10,10 +10,11 @@ from rctlpolicy.cli.common import EXIT_FINDINGS, EXIT_USAGE
 
 TYPE_CHECKING = False  # not typing's: see rctlpolicy.records
 if TYPE_CHECKING:
-    from typing import Any
+    from rctlpolicy.kernel import KernelSetup
+    from rctlpolicy.model import Filter
 
 
-def open_kernel_or_say(args: argparse.Namespace) -> Any:
+def open_kernel_or_say(args: argparse.Namespace) -> KernelSetup | None:
     from rctlpolicy.kernel import KernelSetupError, open_kernel
 
     try:
@@ -23,7 +24,7 @@ def open_kernel_or_say(args: argparse.Namespace) -> Any:
         return None
 
 
-def parse_filter(text: str | None, setup: Any) -> Any:
+def parse_filter(text: str | None, setup: KernelSetup) -> Filter | None:
     """A filter operand as rctl(8) reads it; prints a diagnostic and returns None if bad."""
     from rctlpolicy.grammar import parse_rule_syntax
     from rctlpolicy.kernel.base import STRERROR

@@ -112,8 +112,9 @@ def _lint_resolver(args: argparse.Namespace) -> tuple[Resolver, Collection[str] 
             print(f"rctlpolicy lint: {error}", file=sys.stderr)
             return None
     from rctlpolicy.hostinfo import SystemResolver
+    from rctlpolicy.kernel.jails import list_system_jails
 
-    resolver = SystemResolver()
+    resolver = SystemResolver(list_system_jails)
     return resolver, resolver.running_jails()
 
 

@@ -91,12 +91,23 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
 
     usage = commands.add_parser(
         "usage",
-        help="resource usage (like rctl -hu), or every jail against its limits",
+        help="resource usage in human units (like rctl -hu), or every jail against its limits",
         description="With a filter (jail:db1, user:www), the usage of that subject like "
         "rctl -hu. Without one, a table of every jail: usage next to the limits in force, "
-        "as a percentage of the strictest deny.",
+        "as a percentage of the strictest deny. Amounts are in human units (1.5G, 512M) "
+        "unless --exact.",
     )
-    usage.add_argument("filter", nargs="?", metavar="FILTER")
-    usage.add_argument("--exact", action="store_true", help="exact numbers, not 1.5G")
+    usage.add_argument(
+        "filter",
+        nargs="?",
+        metavar="FILTER",
+        help="one subject: jail:db1, user:www, loginclass:daemon or process:4242 "
+        "(default: the table of every jail)",
+    )
+    usage.add_argument(
+        "--exact",
+        action="store_true",
+        help="exact numbers (bytes, counts) instead of human units such as 1.5G (the default)",
+    )
     kernel_options(usage)
     usage.set_defaults(handler=_cmd_usage)

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from rctlpolicy.cli.common import EXIT_OK, EXIT_USAGE, sim_host_option
+from rctlpolicy.cli.common import EXIT_OK, EXIT_USAGE, seconds, sim_host_option
 
 TYPE_CHECKING = False  # not typing's: see rctlpolicy.records
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ usage: rctlpolicy sim rctl [--sim-host FILE] [rctl-argument ...]
 rctl(8) on the simulated host: the same options (-a, -h, -l, -n, -r, -u), output, messages
 and exit status. -h is rctl's own (human-readable numbers), so this help is --help only.
 The host file is --sim-host FILE, else $RCTLPOLICY_SIM_HOST, else the bundled example.
+Exit status: rctl(8)'s; 2 when the host file cannot be read.
 See rctl(8) and rctlpolicy(8).
 """
 
@@ -109,7 +110,12 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         "rctl -u [-h] filter ...",
         prefix_chars="+",
     )
-    sim_rctl.add_argument("rctl_args", nargs=argparse.REMAINDER, metavar="ARG")
+    sim_rctl.add_argument(
+        "rctl_args",
+        nargs=argparse.REMAINDER,
+        metavar="ARG",
+        help="[--sim-host FILE] then rctl(8)'s own options and operands (--help: its usage)",
+    )
     sim_rctl.set_defaults(handler=_cmd_sim_rctl, sim_host=os.environ.get("RCTLPOLICY_SIM_HOST"))
     sim_set = sim_commands.add_parser(
         "set",
@@ -137,10 +143,10 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         description="Serve devd's SOCK_SEQPACKET and SOCK_STREAM sockets beside the host "
         "file and, as usage in the host file changes, send the notifications the kernel "
         "would for devctl rules (log rules print the kernel's log line).",
+        epilog="Exit status: 0 after SIGINT or SIGTERM; 2 when the host file cannot be read "
+        "or the sockets cannot be bound (another devd serving them included).",
     )
-    sim_devd.add_argument(
-        "--sim-host", default=os.environ.get("RCTLPOLICY_SIM_HOST"), metavar="FILE"
-    )
+    sim_host_option(sim_devd)
     sim_devd.add_argument(
         "--directory",
         metavar="DIR",
@@ -148,8 +154,12 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     )
     sim_devd.add_argument(
         "--interval",
-        type=float,
+        type=seconds,
         default=0.5,
-        help="how often usage is re-read, in seconds (default 0.5)",
+        metavar="SECONDS",
+        help="how often usage is re-read, in seconds (default: 0.5)",
     )
     sim_devd.set_defaults(handler=_cmd_sim_devd)
+    from rctlpolicy.cli.simtimeline import add_timeline_parser
+
+    add_timeline_parser(sim_commands)

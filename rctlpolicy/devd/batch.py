@@ -21,10 +21,12 @@ from typing import Any, NamedTuple
 
 
 class Record(NamedTuple):
-    """One received record: its bytes and whether the kernel cut it to the buffer's size."""
+    """One received record: its bytes, whether the kernel cut it to the buffer's size, and
+    whether the kernel said it ends a record (MSG_EOR; FreeBSD sets it, Linux never does)."""
 
     data: bytes
     cut: bool
+    eor: bool = False
 
 
 class _IOVec(ctypes.Structure):
@@ -112,7 +114,9 @@ class BatchReceiver:
         """The records waiting now, in order; [] at EOF."""
         if not self.batched:
             data, _, flags, _ = self._sock.recvmsg(self._size)
-            return [Record(data, bool(flags & socket.MSG_TRUNC))] if data else []
+            if not data:
+                return []
+            return [Record(data, bool(flags & socket.MSG_TRUNC), bool(flags & socket.MSG_EOR))]
         vector = self._vector
         for index in range(self._count):
             vector[index].msg_hdr.msg_flags = 0
@@ -132,6 +136,9 @@ class BatchReceiver:
             if length <= 0:
                 break  # EOF (a zero-length read; devd never sends an empty record)
             start = index * size
-            cut = bool(entry.msg_hdr.msg_flags & socket.MSG_TRUNC)
-            records.append(Record(bytes(view[start : start + length]), cut))
+            flags = entry.msg_hdr.msg_flags
+            data = bytes(view[start : start + length])
+            records.append(
+                Record(data, bool(flags & socket.MSG_TRUNC), bool(flags & socket.MSG_EOR))
+            )
         return records

@@ -21,6 +21,7 @@ import os
 import queue
 import select
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -156,7 +157,11 @@ class DevdClient:
     never blocks on the consumer for a record (``put_nowait``; records that do not fit a bounded
     queue are counted in ``dropped``), never writes to the socket, and never runs actions, so
     devd does not drop it as an unresponsive client. The socket's receive buffer is asked for
-    at ``receive_buffer`` bytes (halved until accepted). On EOF or an error it reconnects: first
+    at ``receive_buffer`` bytes (halved until accepted). Where the system marks the end of a
+    seqpacket record (``require_eor``, FreeBSD by default), a record without MSG_EOR is a part
+    of one (FreeBSD 15 queues what fits of a record for a reader that fell behind, then devd
+    drops that client): it is discarded and counted in ``fragments_discarded``, as the
+    stream socket's unterminated last line is. On EOF or an error it reconnects: first
     the SOCK_SEQPACKET path, then the SOCK_STREAM path, waiting ``backoff.delay(n)`` between
     attempts.
 
@@ -178,6 +183,7 @@ class DevdClient:
         recv_size: int = DEVCTL_MAXBUF,
         receive_buffer: int = RECEIVE_BUFFER,
         batch: int = BATCH,
+        require_eor: bool | None = None,
         name: str = "devd-reader",
     ) -> None:
         if recv_size < DEVCTL_MAXBUF:
@@ -199,6 +205,10 @@ class DevdClient:
         self._recv_size = recv_size
         self._receive_buffer = receive_buffer
         self._batch = batch
+        # FreeBSD marks the end of each seqpacket record (MSG_EOR); Linux never does.
+        self._require_eor = (
+            sys.platform.startswith("freebsd") if require_eor is None else require_eor
+        )
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._wake_r = -1
         self._wake_w = -1
@@ -351,10 +361,16 @@ class DevdClient:
                     return "EOF"
                 if not self._receiving:
                     self._first_record(path, kind)
-                for data, cut in records:
+                for data, cut, eor in records:
                     if cut:
                         self.records_truncated += 1
                         log.warning("devd record longer than %d bytes was cut", self._recv_size)
+                    elif self._require_eor and not eor:
+                        # FreeBSD 15 queues what fits of a record into a reader that fell
+                        # behind, and devd then drops the client: the rest never comes.
+                        self.fragments_discarded += 1
+                        log.warning("discarding a %d-byte part of a devd record", len(data))
+                        continue
                     self._deliver(data)
                 if len(records) < self._batch:
                     break

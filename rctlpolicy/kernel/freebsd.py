@@ -9,10 +9,12 @@ the kernel's canonical text back into `Rule` values (spec rctl.md sections 6 to 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import subprocess
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 from rctlpolicy.amounts import kernel_strtoul
 from rctlpolicy.gcpause import no_cyclic_gc
@@ -109,7 +111,7 @@ def _parse_rules(output: str) -> list[Rule]:
     return rules
 
 
-_USAGE_PAIR = re.compile(r"([a-z0-9]+)=(-?[0-9]+)\Z")
+USAGE_PAIR = re.compile(r"([a-z0-9]+)=(-?[0-9]+)\Z")
 _RESOURCES = {resource.value: resource for resource in Resource}
 
 
@@ -123,7 +125,7 @@ def parse_usage(output: str) -> dict[Resource, int]:
     for pair in output.split(","):
         if not pair:
             continue
-        match = _USAGE_PAIR.match(pair)
+        match = USAGE_PAIR.match(pair)
         if match is None:
             raise KernelError(UNREADABLE, pair, "the kernel reported usage rctlpolicy cannot read")
         resource = _RESOURCES.get(match.group(1))
@@ -173,7 +175,12 @@ class FreeBSDKernel:
 
     def usage(self, rule_filter: Filter) -> dict[Resource, int]:
         """rctl -u: the usage of the filter's subject (subject and id must be set)."""
-        return parse_usage(self._call_growing(RctlCall.GET_RACCT, rule_filter.text))
+        return parse_usage(self.usage_text(rule_filter))
+
+    def usage_text(self, rule_filter: Filter) -> str:
+        """rctl -u as the kernel answers it, `name=value,...` (`parse_usage` reads it): for
+        the exporter, which writes a scrape straight from these strings."""
+        return self._call_growing(RctlCall.GET_RACCT, rule_filter.text)
 
     def limits(self, pid: int) -> list[Rule]:
         """rctl -l process:<pid>: every rule that applies to the process."""
@@ -182,6 +189,16 @@ class FreeBSDKernel:
     def jails(self) -> Sequence[Jail]:
         """The running jails, from the jail lister given."""
         return self._jail_lister()
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Calls that belong together (a scrape's), answered as at one instant where the
+        system-call layer can: the simulator reads its host file once for all of them. On
+        FreeBSD each call is its own, as each rctl_*(2) call is."""
+        batch = getattr(self._syscalls, "batch", None)
+        if batch is None:
+            return contextlib.nullcontext()
+        context: AbstractContextManager[None] = batch()
+        return context
 
     def racct_status(self) -> RacctStatus:
         """Whether RACCT/RCTL is usable, from kern.racct.enable."""

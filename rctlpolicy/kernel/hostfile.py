@@ -36,14 +36,21 @@ force were added: see `rctlpolicy.kernel.simulator` for what that changes.
 
 `HostFile` reads the file when it changed, so an edit takes effect on the next rctl call. Any
 problem in the file is a `HostFileError` naming the file and the key.
+
+One responsibility: the file's format, as records (`HostSpec` and its parts) and the one reader
+that checks every key of it. Most of its length is that reader, a short method per key with the
+message that key's mistakes get; editing the file in place is `rctlpolicy.kernel.hostedit`, the
+simulated kernel's own state `rctlpolicy.kernel.simstate`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,6 +265,10 @@ class HostFile:
     coarse (a tick, or a whole second on some filesystems), so a file changed less than
     `SETTLE_SECONDS` before it was read may change again without its identity changing: until
     it has settled, every call reads it and compares the bytes, and every edit counts.
+
+    Calls that belong together (a scrape's: the jail list, then each jail's usage) are made
+    inside `pinned()`: they see the host as one look at the file found it, settled or not, so
+    the file is read at most once for all of them, as if they were made at one instant.
     """
 
     SETTLE_SECONDS = 1.0
@@ -267,9 +278,35 @@ class HostFile:
         self._last: _Reading | None = None
         #: How many times the file was read (a scrape's rctl calls read it once at most).
         self.reads = 0
+        #: Per thread: how deep in `pinned()` it is, and the host it pinned.
+        self._pins = threading.local()
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Inside, this thread's loads return the host the first of them found (a failed load
+        pins nothing). Nests; other threads are not affected."""
+        pins = self._pins
+        depth: int = getattr(pins, "depth", 0)
+        pins.depth = depth + 1
+        try:
+            yield
+        finally:
+            pins.depth = depth
+            if depth == 0:
+                pins.spec = None
 
     def load(self) -> HostSpec:
-        """The host as its file says now; raises HostFileError."""
+        """The host as its file says now (or as it said when this thread pinned it); raises
+        HostFileError."""
+        pins = self._pins
+        if getattr(pins, "depth", 0):
+            spec: HostSpec | None = getattr(pins, "spec", None)
+            if spec is None:
+                spec = pins.spec = self._load()
+            return spec
+        return self._load()
+
+    def _load(self) -> HostSpec:
         last = self._last
         if last is not None and last.settled:
             try:

@@ -136,3 +136,12 @@ def system_jail_lister(libc: object, runner: CommandRunner) -> JailLister:
     if hasattr(libc, "jail_get"):
         return jail_get_lister(libc)
     return jls_lister(runner)
+
+
+def list_system_jails() -> list[Jail]:
+    """The jails running on this FreeBSD host, listed as `system_jail_lister` would (for a
+    caller with no kernel open: `rctlpolicy lint --resolve`)."""
+    from rctlpolicy.kernel.commands import SubprocessCommandRunner
+    from rctlpolicy.kernel.libc import load_libc
+
+    return list(system_jail_lister(load_libc(), SubprocessCommandRunner())())

@@ -395,6 +395,7 @@ def _main_simulated(arguments: list[str], host_path: str) -> int:
 
 def _main_libc(arguments: list[str]) -> int:
     from rctlpolicy.hostinfo import SystemResolver
+    from rctlpolicy.kernel.jails import list_system_jails
     from rctlpolicy.kernel.libc import LibcSyscalls, load_libc, sysctl_racct_enable
 
     libc = load_libc()
@@ -408,7 +409,7 @@ def _main_libc(arguments: list[str]) -> int:
     def probe() -> bool | None:
         return sysctl_racct_enable(libc)
 
-    resolver = SystemResolver()
+    resolver = SystemResolver(list_system_jails)
     return run_rctl(
         arguments,
         LibcSyscalls(libc),

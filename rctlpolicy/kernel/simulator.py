@@ -50,6 +50,7 @@ Where the simulation is simpler than FreeBSD:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -119,6 +120,11 @@ class SimulatedSyscalls:
     def host(self) -> HostSpec:
         """The host as its file says now (raises HostFileError)."""
         return self.host_file.load()
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Calls of this thread inside are answered from one look at the host file (a
+        scrape's hundreds of calls read it at most once): `HostFile.pinned`."""
+        return self.host_file.pinned()
 
     def racct_enabled(self) -> bool:
         """kern.racct.enable."""
@@ -337,12 +343,18 @@ def _fitted(output: bytes, outbuflen: int) -> bytes:
     return output
 
 
+#: Each resource with its `name=` (a constant table: a scrape asks for every jail's usage).
+_ALL_USAGE = tuple((resource, f"{resource.value}=") for resource in Resource)
+_PROCESS_USAGE = tuple((resource, f"{resource.value}=") for resource in PROCESS_USAGE_RESOURCES)
+
+
 def usage_text(host: HostSpec, subject: SubjectType, subject_id: str) -> str:
     """`rctl_racct_to_sbuf`: name=value for each resource in id order; the sloppy resources are
     left out for a process."""
     usage = host.usage_of(subject, subject_id)
-    resources = PROCESS_USAGE_RESOURCES if subject is SubjectType.PROCESS else tuple(Resource)
-    return ",".join(f"{resource}={usage.get(resource, 0)}" for resource in resources)
+    resources = _PROCESS_USAGE if subject is SubjectType.PROCESS else _ALL_USAGE
+    get = usage.get
+    return ",".join([f"{name}{get(resource, 0)}" for resource, name in resources])
 
 
 # --- which processes a rule is linked to ---------------------------------------------------------

@@ -1,0 +1,266 @@
+"""`rctlpolicy replay`: the kernel's semantics on a timeline (deny time, one event per crossing,
+the devctl rate limit, cooldown and max_runs by the real action engine), the sources, the
+formats and the exit status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rctlpolicy.cli import main
+from rctlpolicy.history import HISTORY_FILE_NAME
+from rctlpolicy.history.replay import replay
+from rctlpolicy.history.store import HistoryStore
+from rctlpolicy.history.timeline import Timeline, TimelineError, from_file, parse_time
+from rctlpolicy.lint import lint_files
+from rctlpolicy.model import Resource
+from rctlpolicy.policy import PolicyFile
+from rctlpolicy.policy_model import Policy
+
+T0 = 1_800_000_000 - 1_800_000_000 % 3600
+G = 2**30
+#: db1's memoryuse every minute: over 4g at minutes 2-4 and 7-8, 12-13 (three crossings).
+MEMORY = [3, 3, 5, 5, 5, 3, 3, 5, 5, 3, 3, 3, 5, 5, 3]
+
+
+def policy(text: str, name: str = "p.yaml") -> Policy:
+    result = lint_files([PolicyFile(name, text)])
+    errors = [d for d in result.diagnostics if d.severity.value == "error"]
+    assert not errors, errors
+    return result.policy
+
+
+def timeline(values: list[int] = MEMORY, jail: str = "db1", step: float = 60) -> Timeline:
+    line = Timeline(T0, T0 + step * len(values), source="test")
+    for index, value in enumerate(values):
+        line.add(T0 + step * index, jail, Resource.MEMORYUSE, value * G)
+    return line.finish()
+
+
+def test_deny_is_the_time_over_and_log_one_event_per_crossing() -> None:
+    report = replay(
+        policy("jail:db1:memoryuse:deny=4g\njail:db1:memoryuse:log=4g\n", "p.conf"), timeline()
+    )
+    deny, log = report.rules
+    assert report.interval == 60
+    assert deny.deny_seconds == 7 * 60 and deny.crossings == 3
+    assert (deny.first, deny.last) == (T0 + 120, T0 + 13 * 60)
+    assert log.deny_seconds == 0 and log.crossings == 3
+    assert [t - T0 for t, kind in log.marks if kind == "crossing"] == [120, 420, 720]
+    assert report.acted
+
+
+def test_usage_at_the_amount_is_not_over() -> None:
+    report = replay(policy("jail:db1:memoryuse:devctl=4g\n", "p.conf"), timeline([4, 4, 4]))
+    assert not report.acted and report.rules[0].first is None
+
+
+def test_cooldown_and_max_runs_are_the_action_engines() -> None:
+    rules = """\
+rules:
+  - rule: jail:db1:memoryuse:devctl=4g
+    on_match: {run: [/bin/echo, "{jail}"], cooldown: 6m}
+  - rule: jail:db1:memoryuse:devctl=4500m
+    on_match: {signal: SIGTERM, max_runs: {count: 2, within: 1h}}
+"""
+    report = replay(policy(rules), timeline())
+    cooled, limited = report.rules
+    # Crossings at minutes 2, 7 and 12: the one at 7 is within 6 minutes of the run at 2.
+    assert (cooled.crossings, cooled.actions_run, cooled.actions_suppressed) == (3, 2, 1)
+    assert [(t - T0, k) for t, k in cooled.marks if k != "crossing"] == [
+        (120, "run"), (420, "suppressed"), (720, "run"),
+    ]  # fmt: skip
+    # The signal's pid is a stand-in (the samples know no process); the third run is refused.
+    assert (limited.crossings, limited.actions_run, limited.actions_suppressed) == (3, 2, 1)
+    assert not cooled.problems and not limited.problems
+
+
+def test_the_devctl_rate_limit_delays_events_to_the_next_sample() -> None:
+    """12 jails cross in the same second: the kernel sends 10; the other 2 keep rrl_exceeded
+    clear (kern_rctl.c, rctl_enforce) and go out at the next allocation still over."""
+    line = Timeline(T0, T0 + 600)
+    jails = [f"j{n:02d}" for n in range(12)]
+    for jail in jails:
+        for minute, value in enumerate([3, 5, 5, 5]):
+            line.add(T0 + 60 * minute, jail, Resource.MEMORYUSE, value * G)
+    text = "".join(f"jail:{jail}:memoryuse:devctl=4g\n" for jail in jails)
+    report = replay(policy(text, "p.conf"), line.finish())
+    first_times = sorted(entry.marks[0][0] - T0 for entry in report.rules)
+    assert first_times == [60] * 10 + [120] * 2
+    assert sum(entry.delayed for entry in report.rules) == 2
+    assert all(entry.crossings == 1 for entry in report.rules)
+
+
+def test_rules_a_jail_timeline_cannot_replay_are_said() -> None:
+    text = "user:www:maxproc:deny=10\njail:db1:maxproc:deny=5/process\njail:db1:maxproc:log=5\n"
+    report = replay(policy(text, "p.conf"), timeline())
+    assert [r.policy_rule.canonical for r in report.rules] == ["jail:db1:maxproc:log=5"]
+    assert [reason for _, reason in report.skipped] == [
+        "a user rule: the history holds jails' usage only",
+        "per=process: the history holds the jail's total, not each process's",
+    ]
+
+
+def test_jail_patterns_expand_over_the_timelines_jails() -> None:
+    line = timeline()
+    line.add(T0, "web1", Resource.MEMORYUSE, 9 * G)
+    report = replay(policy("rules:\n  - rule: jail:web*:memoryuse:log=1g\n"), line.finish())
+    assert [(r.jail, r.crossings) for r in report.rules] == [("web1", 1)]
+
+
+# --- sources -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1800000000", 1_800_000_000.0), ("2027-01-15T08:00:00Z", float(T0)),
+     ("2027-01-15T09:00:00+01:00", float(T0))],
+)  # fmt: skip
+def test_times_are_unix_seconds_or_rfc3339(text: str, expected: float) -> None:
+    assert parse_time(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [('{"time": 1, "jail": "a", "resource": "memoryuze", "value": 1}', "unknown resource"),
+     ('{"time": 1, "jail": "a", "value": 1}', "no 'resource'"),
+     ('{"time": "yesterday", "jail": "a", "resource": "maxproc", "value": 1}', "not a time"),
+     ('{"time": 1, "jail": "a", "resource": "maxproc", "value": -1}', "'value' must be"),
+     ("[1, 2]", "not a JSON object"), ("{", "not JSON")],
+)  # fmt: skip
+def test_a_bad_line_of_a_file_says_where(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "usage.jsonl"
+    path.write_text('{"time": 1, "jail": "a", "resource": "maxproc", "value": 1}\n' + line + "\n")
+    with pytest.raises(TimelineError, match=rf"usage.jsonl:2: .*{message}"):
+        from_file(path, 0, 2**40)
+
+
+def write_sources(tmp_path: Path, values: list[int] = MEMORY) -> tuple[Path, Path]:
+    """The same timeline as a JSON-lines file and as the daemon's history database."""
+    jsonl = tmp_path / "usage.jsonl"
+    store = HistoryStore(tmp_path / HISTORY_FILE_NAME)
+    with jsonl.open("w") as handle:
+        for index, value in enumerate(values):
+            when = T0 + 60 * index
+            record = {"time": when, "jail": "db1", "resource": "memoryuse", "value": value * G}
+            handle.write(json.dumps(record) + "\n")
+            store.write(when, {"db1": {Resource.MEMORYUSE: value * G, Resource.MAXPROC: 3}})
+    store.close()
+    return jsonl, tmp_path
+
+
+POLICY = """\
+rules:
+  - rule: jail:db1:memoryuse:deny=4g
+  - rule: jail:db1:memoryuse:devctl=4g
+    on_match: {run: [/bin/echo, "{jail}"], cooldown: 6m}
+"""
+WINDOW = ["--start", str(T0), "--end", str(T0 + 60 * len(MEMORY))]
+
+
+def run_json(argv: list[str], capsys: pytest.CaptureFixture[str], status: int = 0) -> object:
+    assert main(argv) == status
+    return json.loads(capsys.readouterr().out)
+
+
+def test_file_and_history_give_the_same_report_in_the_issues_schema(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jsonl, state = write_sources(tmp_path)
+    rules = tmp_path / "p.yaml"
+    rules.write_text(POLICY)
+    common = ["replay", str(rules), *WINDOW, "--format", "json"]
+    from_jsonl = run_json([*common, "--from", f"file={jsonl}"], capsys)
+    from_history = run_json([*common, "--from", "history", "--state-dir", str(state)], capsys)
+    assert from_jsonl == from_history
+    assert from_jsonl == {
+        "interval": 60.0,
+        "start": "2027-01-15T08:00:00Z",
+        "end": "2027-01-15T08:15:00Z",
+        "rules": [
+            {"rule": "jail:db1:memoryuse:deny=4294967296", "jail": "db1", "deny_seconds": 420.0,
+             "crossings": 3, "actions_run": 0, "actions_suppressed": 0,
+             "first": "2027-01-15T08:02:00Z", "last": "2027-01-15T08:13:00Z"},
+            {"rule": "jail:db1:memoryuse:devctl=4294967296", "jail": "db1", "deny_seconds": 0.0,
+             "crossings": 3, "actions_run": 2, "actions_suppressed": 1,
+             "first": "2027-01-15T08:02:00Z", "last": "2027-01-15T08:13:00Z"},
+        ],
+    }  # fmt: skip
+
+
+def test_detailed_exitcode_is_3_when_a_rule_would_have_acted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jsonl, _ = write_sources(tmp_path)
+    acting, idle = tmp_path / "acting.conf", tmp_path / "idle.conf"
+    acting.write_text("jail:db1:memoryuse:deny=4g\n")
+    idle.write_text("jail:db1:memoryuse:deny=8g\n")
+    source = ["--from", f"file={jsonl}", *WINDOW, "--detailed-exitcode"]
+    assert main(["replay", str(acting), *source]) == 3
+    assert main(["replay", str(idle), *source]) == 0
+    assert main(["replay", str(acting), "--from", f"file={jsonl}", *WINDOW]) == 0
+    text = capsys.readouterr().out
+    assert "jail:db1:memoryuse:deny=4294967296" in text
+    assert "Usage sampled every 60s" in text and "spike shorter than the interval" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "message"),
+    [(["--from", "influx=x"], 2, "write history, file=PATH or prometheus=URL"),
+     (["--from", "file=/nonexistent/usage.jsonl"], 2, "No such file"),
+     (["--from", "prometheus=ftp://x"], 2, "must start with http"),
+     (["--from", "history", "--state-dir", "/nonexistent"], 2, "no usage history")],
+)  # fmt: skip
+def test_sources_that_cannot_be_read(
+    tmp_path: Path, argv: list[str], status: int, message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    rules = tmp_path / "p.conf"
+    rules.write_text("jail:db1:memoryuse:deny=4g\n")
+    assert main(["replay", str(rules), *argv]) == status
+    assert message in capsys.readouterr().err
+
+
+def test_a_policy_with_errors_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "p.conf"
+    rules.write_text("jail:db1:memoryuze:deny=4g\n")
+    assert main(["replay", str(rules), "--from", "file=/dev/null"]) == 1
+    assert "the policy has errors" in capsys.readouterr().err
+
+
+def test_html_has_one_svg_chart_per_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    jsonl, _ = write_sources(tmp_path)
+    rules = tmp_path / "p.yaml"
+    rules.write_text(POLICY)
+    assert main(["replay", str(rules), "--from", f"file={jsonl}", *WINDOW, "--format", "html"]) == 0
+    page = capsys.readouterr().out
+    assert page.count("<svg") == 2
+    assert "jail:db1:memoryuse:devctl=4294967296" in page
+    assert "pip install" not in page
+
+
+def test_html_without_matplotlib_says_how_to_get_charts(tmp_path: Path) -> None:
+    jsonl, _ = write_sources(tmp_path)
+    rules = tmp_path / "p.yaml"
+    rules.write_text(POLICY)
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from rctlpolicy.cli import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    argv = ["replay", str(rules), "--from", f"file={jsonl}", *WINDOW, "--format", "html"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pip install &#x27;rctlpolicy[plot]&#x27;" in result.stdout
+    assert "<svg" not in result.stdout
+    assert "<td>jail:db1:memoryuse:deny=4294967296</td>" in result.stdout
