@@ -123,7 +123,7 @@ def latency_run(args: argparse.Namespace, root: Path, sockets: Path) -> dict[str
             sent[jail] = time.time()
             server.send(format_rctl_event(RULE, 5100, 80, jail))
             # Idle again before the next one: the action has ended and been accounted for.
-            daemon.log.wait_for(rf"action date for \S+ in jail {jail}: ok", 10, since=mark)
+            daemon.log.wait_for(rf"action \S+ for \S+ in jail {jail}: ok", 10, since=mark)
         starts = action_starts(daemon)
         single = [starts[jail] - at for jail, at in sent.items()]
 

@@ -79,6 +79,7 @@ class World:
             "ANSIBLE_RETRY_FILES_ENABLED": "0",
             "ANSIBLE_DEPRECATION_WARNINGS": "0",
             "PYTHONWARNINGS": "ignore",
+            "PYTHONDONTWRITEBYTECODE": "1",  # the action plugin is loaded from the checkout
         }
 
     def playbook(
