@@ -227,6 +227,40 @@ def test_an_invalid_policy_fails_with_file_line_col_and_changes_nothing(world: W
     assert (world.rules_dir / "rctl.conf").read_text() == before
 
 
+def test_without_src_or_rules_dir_the_daemons_config_says_where_the_policy_is(
+    world: World,
+) -> None:
+    world.rules_dir.mkdir(parents=True)
+    (world.rules_dir / "rctl.conf").write_text(POLICY)
+    config = world.root / "rctlpolicy.yaml"
+    config.write_text(
+        yaml.safe_dump({"rules-dir": str(world.rules_dir), "state-dir": str(world.state_dir)})
+    )
+    env = dict(world.env(), RCTLPOLICY_SIM_HOST=str(world.host.path))
+    run = subprocess.run(
+        [
+            str(BIN / "ansible"),
+            "localhost",
+            "-i",
+            str(world.inventory),
+            "-m",
+            "rctlpolicy.freebsd.policy",
+            "-a",
+            f"config={config}",
+            "--check",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "localhost | CHANGED" in run.stdout
+    assert f'"rules_dir": "{world.rules_dir}"' in run.stdout
+    assert world.kernel() == []
+
+
 def test_reload_lets_the_running_daemon_apply_the_policy(world: World) -> None:
     world.rules_dir.mkdir(parents=True)
     pidfile = world.root / "rctlpolicy.pid"
@@ -374,19 +408,23 @@ def test_the_collection_builds_installs_and_documents_its_module(world: World) -
     )
     assert built.returncode == 0, built.stdout + built.stderr
     [tarball] = world.root.glob("rctlpolicy-freebsd-*.tar.gz")
-    installed = world.root / "collections"
-    done = subprocess.run(
-        [str(galaxy), "collection", "install", "--force", str(tarball), "-p", str(installed)],
-        env=world.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    module = installed / "ansible_collections" / "rctlpolicy" / "freebsd" / "plugins"
-    assert (module / "modules" / "policy.py").is_file()
-    assert (module / "action" / "policy.py").is_file()
+    # From the built tarball, and straight from the checkout.
+    for source, installed in (
+        (tarball, world.root / "from-tarball"),
+        (COLLECTION, world.root / "collections"),
+    ):
+        done = subprocess.run(
+            [str(galaxy), "collection", "install", "--force", str(source), "-p", str(installed)],
+            env=world.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        plugins = installed / "ansible_collections" / "rctlpolicy" / "freebsd" / "plugins"
+        assert (plugins / "modules" / "policy.py").is_file()
+        assert (plugins / "action" / "policy.py").is_file()
     env = dict(world.env(), ANSIBLE_COLLECTIONS_PATH=str(installed))
     doc = subprocess.run(
         [str(BIN / "ansible-doc"), "--json", "rctlpolicy.freebsd.policy"],
