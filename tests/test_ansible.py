@@ -301,13 +301,13 @@ def test_the_role_lints_on_the_controller_before_it_copies(world: World) -> None
 
 
 def test_the_role_sets_a_host_up_and_its_prometheus_target(world: World) -> None:
-    variables = role_variables(world)
+    variables = role_variables(world, rctlpolicy_listen_address="[::]:10300")
     (world.root / "etc").mkdir()  # /usr/local/etc: there on every FreeBSD host with pkg(8)
     first = Run(world.playbook("fleet", **variables))
     assert first.returncode == 0, [t for t in first.document["tasks"] if t["status"] == "failed"]
     config = load_config_file(Path(variables["rctlpolicy_config_path"]))
     assert config["rules_dir"] == world.rules_dir
-    assert config["listen_address"] == "0.0.0.0:10217"
+    assert config["listen_address"] == "[::]:10300"
     assert config["jail_poll_interval"] == 10.0
     assert (world.root / "boot" / "loader.conf").read_text() == 'kern.racct.enable="1"\n'
     assert (Path(variables["rctlpolicy_rc_conf"])).read_text().splitlines() == [
@@ -320,7 +320,8 @@ def test_the_role_sets_a_host_up_and_its_prometheus_target(world: World) -> None
     notice = first.task("Say that a reboot is needed to turn resource accounting on")
     assert "kern.racct.enable is off on localhost" in notice["msg"]
     target = json.loads((world.root / "file_sd" / "localhost.json").read_text())
-    assert target == [{"targets": ["localhost:10217"], "labels": {"host": "localhost"}}]
+    # Scraped where the daemon listens, under the host's inventory name.
+    assert target == [{"targets": ["localhost:10300"], "labels": {"host": "localhost"}}]
 
     again = Run(world.playbook("fleet", **variables))
     assert again.returncode == 0
@@ -348,7 +349,7 @@ def test_the_role_sets_a_host_up_and_its_prometheus_target(world: World) -> None
     assert found.returncode == 0, found.stdout + found.stderr
     [discovered] = json.loads(found.stdout)
     assert discovered["labels"]["instance"] == "localhost"
-    assert discovered["labels"]["__address__"] == "localhost:10217"
+    assert discovered["labels"]["__address__"] == "localhost:10300"
     assert "host" not in discovered["labels"]
 
 
