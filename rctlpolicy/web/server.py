@@ -50,6 +50,8 @@ _T = TypeVar("_T")
 
 #: Threads that run render(); scrapes with the same Accept header share one render.
 _RENDER_WORKERS = 4
+#: Bytes read from a connection at a time (into one buffer all connections share).
+_READ_BUFFER = 64 * 1024
 #: Seconds between two warnings of one kind about clients.
 _WARN_INTERVAL = 10.0
 #: Connections asyncio accepts per wakeup of the listening socket.
@@ -164,6 +166,7 @@ class MetricsServer:
         base = dataclasses.replace(limits or ServerLimits(), **limit_overrides)
         self.limits = base
         self.stats = ServerStats()
+        self.read_buffer = memoryview(bytearray(_READ_BUFFER))
         self._password_check = password_check
         self._state = self._build_state(web_config, None)
         self._listener: socket.socket | None = None
@@ -376,13 +379,13 @@ class MetricsServer:
                     "full",
                     "metrics: %d connections open, all serving; refusing %s",
                     self._max_connections,
-                    connection.peer,
+                    connection,
                 )
                 return False
             self._drop(victim)
             victim.abort()
             self.stats.add("connections_evicted")
-            logger.debug("metrics: evicted %s to make room", victim.peer)
+            logger.debug("metrics: evicted %s to make room", victim)
         self._connections.add(connection)
         self._evictable[connection] = None
         with self.stats.lock:
