@@ -945,3 +945,23 @@ def test_where_records_carry_msg_eor_a_part_without_it_is_discarded(
     with pytest.raises(queue.Empty):
         out.get(timeout=0.2)
     assert (client.fragments_discarded, client.lines) == (1, 0)
+
+
+def test_a_simple_queue_is_bounded_by_the_limit(devd: DevdServer, make_client: MakeClient) -> None:
+    simple: queue.SimpleQueue[DevdItem] = queue.SimpleQueue()
+    client, _ = make_client(out=simple, limit=3)
+    assert devd.wait_for_clients(1, timeout=TIMEOUT)
+    for i in range(5):
+        devd.send(f"!n={i}\n".encode())
+    deadline = time.monotonic() + TIMEOUT
+    while client.lines < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # Connected, Receiving and !n=0 make three: !n=1 to !n=4 found the queue at its limit.
+    assert (client.lines, client.dropped) == (5, 4)
+    assert [simple.get(timeout=TIMEOUT) for _ in range(3)] == [
+        Connected(str(devd.seqpacket_path), SocketKind.SEQPACKET),
+        Receiving(str(devd.seqpacket_path), SocketKind.SEQPACKET),
+        b"!n=0",
+    ]
+    devd.send(b"!n=5\n")
+    assert simple.get(timeout=TIMEOUT) == b"!n=5"
