@@ -8,11 +8,12 @@ answers replayed from recorded strings, against prometheus_client's generate_lat
 run, at 125 and 2,000 jails and --jails; the HTTP scrape of a daemon on the simulated host and
 the simulator's share beside it), run from here too.
 
-Everything goes through the real interfaces: the daemon is `python -m rctlpolicy daemon` on a
-simulated host, fed by the devd double (`DevdServer`) on a real seqpacket socket. The action is
-GNU date(1) printing its own start time and the event's jail (`date "+%s.%N {jail}"`); the
-daemon logs its output, so each event's latency is that time minus the moment the bench sent
-the line. The baseline is measured in the same run: the same date command spawned directly
+Everything goes through the real interfaces: the daemon is `python -m rctlpolicy daemon` from
+the bench's own non-editable install (`bench/_venv.py`, bytecode), on a simulated host, fed by
+the devd double (`DevdServer`) on a real seqpacket socket. The action is GNU date(1) printing
+its own start time and the event's jail (`date "+%s.%N {jail}"`); the daemon logs its output,
+so each event's latency is that time minus the moment the bench sent the line. The baseline is
+measured in the same run: the same date command spawned directly
 (subprocess, as the engine does). Goals are printed beside the figures; the exit status is 0
 unless --check is given and a goal is missed.
 """
@@ -36,6 +37,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import scrape
+from _venv import NEUTRAL_CWD, bench_env, bench_python
 from daemon_helpers import DaemonProcess, SimHost, short_tempdir, wait_until, write_config
 
 from rctlpolicy.devd import format_rctl_event
@@ -91,7 +93,7 @@ def start_daemon(root: Path, host: SimHost, server: DevdServer, rules: object) -
         "--config", str(config), "--kernel", "sim", "--sim-host", str(host.path),
         "--rules-dir", str(rules_dir), "--state-dir", str(root / "state"),
         "--web.listen-address", "127.0.0.1:0", "--devd-socket", str(server.seqpacket_path),
-    ])  # fmt: skip
+    ], python=str(bench_python()), cwd=NEUTRAL_CWD, environ=bench_env())  # fmt: skip
     daemon.wait_started(30)
     assert server.wait_for_clients(1, 10), "the daemon did not connect to devd"
     daemon.wait_connected(10)
@@ -121,7 +123,7 @@ def latency_run(args: argparse.Namespace, root: Path, sockets: Path) -> dict[str
             sent[jail] = time.time()
             server.send(format_rctl_event(RULE, 5100, 80, jail))
             # Idle again before the next one: the action has ended and been accounted for.
-            daemon.log.wait_for(rf"action date for \S+ in jail {jail}: ok", 10, since=mark)
+            daemon.log.wait_for(rf"action \S+ for \S+ in jail {jail}: ok", 10, since=mark)
         starts = action_starts(daemon)
         single = [starts[jail] - at for jail, at in sent.items()]
 

@@ -3,9 +3,11 @@ whether devd's events still get through.
 
     .venv/bin/python bench/reload.py [--mb 10] [--samples 3] [--events 5000] [--check]
 
-The daemon is `python -m rctlpolicy daemon` on a simulated host with the devd double
-(`DevdServer`) on a real seqpacket socket, as in bench/daemon.py. A policy of `--mb` megabytes
-of rctl.conf is put in its rules directory and SIGHUP makes it load it (in a child process).
+The daemon is `python -m rctlpolicy daemon` from the bench's own non-editable install
+(`bench/_venv.py`, bytecode, run from a neutral directory) on a simulated host with the devd
+double (`DevdServer`) on a real seqpacket socket, as in bench/daemon.py. A policy of `--mb`
+megabytes of rctl.conf is put in its rules directory and SIGHUP makes it load it (in a child
+process).
 
 - SIGTERM to exit: the time from SIGTERM to the daemon's exit, while the policy loads, against
   the same daemon idle (the baseline, measured in the same run): medians over `--samples`.
@@ -21,6 +23,7 @@ is missed. Figures from a busy machine are noisy: compare the ratio, not the sec
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import statistics
 import sys
@@ -33,6 +36,7 @@ from pathlib import Path
 # The test suite's harness for the daemon subprocess (tests/ is not a package).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from _venv import NEUTRAL_CWD, bench_env, bench_python
 from daemon_helpers import Env, short_tempdir, wait_until
 
 from rctlpolicy.devd import format_rctl_event
@@ -56,10 +60,19 @@ def big_policy(path: Path, megabytes: float) -> int:
     return size
 
 
+@functools.cache
+def installed_python() -> str:
+    """The bench venv's interpreter (non-editable install, bytecode), made once per run."""
+    return str(bench_python())
+
+
 @contextmanager
 def world() -> Iterator[Env]:
+    """A daemon's world; the daemon runs as users run it (`bench/_venv.py`)."""
     with tempfile.TemporaryDirectory(prefix="rp-bench-") as root, short_tempdir() as sockets:
-        env = Env(Path(root), sockets)
+        env = Env(
+            Path(root), sockets, python=installed_python(), cwd=NEUTRAL_CWD, environ=bench_env()
+        )
         try:
             (env.rules_dir / "base.conf").write_text("jail:db1:maxproc:deny=100\n")
             yield env

@@ -264,9 +264,12 @@ def config_file_to_read(given: Path | None) -> Path | None:
     return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
 
 
-def load_daemon_config(given: Path | None, flag_values: dict[str, Any]) -> LoadedConfig:
+def load_daemon_config(
+    given: Path | None, flag_values: dict[str, Any], notes: list[str] | None = None
+) -> LoadedConfig:
     """Defaults, then the config file (given, or the default one if present), then the flags
-    that were given: the daemon's precedence, for every command that shares its settings."""
+    that were given: the daemon's precedence, for every command that shares its settings.
+    Notes on keys spelt the old way go to `notes` (see `load_config_file`)."""
     path = config_file_to_read(given)
-    file_values = load_config_file(path) if path is not None else {}
+    file_values = load_config_file(path, notes) if path is not None else {}
     return LoadedConfig(build_config(file_values, flag_values), path, frozenset(file_values))

@@ -264,7 +264,10 @@ def _run_locked(config: DaemonConfig, setup: KernelSetup, state_dir: Path) -> in
         try:
             sim_devd.start()
         except OSError as error:
-            _say(config, "daemon", f"cannot start the simulated devd: {_os_error(error)}")
+            hint = ""
+            if error.errno in (errno.EADDRINUSE, errno.EBUSY):  # `sim devd`, another daemon's
+                hint = f"; to read it, pass --devd-socket {sim_devd.server.seqpacket_path}"
+            _say(config, "daemon", f"cannot start the simulated devd: {_os_error(error)}{hint}")
             return 2
         devd_paths = (sim_devd.server.seqpacket_path, sim_devd.server.stream_path)
         log.info("simulated devd serving %s", sim_devd.server.seqpacket_path)

@@ -43,6 +43,10 @@ def socket_directory(host_path: Path) -> Path | None:
 
 
 def _refuse_a_served_socket(path: Path) -> None:
+    """EADDRINUSE when something answers on `path`. devd's create_socket() unlinks whatever is
+    there, but a second devd never gets that far: config::open_pidfile() (sbin/devd/devd.cc)
+    exits with "devd already running, pid: N" when pidfile_open(3) finds the pidfile locked.
+    The simulated devd has no pidfile, so it asks the socket."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
         try:
             probe.connect(os.fspath(path))

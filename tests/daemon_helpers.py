@@ -234,9 +234,23 @@ class LogLines:
 class DaemonProcess:
     """`python -m rctlpolicy daemon ARGS` with its stderr and stdout collected line by line."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None) -> None:
-        base = {k: v for k, v in os.environ.items() if k != "RCTLPOLICY_SIM_HOST"}
-        self.args = [PYTHON, "-m", "rctlpolicy", "daemon", *args]
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        *,
+        python: str | None = None,
+        cwd: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        """`env` is added to `environ` (default: this process's environment); `python` and
+        `cwd` default to this interpreter and the checkout (the benches pass their own
+        non-editable install, run from a directory without `rctlpolicy/`)."""
+        base = {
+            k: v for k, v in (os.environ if environ is None else environ).items()
+            if k != "RCTLPOLICY_SIM_HOST"
+        }  # fmt: skip
+        self.args = [python or PYTHON, "-m", "rctlpolicy", "daemon", *args]
         self.proc = subprocess.Popen(
             self.args,
             stdin=subprocess.DEVNULL,
@@ -244,7 +258,7 @@ class DaemonProcess:
             stderr=subprocess.STDOUT,
             text=True,
             env=dict(base, **(env or {})),
-            cwd=REPO,
+            cwd=cwd or REPO,
         )
         assert self.proc.stdout is not None
         self.log = LogLines(self.proc.stdout)
@@ -367,7 +381,17 @@ FAST = {
 class Env:
     """One test's world: a simulated host, a rules directory, a devd double, daemons."""
 
-    def __init__(self, root: Path, socket_dir: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        socket_dir: Path,
+        *,
+        python: str | None = None,
+        cwd: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        """`python`, `cwd` and `environ`: how its daemons are started (`DaemonProcess`)."""
+        self._python, self._cwd, self._environ = python, cwd, environ
         self.root = root
         self.host = SimHost(root / "host.yaml")
         self.rules_dir = root / "rules"
@@ -406,7 +430,9 @@ class Env:
             if not self.server.running:
                 self.server.start()
             args += ["--devd-socket", str(self.server.seqpacket_path)]
-        daemon = DaemonProcess([*args, *extra])
+        daemon = DaemonProcess(
+            [*args, *extra], python=self._python, cwd=self._cwd, environ=self._environ
+        )
         self.daemons.append(daemon)
         if wait:
             daemon.wait_started()

@@ -166,3 +166,13 @@ def test_outcome_values_are_the_ones_the_exporter_uses() -> None:
     ]
     assert used, "no outcome matchers found: is the pattern out of date?"
     assert [(metric, value) for metric, value in used if value not in known[metric]] == []
+
+
+def test_the_fleet_scrape_config_is_valid_and_names_the_job_the_rules_expect() -> None:
+    config = REPO / "contrib" / "prometheus" / "prometheus-fleet.yml"
+    result = promtool("check", "config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    [job] = load(config)["scrape_configs"]
+    assert job["job_name"] == "rctlpolicy"
+    assert job["file_sd_configs"]
+    assert any(rule.get("target_label") == "instance" for rule in job["relabel_configs"])

@@ -258,6 +258,7 @@ def test_a_second_daemon_never_takes_over_a_running_simulated_devd(world: World)
         assert second.returncode == 2
         assert second.stderr == (
             "rctlpolicy daemon: cannot start the simulated devd: another devd is serving "
+            f"{world.devd_dir / 'devd.seqpacket.pipe'}; to read it, pass --devd-socket "
             f"{world.devd_dir / 'devd.seqpacket.pipe'}\n"
         )
         assert {p: identity(p) for p in world.devd_dir.iterdir()} == sockets
@@ -361,3 +362,15 @@ def test_log_format_logfmt_and_json(world: World, log_format: str) -> None:
                 r'ts=\S+Z level=(debug|info|warning|error) pid=\d+ msg="([^"\\]|\\.)*"', line
             ), line
     assert any("rctlpolicy started" in line for line in lines)
+
+
+def test_sockets_left_by_a_daemon_that_died_are_replaced(world: World) -> None:
+    world.devd_dir.mkdir()
+    stale = world.devd_dir / "devd.seqpacket.pipe"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as dead:
+        dead.bind(str(stale))  # closed without unlinking: what a killed daemon leaves
+    with running(world.daemon_args()) as daemon:
+        daemon.wait_connected()  # the daemon reads the simulated devd it bound there
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as client:
+            client.connect(str(stale))
+    assert not stale.exists()  # the daemon's own, removed as it stopped

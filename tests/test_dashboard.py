@@ -176,3 +176,16 @@ def test_covers_what_operators_need(dashboard: dict[str, Any]) -> None:
     assert any("by (outcome)" in e and metric_names.RCTLPOLICY_EVENTS_TOTAL in e for e in exprs)
     assert any("by (outcome)" in e and metric_names.RCTLPOLICY_ACTIONS_TOTAL in e for e in exprs)
     assert any('action="deny"' in e and metric_names.JAIL_MEMORYUSE_LIMIT_BYTES in e for e in exprs)
+
+
+def test_fleet_views_aggregate_across_every_host(dashboard: dict[str, Any]) -> None:
+    panels = list(all_panels(dashboard["panels"]))
+    [row] = [p for p in panels if p["type"] == "row" and p["title"].startswith("Fleet")]
+    fleet = [p for p in panels if p["type"] != "row" and p["gridPos"]["y"] > row["gridPos"]["y"]]
+    titles = {p["title"] for p in fleet}
+    assert {"Top 10 jails by memory use across the fleet", "Actions per host"} <= titles
+    for panel in fleet:
+        for target in panel["targets"]:
+            assert "$instance" not in target["expr"], panel["title"]  # every host
+    by_title = {p["title"]: p["targets"][0]["expr"] for p in fleet}
+    assert by_title["Actions per host"].startswith("sum by (instance")

@@ -538,6 +538,7 @@ def test_port_plist_matches_what_post_install_installs() -> None:
     examples = {line.removeprefix("%%EXAMPLESDIR%%/") for line in plist if "EXAMPLESDIR" in line}
     assert set(installed) == examples == {
         "devd-rctlpolicy.conf", "grafana-rctlpolicy.json", "rctlpolicy-alerts.yml",
+        "prometheus-fleet.yml",
     }  # fmt: skip
     pages = re.findall(r"\$\{WRKSRC\}/man/(rctlpolicy\S*)\.(\d) ", makefile)
     assert sorted(pages) == [("rctlpolicy", "8"), ("rctlpolicy.yaml", "5")]

@@ -38,10 +38,10 @@ def _top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction[A
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rctlpolicy.cli import history, lint, plan, replay, service, show, sim
+    from rctlpolicy.cli import history, lint, plan, replay, service, show, sim, suggest
 
     parser, commands = _top_parser()
-    for group in (lint, show, plan, service, sim, history, replay):
+    for group in (lint, show, plan, service, sim, history, replay, suggest):
         group.add_parsers(commands)
     return parser
 

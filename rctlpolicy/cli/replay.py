@@ -110,7 +110,7 @@ def limits_text(report: Any) -> str:
     )
 
 
-def _load_policy(paths: list[str]) -> Any:
+def load_policy(paths: list[str]) -> Any:
     from rctlpolicy.files import PolicyReadError, read_policy_files
     from rctlpolicy.formats import format_text
     from rctlpolicy.lint import lint_files
@@ -192,7 +192,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             "rctlpolicy replay: the window is empty (--start is not before --end)", file=sys.stderr
         )
         return EXIT_USAGE
-    policy = _load_policy(args.paths)
+    policy = load_policy(args.paths)
     if policy is None:
         return EXIT_FINDINGS
     timeline = load_timeline(args, start, end)

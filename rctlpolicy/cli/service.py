@@ -28,28 +28,24 @@ _PATH_FLAGS = {
 
 
 def _daemon_config(args: argparse.Namespace, command: str) -> Any:
+    """The config file (--config, else the default one if present), then the flags given."""
     from pathlib import Path
 
-    from rctlpolicy.config import DEFAULT_CONFIG_PATH, build_config, load_config_file
+    from rctlpolicy.config import load_daemon_config
 
-    file_values: dict[str, Any] = {}
-    config_path = Path(args.config) if args.config else None
-    if config_path is None and DEFAULT_CONFIG_PATH.exists():
-        config_path = DEFAULT_CONFIG_PATH
-    if config_path is not None:
-        notes: list[str] = []
-        file_values = load_config_file(config_path, notes)
-        for note in notes:
-            print(f"rctlpolicy {command}: {note}", file=sys.stderr)
     flags: dict[str, Any] = {}
     for name in _FLAG_FIELDS:
         value = getattr(args, name, None)
-        if value is not None and name in _PATH_FLAGS:
-            value = Path(value)
+        if name in _PATH_FLAGS:
+            value = Path(value) if value else None  # "" (an empty $RCTLPOLICY_SIM_HOST): unset
         flags[name] = value
     if getattr(args, "flush_on_exit", False) is False:
         flags["flush_on_exit"] = None  # store_true: absent means "as the file says"
-    return build_config(file_values, flags)
+    notes: list[str] = []
+    loaded = load_daemon_config(Path(args.config) if args.config else None, flags, notes)
+    for note in notes:
+        print(f"rctlpolicy {command}: {note}", file=sys.stderr)
+    return loaded.config
 
 
 def _cmd_daemon(args: argparse.Namespace) -> int:

@@ -160,3 +160,6 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         help="how often usage is re-read, in seconds (default: 0.5)",
     )
     sim_devd.set_defaults(handler=_cmd_sim_devd)
+    from rctlpolicy.cli.simtimeline import add_timeline_parser
+
+    add_timeline_parser(sim_commands)

@@ -7,7 +7,8 @@ Layout (SQLite, WAL, `synchronous=NORMAL`: a killed daemon loses nothing it comm
   resource's value in one blob of varints in `Resource` order (500 jails x 48 h at 60 s is
   1.4 million rows: a row per resource would be 25 times as many);
 - `hourly(jail, hour, samples, stats)`: per jail and hour, for every resource its max, mean,
-  p50, p95 and p99 (nearest rank), the same varint blob;
+  p50, p95 and p99 (nearest rank), the same varint blob (the max, then each other statistic
+  as its distance below the max);
 - `meta`: the schema version, the resource order of the blobs, the hour rolled up to.
 
 Both tables are keyed (jail, time) without rowids, so a jail's range is one index range and
@@ -111,6 +112,18 @@ def rollup(values: Sequence[int]) -> tuple[int, int, int, int, int]:
         percentile(ordered, 0.95),
         percentile(ordered, 0.99),
     )
+
+
+def _below_max(stats: tuple[int, int, int, int, int]) -> tuple[int, int, int, int, int]:
+    """The hourly blob's form: the max, then how far below it each other statistic is (p99
+    is usually close to the max, so its varint is short: a 500-jail month is a third smaller)."""
+    top = stats[0]
+    return (top, top - stats[1], top - stats[2], top - stats[3], top - stats[4])
+
+
+def _from_below_max(stored: Sequence[int]) -> tuple[int, int, int, int, int]:
+    top = stored[0]
+    return (top, top - stored[1], top - stored[2], top - stored[3], top - stored[4])
 
 
 # --- what is read back ---------------------------------------------------------------------
@@ -333,7 +346,7 @@ class HistoryStore:
                 if not blobs:
                     continue
                 columns = list(zip(*(decode_values(b[0]) for b in blobs), strict=False))
-                stats = [value for column in columns for value in rollup(column)]
+                stats = [value for column in columns for value in _below_max(rollup(column))]
                 rows.append((jid, hour, len(blobs), encode_values(stats)))
             db.executemany(
                 "INSERT OR REPLACE INTO hourly(jail, hour, samples, stats) VALUES (?, ?, ?, ?)",
@@ -419,13 +432,7 @@ class HistoryStore:
             ):
                 flat = decode_values(blob)
                 stats = {
-                    resource: (
-                        flat[i * width],
-                        flat[i * width + 1],
-                        flat[i * width + 2],
-                        flat[i * width + 3],
-                        flat[i * width + 4],
-                    )
+                    resource: _from_below_max(flat[i * width : (i + 1) * width])
                     for i, resource in enumerate(self._resources)
                     if len(flat) >= (i + 1) * width
                 }

@@ -343,12 +343,18 @@ def _fitted(output: bytes, outbuflen: int) -> bytes:
     return output
 
 
+#: Each resource with its `name=` (a constant table: a scrape asks for every jail's usage).
+_ALL_USAGE = tuple((resource, f"{resource.value}=") for resource in Resource)
+_PROCESS_USAGE = tuple((resource, f"{resource.value}=") for resource in PROCESS_USAGE_RESOURCES)
+
+
 def usage_text(host: HostSpec, subject: SubjectType, subject_id: str) -> str:
     """`rctl_racct_to_sbuf`: name=value for each resource in id order; the sloppy resources are
     left out for a process."""
     usage = host.usage_of(subject, subject_id)
-    resources = PROCESS_USAGE_RESOURCES if subject is SubjectType.PROCESS else tuple(Resource)
-    return ",".join(f"{resource}={usage.get(resource, 0)}" for resource in resources)
+    resources = _PROCESS_USAGE if subject is SubjectType.PROCESS else _ALL_USAGE
+    get = usage.get
+    return ",".join([f"{name}{get(resource, 0)}" for resource, name in resources])
 
 
 # --- which processes a rule is linked to ---------------------------------------------------------

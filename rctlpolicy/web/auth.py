@@ -105,17 +105,17 @@ class BasicAuth:
             return False
 
     def _dummy(self) -> bytes:
-        with self._lock:
-            if self._dummy_hash is None:
-                costs = []
-                for hashed in self._users.values():
-                    match = BCRYPT_HASH.fullmatch(hashed.decode("utf-8", "replace"))
-                    if match:
-                        costs.append(int(match.group(1)))
-                # bcrypt accepts costs 4 to 31; 10 is the usual default when nothing else is known.
-                rounds = min(max(max(costs, default=10), 4), 31)
-                self._dummy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds))
-            return self._dummy_hash
+        # Made on first use, outside the lock (two threads may both make one: harmless).
+        if self._dummy_hash is None:
+            costs = []
+            for hashed in self._users.values():
+                match = BCRYPT_HASH.fullmatch(hashed.decode("utf-8", "replace"))
+                if match:
+                    costs.append(int(match.group(1)))
+            # bcrypt accepts costs 4 to 31; 10 is the usual default when nothing else is known.
+            rounds = min(max(max(costs, default=10), 4), 31)
+            self._dummy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds))
+        return self._dummy_hash
 
 
 def _parse_basic(authorization: str | None) -> tuple[str, bytes] | None:

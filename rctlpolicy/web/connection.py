@@ -89,6 +89,10 @@ class ConnectionHost(Protocol):
 
     def handshake_timed_out(self) -> None: ...
 
+    def warn(self, key: str, message: str, *args: object) -> None:
+        """Log a warning about a client, at most once in a while per ``key``."""
+        ...
+
     def request_too_large(self) -> None: ...
 
 
@@ -110,7 +114,9 @@ class Connection(asyncio.Protocol):
         self._idle_at = 0.0
         self._deadline_at = 0.0
         self._write_backlog = 0
-        self._closing = False
+        self._keep_alive = False
+        self._body: memoryview | None = None
+        self._writing_paused = False
 
     # --- asyncio.Protocol -----------------------------------------------------------------
 
@@ -156,6 +162,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.phase = Phase.CLOSED
+        self._body = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -182,30 +189,52 @@ class Connection(asyncio.Protocol):
         """Send one whole response; then wait for the next request, or close."""
         if self.phase is not Phase.SERVING:
             return  # closed (evicted, timed out, server stopping) while the answer was made
-        fields = [*headers, ("Content-Length", str(len(body)))]
-        # A body the server did not read would be taken for the next request: close after.
-        if close or self._h11.their_state is not h11.DONE:
-            fields.append(("Connection", "close"))
-        reason = _REASONS.get(status, b"")
-        try:
-            data = self._h11.send(h11.Response(status_code=status, headers=fields, reason=reason))
-            if not head and body:
-                data += self._h11.send(h11.Data(data=body))
-            data += self._h11.send(h11.EndOfMessage())
-        except h11.LocalProtocolError:
-            logger.exception("metrics: cannot send a %d response to %s", status, self.peer)
-            self.abort()
-            return
-        self._send(data)
-        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
-            self._h11.start_next_cycle()
-            self.phase = Phase.WAITING
-            self._start_clocks(self._limits.request_deadline)
-            assert self.transport is not None
-            self.transport.resume_reading()
-            self._next_request()
-        else:
+        keep_alive = self._keep_alive and not close
+        # h11 reads requests; the response, always whole and with a length, is formatted
+        # here: h11's own checks of headers we wrote ourselves cost more than the scrape.
+        lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
+        lines += [f"{name}: {value}\r\n".encode("latin-1") for name, value in headers]
+        lines.append(b"Content-Length: %d\r\n" % len(body))
+        lines.append(b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+        self._send(b"".join(lines))
+        self._body = memoryview(body) if body and not head else None
+        self._keep_alive = keep_alive
+        self._write_body()
+
+    def _write_body(self) -> None:
+        # In chunks, while the transport takes them: a body is shared by every scrape that
+        # waited for its render, so a slow reader must not make the server copy all of it.
+        while self._body is not None and not self._writing_paused and self.phase is Phase.SERVING:
+            chunk, rest = self._body[:_BODY_CHUNK], self._body[_BODY_CHUNK:]
+            self._body = rest if rest else None
+            self._send(chunk)
+        if self._body is None and self.phase is Phase.SERVING:
+            self._finish_response()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._body is not None and self.phase is Phase.SERVING:
+            self._write_body()
+
+    def _finish_response(self) -> None:
+        if not self._keep_alive:
             self.close()
+            return
+        # Whatever the client sent after this request (pipelining) is the next one's start.
+        pending, closed = self._h11.trailing_data
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.header_budget)
+        if pending:
+            self._h11.receive_data(pending)
+        if closed:  # receive_data(b"") is how h11 is told of the end of the stream
+            self._h11.receive_data(b"")
+        self.phase = Phase.WAITING
+        self._start_clocks(self._limits.request_deadline)
+        assert self.transport is not None
+        self.transport.resume_reading()
+        self._next_request()
 
     def close(self) -> None:
         """Flush what was written, then close."""
@@ -238,14 +267,16 @@ class Connection(asyncio.Protocol):
         except ssl.SSLError as exc:
             # A client with no, an expired or an untrusted certificate, or plain HTTP.
             self._flush_tls()
-            logger.warning("TLS with %s failed: %s", self.peer, exc.reason or exc)
+            self._host.warn("tls", "TLS with %s failed: %s", self.peer, exc.reason or exc)
             self.close()
             return False
         self._flush_tls()
         if self._allowed_sans and not san_allowed(
             self._ssl.getpeercert() or {}, self._allowed_sans
         ):
-            logger.warning("TLS client %s: certificate has none of the allowed SANs", self.peer)
+            self._host.warn(
+                "sans", "TLS client %s: certificate has none of the allowed SANs", self.peer
+            )
             self.abort()
             return False
         self.phase = Phase.WAITING
@@ -284,10 +315,22 @@ class Connection(asyncio.Protocol):
         try:
             event = self._h11.next_event()
             if isinstance(event, h11.Request):
+                if _head_size(event) > self._limits.header_budget:
+                    # h11 checks the budget only while a request is incomplete; one that
+                    # arrived whole in a single read is measured here.
+                    raise h11.RemoteProtocolError(
+                        "request line and headers too long",
+                        error_status_hint=http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    )
                 request = Request(event)
-                if not request.has_body:
-                    # A request without a body ends at once; h11 wants to be told so.
-                    self._h11.next_event()
+                # Persistent unless the client says otherwise (HTTP/1.0 or "close"), or it
+                # sends a body the server does not read: that would be taken for the next
+                # request.
+                self._keep_alive = (
+                    event.http_version == b"1.1"
+                    and "close" not in request.headers.get("connection", "").lower()
+                    and not request.has_body
+                )
             else:
                 if isinstance(event, h11.ConnectionClosed):
                     self.close()
@@ -308,7 +351,7 @@ class Connection(asyncio.Protocol):
 
     # --- writing --------------------------------------------------------------------------
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes | memoryview) -> None:
         if self._ssl is None:
             assert self.transport is not None
             self.transport.write(data)
@@ -369,4 +412,15 @@ class Connection(asyncio.Protocol):
         self.abort()
 
 
-_REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in http.HTTPStatus}
+def _head_size(event: h11.Request) -> int:
+    """The request line and headers as sent (give or take optional whitespace)."""
+    line = len(event.method) + len(event.target) + len(b" HTTP/1.1\r\n ")
+    return line + sum(len(name) + len(value) + 4 for name, value in event.headers) + 2
+
+
+#: Bytes of a response body handed to the transport at a time.
+_BODY_CHUNK = 16 * 1024
+
+_STATUS_LINES: dict[int, bytes] = {
+    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("ascii") for s in http.HTTPStatus
+}

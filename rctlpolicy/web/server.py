@@ -33,7 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from rctlpolicy.web.auth import BasicAuth
+import bcrypt
+
+from rctlpolicy.web.auth import BasicAuth, PasswordCheck
 from rctlpolicy.web.connection import Connection, Phase, Request
 from rctlpolicy.web.settings import ServerLimits, metrics_url
 from rctlpolicy.web.tls import TLSContextSource
@@ -48,6 +50,14 @@ _T = TypeVar("_T")
 
 #: Threads that run render(); scrapes with the same Accept header share one render.
 _RENDER_WORKERS = 4
+#: Seconds between two warnings of one kind about clients.
+_WARN_INTERVAL = 10.0
+#: Connections asyncio accepts per wakeup of the listening socket.
+_ACCEPT_BATCH = 64
+#: The kernel's queue of connections not yet accepted (it caps this at its own maximum:
+#: somaxconn on Linux, kern.ipc.soacceptqueue on FreeBSD). A full queue drops new SYNs, and
+#: a client then waits a whole second to try again: longer than a scrape's timeout here.
+_LISTEN_BACKLOG = 4096
 #: Descriptors kept for the rest of the daemon when the connection cap is sized to the limit.
 _RESERVED_FDS = 64
 
@@ -135,6 +145,7 @@ class MetricsServer:
         landing_page: bytes | None = None,
         *,
         limits: ServerLimits | None = None,
+        password_check: PasswordCheck = bcrypt.checkpw,
         **limit_overrides: Any,
     ) -> None:
         if not telemetry_path.startswith("/"):
@@ -153,6 +164,7 @@ class MetricsServer:
         base = dataclasses.replace(limits or ServerLimits(), **limit_overrides)
         self.limits = base
         self.stats = ServerStats()
+        self._password_check = password_check
         self._state = self._build_state(web_config, None)
         self._listener: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -165,13 +177,16 @@ class MetricsServer:
         self._auth_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._render_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._auth_waiting = 0
+        self._scrapes_waiting = 0
+        self._warned: dict[str, tuple[float, int]] = {}
         self._renders: dict[str | None, asyncio.Future[_Rendered]] = {}
         self._pending: set[asyncio.Future[Any]] = set()
 
     # --- configuration ------------------------------------------------------------------
 
-    @staticmethod
-    def _build_state(web_config: WebConfig | None, previous: _ServeState | None) -> _ServeState:
+    def _build_state(
+        self, web_config: WebConfig | None, previous: _ServeState | None
+    ) -> _ServeState:
         if web_config is None:
             return _ServeState(web_config=None, tls=None, auth=None, headers=())
         old = previous.web_config if previous is not None else None
@@ -193,7 +208,7 @@ class MetricsServer:
             auth = (
                 previous.auth
                 if unchanged and previous is not None
-                else BasicAuth(web_config.basic_auth_users)
+                else BasicAuth(web_config.basic_auth_users, self._password_check)
             )
         return _ServeState(
             web_config=web_config, tls=tls, auth=auth, headers=tuple(web_config.headers.items())
@@ -224,6 +239,11 @@ class MetricsServer:
         if self._listener is None:
             raise RuntimeError("MetricsServer is not started")
         return int(self._listener.getsockname()[1])
+
+    @property
+    def scrapes_waiting(self) -> int:
+        """Scrapes waiting for a render to finish (several may share one)."""
+        return self._scrapes_waiting
 
     @property
     def url(self) -> str:
@@ -259,9 +279,14 @@ class MetricsServer:
             try:
                 self._server = loop.run_until_complete(
                     loop.create_server(
-                        lambda: Connection(self), sock=listener, backlog=self._max_connections
+                        lambda: Connection(self), sock=listener, backlog=_ACCEPT_BATCH
                     )
                 )
+                # asyncio accepts up to `backlog` connections per wakeup, and listen()s with it;
+                # keep the batch small (so reads of requests come between accepts, and a new
+                # connection is not evicted by the rest of its own batch) but the kernel's
+                # queue as long as the connection cap.
+                listener.listen(max(_LISTEN_BACKLOG, self._max_connections))
             except BaseException as exc:
                 failure.append(exc)
                 ready.set()
@@ -347,7 +372,8 @@ class MetricsServer:
             victim = next(iter(self._evictable), None)
             if victim is None:
                 self.stats.add("connections_refused")
-                logger.warning(
+                self.warn(
+                    "full",
                     "metrics: %d connections open, all serving; refusing %s",
                     self._max_connections,
                     connection.peer,
@@ -374,6 +400,20 @@ class MetricsServer:
         self._evictable.pop(connection, None)
         with self.stats.lock:
             self.stats.connections_open = len(self._connections)
+
+    def warn(self, key: str, message: str, *args: object) -> None:
+        # A flood of bad clients must not become a flood of log lines: one line per kind
+        # every _WARN_INTERVAL seconds, saying how many were not logged.
+        assert self._loop is not None
+        now = self._loop.time()
+        last, suppressed = self._warned.get(key, (-_WARN_INTERVAL, 0))
+        if now - last < _WARN_INTERVAL:
+            self._warned[key] = (last, suppressed + 1)
+            return
+        self._warned[key] = (now, 0)
+        if suppressed:
+            message += f" ({suppressed} more like it not logged)"
+        logger.warning(message, *args)
 
     def handshake_timed_out(self) -> None:
         self.stats.add("handshake_timeouts")
@@ -453,6 +493,7 @@ class MetricsServer:
     def _scrape(self, connection: Connection, request: Request, state: _ServeState) -> None:
         accept = request.headers.get("accept")
         rendered = self._renders.get(accept)
+        self._scrapes_waiting += 1
         if rendered is None:
             rendered = self._offload(self._render_pool, self._render, accept)
             self._renders[accept] = rendered
@@ -473,6 +514,7 @@ class MetricsServer:
             )
 
         def done(future: asyncio.Future[_Rendered]) -> None:
+            self._scrapes_waiting -= 1
             if future.cancelled():
                 return
             if future.exception() is not None:
