@@ -227,6 +227,40 @@ def test_an_invalid_policy_fails_with_file_line_col_and_changes_nothing(world: W
     assert (world.rules_dir / "rctl.conf").read_text() == before
 
 
+def test_without_src_or_rules_dir_the_daemons_config_says_where_the_policy_is(
+    world: World,
+) -> None:
+    world.rules_dir.mkdir(parents=True)
+    (world.rules_dir / "rctl.conf").write_text(POLICY)
+    config = world.root / "rctlpolicy.yaml"
+    config.write_text(
+        yaml.safe_dump({"rules-dir": str(world.rules_dir), "state-dir": str(world.state_dir)})
+    )
+    env = dict(world.env(), RCTLPOLICY_SIM_HOST=str(world.host.path))
+    run = subprocess.run(
+        [
+            str(BIN / "ansible"),
+            "localhost",
+            "-i",
+            str(world.inventory),
+            "-m",
+            "rctlpolicy.freebsd.policy",
+            "-a",
+            f"config={config}",
+            "--check",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "localhost | CHANGED" in run.stdout
+    assert f'"rules_dir": "{world.rules_dir}"' in run.stdout
+    assert world.kernel() == []
+
+
 def test_reload_lets_the_running_daemon_apply_the_policy(world: World) -> None:
     world.rules_dir.mkdir(parents=True)
     pidfile = world.root / "rctlpolicy.pid"
@@ -301,13 +335,13 @@ def test_the_role_lints_on_the_controller_before_it_copies(world: World) -> None
 
 
 def test_the_role_sets_a_host_up_and_its_prometheus_target(world: World) -> None:
-    variables = role_variables(world)
+    variables = role_variables(world, rctlpolicy_listen_address="[::]:10300")
     (world.root / "etc").mkdir()  # /usr/local/etc: there on every FreeBSD host with pkg(8)
     first = Run(world.playbook("fleet", **variables))
     assert first.returncode == 0, [t for t in first.document["tasks"] if t["status"] == "failed"]
     config = load_config_file(Path(variables["rctlpolicy_config_path"]))
     assert config["rules_dir"] == world.rules_dir
-    assert config["listen_address"] == "0.0.0.0:10217"
+    assert config["listen_address"] == "[::]:10300"
     assert config["jail_poll_interval"] == 10.0
     assert (world.root / "boot" / "loader.conf").read_text() == 'kern.racct.enable="1"\n'
     assert (Path(variables["rctlpolicy_rc_conf"])).read_text().splitlines() == [
@@ -320,7 +354,8 @@ def test_the_role_sets_a_host_up_and_its_prometheus_target(world: World) -> None
     notice = first.task("Say that a reboot is needed to turn resource accounting on")
     assert "kern.racct.enable is off on localhost" in notice["msg"]
     target = json.loads((world.root / "file_sd" / "localhost.json").read_text())
-    assert target == [{"targets": ["localhost:10217"], "labels": {"host": "localhost"}}]
+    # Scraped where the daemon listens, under the host's inventory name.
+    assert target == [{"targets": ["localhost:10300"], "labels": {"host": "localhost"}}]
 
     again = Run(world.playbook("fleet", **variables))
     assert again.returncode == 0
@@ -348,7 +383,7 @@ def test_the_role_sets_a_host_up_and_its_prometheus_target(world: World) -> None
     assert found.returncode == 0, found.stdout + found.stderr
     [discovered] = json.loads(found.stdout)
     assert discovered["labels"]["instance"] == "localhost"
-    assert discovered["labels"]["__address__"] == "localhost:10217"
+    assert discovered["labels"]["__address__"] == "localhost:10300"
     assert "host" not in discovered["labels"]
 
 
@@ -373,19 +408,23 @@ def test_the_collection_builds_installs_and_documents_its_module(world: World) -
     )
     assert built.returncode == 0, built.stdout + built.stderr
     [tarball] = world.root.glob("rctlpolicy-freebsd-*.tar.gz")
-    installed = world.root / "collections"
-    done = subprocess.run(
-        [str(galaxy), "collection", "install", "--force", str(tarball), "-p", str(installed)],
-        env=world.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    module = installed / "ansible_collections" / "rctlpolicy" / "freebsd" / "plugins"
-    assert (module / "modules" / "policy.py").is_file()
-    assert (module / "action" / "policy.py").is_file()
+    # From the built tarball, and straight from the checkout.
+    for source, installed in (
+        (tarball, world.root / "from-tarball"),
+        (COLLECTION, world.root / "collections"),
+    ):
+        done = subprocess.run(
+            [str(galaxy), "collection", "install", "--force", str(source), "-p", str(installed)],
+            env=world.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        plugins = installed / "ansible_collections" / "rctlpolicy" / "freebsd" / "plugins"
+        assert (plugins / "modules" / "policy.py").is_file()
+        assert (plugins / "action" / "policy.py").is_file()
     env = dict(world.env(), ANSIBLE_COLLECTIONS_PATH=str(installed))
     doc = subprocess.run(
         [str(BIN / "ansible-doc"), "--json", "rctlpolicy.freebsd.policy"],

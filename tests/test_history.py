@@ -259,3 +259,16 @@ def test_history_errors(
 def test_history_without_a_file_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["history", "--state-dir", str(tmp_path)]) == 2
     assert "no usage history" in capsys.readouterr().err
+
+
+def test_the_daemon_renames_a_damaged_history_aside_says_so_once_and_goes_on(env: Env) -> None:
+    env.policy("p.yaml", ["jail:db1:maxproc:deny=100"])
+    env.state.mkdir(mode=0o700)
+    (env.state / HISTORY_FILE_NAME).write_bytes(b"garbage, not SQLite " * 500)
+    daemon = env.start("--history.interval", "0.05", devd=False)
+    wait_until(lambda: daemon.value("rctlpolicy_history_samples_total") >= 9, 15, "samples")
+    assert daemon.stop() == 0
+    assert daemon.log.count(r"usage history: .* was damaged; it was renamed to ") == 1
+    aside = list(env.state.glob(f"{HISTORY_FILE_NAME}.damaged-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"garbage")
+    assert len(list(HistoryStore(env.state / HISTORY_FILE_NAME, readonly=True).raw())) >= 3

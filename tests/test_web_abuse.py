@@ -367,3 +367,25 @@ def test_large_bodies_reach_a_pipelining_client_whole_while_others_are_served(
     assert rest[len(body) :].startswith(b"HTTP/1.1 200 OK")
     assert rest.endswith(body)
     assert len(rest) == len(body) + head_end + 4 + len(body)
+
+
+def test_a_client_that_stops_reading_its_response_is_cut_off(serve: ServerFactory) -> None:
+    body = b"#" * (16 * 1024 * 1024)  # more than the kernel buffers on both ends hold
+    rendered = threading.Event()
+
+    def render_big(accept: str | None) -> tuple[bytes, str]:
+        rendered.set()
+        return body, METRICS_TYPE
+
+    server = serve(render=render_big, idle_timeout=0.3)
+    with socket.socket() as stuck:
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.settimeout(DEADLINE)
+        stuck.connect(("127.0.0.1", server.port))
+        stuck.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert rendered.wait(DEADLINE)
+        wait_for(lambda: server.scrapes_waiting == 0, "the response to start")
+        assert server.stats.snapshot()["connections_open"] == 1
+        # Never read: the connection has been served (it may not be evicted), but the idle
+        # clock runs while the server waits to write.
+        wait_for(lambda: server.stats.snapshot()["connections_open"] == 0, "the cut-off")

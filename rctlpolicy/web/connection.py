@@ -213,11 +213,19 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        if self.phase is Phase.SERVING and self._loop is not None:
+            # A client that stops reading its response would hold the connection (one that
+            # may not be evicted) for ever: it has idle_timeout to take the next bytes.
+            self._idle_at = self._loop.time() + self._limits.idle_timeout
+            self._deadline_at = self._idle_at
+            self._arm(self._idle_at)
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self._body is not None and self.phase is Phase.SERVING:
-            self._write_body()
+        if self.phase is Phase.SERVING:
+            self._stop_clocks()
+            if self._body is not None:
+                self._write_body()
 
     def _finish_response(self) -> None:
         if not self._keep_alive:
@@ -391,7 +399,9 @@ class Connection(asyncio.Protocol):
         # data_received only moves _idle_at; the timer, armed for the earliest possible
         # expiry, looks again when it fires, which saves re-arming a timer per read.
         self._timer = None
-        if self.phase not in (Phase.HANDSHAKE, Phase.WAITING):
+        if self.phase is Phase.SERVING and not self._writing_paused:
+            return
+        if self.phase is Phase.CLOSED:
             return
         assert self._loop is not None and self.transport is not None
         now = self._loop.time()
@@ -407,6 +417,8 @@ class Connection(asyncio.Protocol):
         if self.phase is Phase.HANDSHAKE:
             self._host.handshake_timed_out()
             logger.debug("TLS handshake with %s timed out", self.peer)
+        elif self.phase is Phase.SERVING:
+            logger.debug("closing %s: it stopped reading its response", self.peer)
         else:
             logger.debug("closing idle connection from %s", self.peer)
         self.abort()

@@ -162,8 +162,7 @@ changes:
     change: [{"old": "jail:db1:maxproc:deny=100", "new": "jail:db1:maxproc:deny=200"}]
     remove: []
 rules:
-  description: The rules in force after the task (before it, in check mode, with the
-    plan's changes made).
+  description: The rules in force after the task (in check mode, those that would be).
   returned: success
   type: list
   elements: str
