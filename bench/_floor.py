@@ -24,7 +24,7 @@ def main() -> int:
     items: queue.SimpleQueue[DevdItem] = queue.SimpleQueue()
     client = DevdClient(items, seqpacket_path=sys.argv[1], stream_path=None)
     client.start()
-    sys.setswitchinterval(0.001)  # as the daemon does while it reads devd
+    sys.setswitchinterval(0.0002)  # as the daemon does while it reads devd
     env = dict(ACTION_ENVIRONMENT)
     print("ready", flush=True)
     while True:
