@@ -34,18 +34,23 @@ class _IOVec(ctypes.Structure):
 
 
 def _layout() -> tuple[type[ctypes.Structure], Any, list[Any]] | None:
-    """(struct mmsghdr, recvmmsg's vlen type, its argtypes) for this system, or None."""
+    """(struct mmsghdr, recvmmsg's return type, its argtypes) for this system, or None."""
     if sys.platform.startswith("linux"):
+        # <sys/socket.h> (glibc): int recvmmsg(int, struct mmsghdr *, unsigned int, int,
+        # struct timespec *); size_t msg_iovlen and msg_controllen; unsigned int msg_len.
         iovlen: Any = ctypes.c_size_t
         controllen: Any = ctypes.c_size_t
         msg_len: Any = ctypes.c_uint
         vlen: Any = ctypes.c_uint
+        result: Any = ctypes.c_int
     elif sys.platform.startswith("freebsd"):
-        # sys/sys/socket.h: int msg_iovlen, socklen_t msg_controllen, ssize_t msg_len.
+        # sys/sys/socket.h: ssize_t recvmmsg(int, struct mmsghdr *, size_t, int,
+        # const struct timespec *); int msg_iovlen, socklen_t msg_controllen, ssize_t msg_len.
         iovlen = ctypes.c_int
         controllen = ctypes.c_uint32
         msg_len = ctypes.c_ssize_t
         vlen = ctypes.c_size_t
+        result = ctypes.c_ssize_t
     else:
         return None
 
@@ -64,21 +69,21 @@ def _layout() -> tuple[type[ctypes.Structure], Any, list[Any]] | None:
         _fields_ = (("msg_hdr", MsgHdr), ("msg_len", msg_len))
 
     argtypes = [ctypes.c_int, ctypes.POINTER(MMsgHdr), vlen, ctypes.c_int, ctypes.c_void_p]
-    return MMsgHdr, vlen, argtypes
+    return MMsgHdr, result, argtypes
 
 
 def _recvmmsg() -> tuple[type[ctypes.Structure], Any] | None:
     layout = _layout()
     if layout is None:
         return None
-    mmsghdr, _, argtypes = layout
+    mmsghdr, result, argtypes = layout
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         function = libc.recvmmsg
     except (OSError, AttributeError):
         return None
     function.argtypes = argtypes
-    function.restype = ctypes.c_int
+    function.restype = result
     return mmsghdr, function
 
 
