@@ -11,6 +11,13 @@ same run and interleaved with the events (one bare spawn after each event, so bo
 same machine): the same date command spawned directly, as the engine spawns it (argv, its own
 session, a minimal environment), from the time just before the spawn.
 
+The floor, measured in the same run and interleaved too: bench/_floor.py, a process that reads
+devd as the daemon does (the same reader thread handing raw records to another thread) and
+whose other thread only parses each record and spawns the same command, with no policy,
+matching, state or logging. daemon / floor is what the daemon's own work adds; floor / bare is
+what reading devd on one thread and spawning from another costs in Python (two thread wake-ups
+before the spawn, each a wait for a CPU on a busy machine).
+
 Also printed:
 - isolation (issue 8, 4): the start delay of another rule's action while `--hung` actions
   hang, against the same figure with none hanging;
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import resource
 import statistics
@@ -120,6 +128,37 @@ class Daemon:
         self.proc.stdout.close()
 
 
+class Floor:
+    """bench/_floor.py from the bench venv on its own devd double: the reader design alone."""
+
+    def __init__(self, python: Path, server: DevdServer) -> None:
+        self.server = server
+        self.proc = subprocess.Popen(
+            [str(python), str(Path(__file__).resolve().parent / "_floor.py"),
+             str(server.seqpacket_path)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, cwd=NEUTRAL_CWD, env=bench_env(),
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        self.log = LogLines(self.proc.stdout)
+        self.log.wait_for(r"^ready$", 60)
+        assert server.wait_for_clients(1, 10), "the floor client did not connect to devd"
+
+    def latency(self, jail: str) -> float:
+        mark = self.log.mark
+        sent = time.time()
+        assert self.server.send(format_rctl_event(RULE, 5100, 80, jail)) == 1, "devd dropped us"
+        match = self.log.wait_for(rf"\[\d+\]: (\d+\.\d+) {re.escape(jail)}$", 10, since=mark)
+        return float(match.group(1)) - sent
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.join(5)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
 def bare_spawn(label: str) -> float:
     """One spawn of the action as the engine spawns it: seconds to the program's start."""
     sent = time.time()
@@ -151,20 +190,27 @@ def latency_run(python: Path, root: Path, sockets: Path, events: int) -> dict[st
     root.mkdir()
     server = DevdServer(sockets)
     server.start()
+    floor_server = DevdServer(sockets / "floor")
+    floor_server.start()
     on_match = {"run": [DATE, "+%s.%N {jail}"], "timeout": 10}
     daemon = Daemon(python, root, server, [{"rule": RULE, "on_match": on_match}])
+    floor = Floor(python, floor_server)
     try:
-        for index in range(20):  # warm up both paths (page cache, bytecode, the daemon's imports)
+        for index in range(20):  # warm up every path (page cache, bytecode, the imports)
             event_latency(daemon, server, f"w{index}")
+            floor.latency(f"w{index}")
             bare_spawn(f"w{index}")
-        daemon_times, bare_times = [], []
+        daemon_times, floor_times, bare_times = [], [], []
         for index in range(events):
             daemon_times.append(event_latency(daemon, server, f"e{index:05d}"))
+            floor_times.append(floor.latency(f"f{index:05d}"))
             bare_times.append(bare_spawn(f"b{index:05d}"))
-        return {"daemon": daemon_times, "bare": bare_times}
+        return {"daemon": daemon_times, "floor": floor_times, "bare": bare_times}
     finally:
         daemon.stop()
+        floor.stop()
         server.stop()
+        floor_server.stop(remove_files=True)
 
 
 def isolation_run(
@@ -257,6 +303,13 @@ def main() -> int:
         "  median ratio", f"{median_ratio:.2f}x", f"<= {GOAL_MEDIAN_RATIO:g}x bare spawn", median_ok
     )
     line("  p99 ratio", f"{p99_ratio:.2f}x", f"<= {GOAL_P99_RATIO:g}x bare spawn", p99_ok)
+    floor = latency["floor"]
+    print("  the floor: a reader thread handing records to a thread that only parses and spawns")
+    line("  floor median / p99", f"{ms(statistics.median(floor))} / {ms(percentile(floor, 0.99))}")
+    line("  floor median ratio", f"{statistics.median(floor) / statistics.median(bare):.2f}x")
+    line("  daemon / floor, median", f"{statistics.median(ours) / statistics.median(floor):.2f}x")
+    load = os.getloadavg()
+    line("  load average (1, 5 min)", f"{load[0]:.1f}, {load[1]:.1f}", "on 2 cores: a busy machine")
     idle, busy = isolation["idle"], isolation["busy"]
     print(f"another rule's action while {args.hung} actions hang ({len(busy)} events each)")
     line("  median, none hanging", ms(statistics.median(idle)))

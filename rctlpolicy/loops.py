@@ -35,10 +35,15 @@ class QueueLoop(threading.Thread, Generic[T]):
     """
 
     def __init__(
-        self, name: str, handle: Callable[[T], None], items: queue.Queue[T] | None = None
+        self,
+        name: str,
+        handle: Callable[[T], None],
+        items: queue.Queue[T] | queue.SimpleQueue[T] | None = None,
     ) -> None:
         super().__init__(name=name, daemon=True)
-        self.items: queue.Queue[T] = items if items is not None else queue.Queue()
+        self.items: queue.Queue[T] | queue.SimpleQueue[T] = (
+            items if items is not None else queue.Queue()
+        )
         self._handle = handle
 
     def run(self) -> None:

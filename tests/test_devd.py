@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import socket
@@ -10,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +33,7 @@ from rctlpolicy.devd import (
     parse_rctl_event,
 )
 from rctlpolicy.devd.batch import BatchReceiver, Record
+from rctlpolicy.devd.client import RECEIVE_BUFFER, _ask_receive_buffer
 from rctlpolicy.devdserver import DevdServer
 
 HEADER = "!system=RCTL subsystem=rule type=matched "
@@ -945,3 +948,44 @@ def test_where_records_carry_msg_eor_a_part_without_it_is_discarded(
     with pytest.raises(queue.Empty):
         out.get(timeout=0.2)
     assert (client.fragments_discarded, client.lines) == (1, 0)
+
+
+def test_a_simple_queue_is_bounded_by_the_limit(devd: DevdServer, make_client: MakeClient) -> None:
+    simple: queue.SimpleQueue[DevdItem] = queue.SimpleQueue()
+    client, _ = make_client(out=simple, limit=3)
+    assert devd.wait_for_clients(1, timeout=TIMEOUT)
+    for i in range(5):
+        devd.send(f"!n={i}\n".encode())
+    deadline = time.monotonic() + TIMEOUT
+    while client.lines < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # Connected, Receiving and !n=0 make three: !n=1 to !n=4 found the queue at its limit.
+    assert (client.lines, client.dropped) == (5, 4)
+    assert [simple.get(timeout=TIMEOUT) for _ in range(3)] == [
+        Connected(str(devd.seqpacket_path), SocketKind.SEQPACKET),
+        Receiving(str(devd.seqpacket_path), SocketKind.SEQPACKET),
+        b"!n=0",
+    ]
+    devd.send(b"!n=5\n")
+    assert simple.get(timeout=TIMEOUT) == b"!n=5"
+
+
+class RefusingSocket(socket.socket):
+    """A real socket on a system that refuses receive buffers over 256 KiB, as FreeBSD does
+    over kern.ipc.maxsockbuf's share (ENOBUFS)."""
+
+    asked: list[int]
+
+    def setsockopt(self, level: int, option: int, value: Any, *rest: Any) -> None:
+        self.asked.append(value)
+        if option == socket.SO_RCVBUF and value > 262144:
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        super().setsockopt(level, option, value, *rest)
+
+
+def test_the_receive_buffer_request_is_halved_until_accepted() -> None:
+    with RefusingSocket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.asked = []
+        got = _ask_receive_buffer(sock, RECEIVE_BUFFER)
+        assert sock.asked == [1 << 20, 1 << 19, 1 << 18]
+        assert got == sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) > 0

@@ -6,6 +6,7 @@ short is identified as the daemon identifies it.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -106,3 +107,13 @@ def test_an_event_from_a_jail_the_rule_does_not_cover_runs_nothing(hook: Hook) -
     child = hook.handle("--rule", DB1_MEM, "--pid", "4242", "--ruid", "0", "--jail", "db1.a")
     assert child.returncode == 0, child.stderr
     assert records(hook.out)[0]["argv"] == ["db1"]
+
+
+def test_a_field_that_is_not_utf8_makes_the_event_malformed(hook: Hook) -> None:
+    """devd passes the kernel's bytes through argv; they reach Python as surrogate escapes."""
+    hook.policy([{"rule": DB1_MEM, "on_match": {"run": action_argv(hook.out, "{jail}")}}])
+    jail = os.fsdecode(b"db\xff1")
+    result = hook.handle("--rule", DB1_MEM, "--pid", "4242", "--ruid", "770", "--jail", jail)
+    assert result.returncode == 1
+    assert "malformed event (not UTF-8 text)" in result.stderr
+    assert records(hook.out) == []

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -41,6 +42,8 @@ logger = logging.getLogger("rctlpolicy.actions")
 
 #: How many actions may run at once before a new one waits for one to end.
 DEFAULT_MAX_RUNNING = 64
+#: How long a worker whose action ended waits for the next one before its thread ends.
+IDLE_WORKER_SECONDS = 2.0
 
 
 class Decision(enum.StrEnum):
@@ -149,6 +152,9 @@ class ActionEngine:
         self._delayed = 0
         self._waiting: deque[_Job] = deque()
         self._workers: set[threading.Thread] = set()
+        #: Workers waiting for a job, and where they are handed one (None: shutdown).
+        self._idle = 0
+        self._handoff: queue.SimpleQueue[tuple[_Job, _Begun] | None] = queue.SimpleQueue()
         self._exhausted: dict[StateKey, tuple[tuple[str, str, str], float]] = {}
         self._report_slots()
 
@@ -215,6 +221,9 @@ class ActionEngine:
             waiting = list(self._waiting)
             self._waiting.clear()
             workers = list(self._workers)
+            for _ in range(self._idle):
+                self._handoff.put(None)
+            self._idle = 0
         for job in waiting:
             job.claim.release()
             cancelled = self._job_outcome(job, Outcome.FAILED, 0.0, detail="cancelled at shutdown")
@@ -352,9 +361,15 @@ class ActionEngine:
 
     def _launch(self, job: _Job) -> None:
         """Start the job's command in this thread (the event path: no thread switch before the
-        spawn), then hand it to a worker of its own to see it through."""
+        spawn), then hand it to a worker to see it through: an idle one if there is one (a
+        queue put, instead of starting a thread while the program starts up), else a new one."""
         try:
             begun = self._begin(job)
+            with self._lock:
+                if self._idle > 0:
+                    self._idle -= 1
+                    self._handoff.put((job, begun))
+                    return
             worker = threading.Thread(
                 target=self._worker, args=(job, begun), name="rctlpolicy-action", daemon=True
             )
@@ -378,6 +393,13 @@ class ActionEngine:
         return _Begun(run, started_at, start_delay)
 
     def _worker(self, job: _Job, begun: _Begun) -> None:
+        handed: tuple[_Job, _Begun] | None = (job, begun)
+        while handed is not None:
+            self._run_jobs(*handed)
+            handed = self._idle_wait()
+
+    def _run_jobs(self, job: _Job, begun: _Begun) -> None:
+        """Run a job, then the jobs waiting for a worker, then give the slot back."""
         current: _Job | None = job
         started: _Begun | None = begun
         while current is not None:
@@ -392,8 +414,29 @@ class ActionEngine:
                 else:
                     current = None
                     self._running -= 1
-                    self._workers.discard(threading.current_thread())
             self._report_slots()
+
+    def _idle_wait(self) -> tuple[_Job, _Begun] | None:
+        """Wait (up to IDLE_WORKER_SECONDS) to be handed the next started job; None to end."""
+        me = threading.current_thread()
+        with self._lock:
+            if self._closed:
+                self._workers.discard(me)
+                return None
+            self._idle += 1
+        try:
+            handed = self._handoff.get(timeout=IDLE_WORKER_SECONDS)
+        except queue.Empty:
+            with self._lock:
+                if self._idle > 0:  # nobody counted on this worker: it may go
+                    self._idle -= 1
+                    self._workers.discard(me)
+                    return None
+            handed = self._handoff.get()  # a launch took this worker just now: it is coming
+        if handed is None:  # shutdown
+            with self._lock:
+                self._workers.discard(me)
+        return handed
 
     def _work(self, job: _Job, begun: _Begun) -> None:
         try:

@@ -17,6 +17,7 @@ import enum
 import fcntl
 import logging
 import os
+import select
 import selectors
 import shlex
 import signal
@@ -37,6 +38,8 @@ ACTION_ENVIRONMENT: Mapping[str, str] = {"PATH": ACTION_PATH, "HOME": "/"}
 
 #: Bytes asked for per read of an action's output (a pipe holds 64 KiB unless grown).
 READ_SIZE = 1 << 20
+#: How long the start of an action may wait to be logged for the program's first output.
+ANNOUNCE_DELAY = 0.002
 #: Linux's F_SETPIPE_SZ: a larger pipe means fewer reads of a chatty action.
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", None)
 
@@ -230,8 +233,7 @@ class ActionProcessRunner:
                     Outcome.FAILED, None, started_at, time.monotonic() - start, detail=str(exc)
                 )
             )
-        logger.info("action %s: started pid %d: %s", name, proc.pid, shlex.join(args))
-        return _Process(self, proc, name, timeout, started_at, start)
+        return _Process(self, proc, name, timeout, started_at, start, args)
 
     def _finish(
         self,
@@ -240,9 +242,11 @@ class ActionProcessRunner:
         timeout: float,
         started_at: float,
         start: float,
+        argv: Sequence[str] = (),
     ) -> RunResult:
         with proc:
             try:
+                self._announce(proc, name, argv)
                 reason = self._supervise(proc, start + timeout, name)
                 duration = time.monotonic() - start
                 status = _exit_status(proc)
@@ -272,6 +276,16 @@ class ActionProcessRunner:
             with contextlib.suppress(ValueError):
                 detail = f"killed by {signal.Signals(-returncode).name}"
         return RunResult(Outcome.FAILED, returncode, started_at, duration, proc.pid, detail)
+
+    @staticmethod
+    def _announce(proc: subprocess.Popen[bytes], name: str, argv: Sequence[str]) -> None:
+        """Log the start once the program has had a moment to start (its first output, its
+        exit, or ANNOUNCE_DELAY): the log write, and whatever reads the log, then do not take
+        a CPU from the program's own start-up (on the event path, bench/events.py)."""
+        assert proc.stdout is not None
+        with contextlib.suppress(OSError, ValueError):
+            select.select([proc.stdout], [], [], ANNOUNCE_DELAY)
+        logger.info("action %s: started pid %d: %s", name, proc.pid, shlex.join(argv))
 
     def _supervise(self, proc: subprocess.Popen[bytes], deadline: float, name: str) -> str:
         """Log output until the child exits ("exit"), the deadline passes ("timeout") or
@@ -378,10 +392,11 @@ class _Process:
     timeout: float
     started_at: float  # wall clock
     start: float  # monotonic
+    argv: Sequence[str] = ()
 
     def wait(self) -> RunResult:
         return self.runner._finish(  # the runner's own second half of a run
-            self.proc, self.name, self.timeout, self.started_at, self.start
+            self.proc, self.name, self.timeout, self.started_at, self.start, self.argv
         )
 
 

@@ -34,18 +34,23 @@ class _IOVec(ctypes.Structure):
 
 
 def _layout() -> tuple[type[ctypes.Structure], Any, list[Any]] | None:
-    """(struct mmsghdr, recvmmsg's vlen type, its argtypes) for this system, or None."""
+    """(struct mmsghdr, recvmmsg's return type, its argtypes) for this system, or None."""
     if sys.platform.startswith("linux"):
+        # <sys/socket.h> (glibc): int recvmmsg(int, struct mmsghdr *, unsigned int, int,
+        # struct timespec *); size_t msg_iovlen and msg_controllen; unsigned int msg_len.
         iovlen: Any = ctypes.c_size_t
         controllen: Any = ctypes.c_size_t
         msg_len: Any = ctypes.c_uint
         vlen: Any = ctypes.c_uint
+        result: Any = ctypes.c_int
     elif sys.platform.startswith("freebsd"):
-        # sys/sys/socket.h: int msg_iovlen, socklen_t msg_controllen, ssize_t msg_len.
+        # sys/sys/socket.h: ssize_t recvmmsg(int, struct mmsghdr *, size_t, int,
+        # const struct timespec *); int msg_iovlen, socklen_t msg_controllen, ssize_t msg_len.
         iovlen = ctypes.c_int
         controllen = ctypes.c_uint32
         msg_len = ctypes.c_ssize_t
         vlen = ctypes.c_size_t
+        result = ctypes.c_ssize_t
     else:
         return None
 
@@ -64,21 +69,21 @@ def _layout() -> tuple[type[ctypes.Structure], Any, list[Any]] | None:
         _fields_ = (("msg_hdr", MsgHdr), ("msg_len", msg_len))
 
     argtypes = [ctypes.c_int, ctypes.POINTER(MMsgHdr), vlen, ctypes.c_int, ctypes.c_void_p]
-    return MMsgHdr, vlen, argtypes
+    return MMsgHdr, result, argtypes
 
 
 def _recvmmsg() -> tuple[type[ctypes.Structure], Any] | None:
     layout = _layout()
     if layout is None:
         return None
-    mmsghdr, _, argtypes = layout
+    mmsghdr, result, argtypes = layout
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         function = libc.recvmmsg
     except (OSError, AttributeError):
         return None
     function.argtypes = argtypes
-    function.restype = ctypes.c_int
+    function.restype = result
     return mmsghdr, function
 
 
@@ -109,6 +114,11 @@ class BatchReceiver:
             header = self._vector[index].msg_hdr
             header.msg_iov = ctypes.pointer(self._iovecs[index])
             header.msg_iovlen = 1
+        # Views of the entries and their headers, made once: indexing a ctypes array builds a
+        # new view each time, a cost on the path of every event.
+        self._entries = [self._vector[index] for index in range(count)]
+        self._headers = [entry.msg_hdr for entry in self._entries]
+        self._used = count  # entries whose flags the kernel may have set
 
     def receive(self) -> list[Record]:
         """The records waiting now, in order; [] at EOF."""
@@ -117,10 +127,12 @@ class BatchReceiver:
             if not data:
                 return []
             return [Record(data, bool(flags & socket.MSG_TRUNC), bool(flags & socket.MSG_EOR))]
-        vector = self._vector
-        for index in range(self._count):
-            vector[index].msg_hdr.msg_flags = 0
-        received = self._call(self._sock.fileno(), vector, self._count, socket.MSG_DONTWAIT, None)
+        headers = self._headers
+        for index in range(self._used):
+            headers[index].msg_flags = 0
+        received = self._call(
+            self._sock.fileno(), self._vector, self._count, socket.MSG_DONTWAIT, None
+        )
         if received < 0:
             code = ctypes.get_errno()
             if code in (errno.EAGAIN, errno.EWOULDBLOCK):
@@ -128,15 +140,15 @@ class BatchReceiver:
             if code == errno.EINTR:
                 raise InterruptedError(code, os.strerror(code))
             raise OSError(code, os.strerror(code))
+        self._used = max(received, 1)
         records: list[Record] = []
-        view, size = self._view, self._size
+        view, size, entries = self._view, self._size, self._entries
         for index in range(received):
-            entry = vector[index]
-            length = entry.msg_len
+            length = entries[index].msg_len
             if length <= 0:
                 break  # EOF (a zero-length read; devd never sends an empty record)
             start = index * size
-            flags = entry.msg_hdr.msg_flags
+            flags = headers[index].msg_flags
             data = bytes(view[start : start + length])
             records.append(
                 Record(data, bool(flags & socket.MSG_TRUNC), bool(flags & socket.MSG_EOR))

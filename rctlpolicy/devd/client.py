@@ -155,8 +155,9 @@ class DevdClient:
     its trailing newline; the consumer parses them) and the transitions :class:`Connected`,
     :class:`Receiving` (the connection's first record is next) and :class:`Disconnected`. It
     never blocks on the consumer for a record (``put_nowait``; records that do not fit a bounded
-    queue are counted in ``dropped``), never writes to the socket, and never runs actions, so
-    devd does not drop it as an unresponsive client. The socket's receive buffer is asked for
+    queue, or a queue already holding ``limit`` items, are counted in ``dropped``), never
+    writes to the socket, and never runs actions, so devd does not drop it as an unresponsive
+    client. The socket's receive buffer is asked for
     at ``receive_buffer`` bytes (halved until accepted). Where the system marks the end of a
     seqpacket record (``require_eor``, FreeBSD by default), a record without MSG_EOR is a part
     of one (FreeBSD 15 queues what fits of a record for a reader that fell behind, then devd
@@ -172,7 +173,7 @@ class DevdClient:
 
     def __init__(
         self,
-        out: queue.Queue[DevdItem],
+        out: queue.Queue[DevdItem] | queue.SimpleQueue[DevdItem],
         *,
         seqpacket_path: str | os.PathLike[str] | None = SEQPACKET_PATH,
         stream_path: str | os.PathLike[str] | None = STREAM_PATH,
@@ -184,6 +185,7 @@ class DevdClient:
         receive_buffer: int = RECEIVE_BUFFER,
         batch: int = BATCH,
         require_eor: bool | None = None,
+        limit: int | None = None,
         name: str = "devd-reader",
     ) -> None:
         if recv_size < DEVCTL_MAXBUF:
@@ -196,6 +198,7 @@ class DevdClient:
         if not candidates:
             raise ValueError("DevdClient needs a seqpacket_path or a stream_path")
         self._out = out
+        self._limit = limit
         self._candidates = tuple(candidates)
         self._backoff = backoff if backoff is not None else Backoff()
         self._stop = threading.Event()
@@ -414,6 +417,8 @@ class DevdClient:
             return
         self.lines += 1
         try:
+            if self._limit is not None and self._out.qsize() >= self._limit:
+                raise queue.Full
             self._out.put_nowait(record)
         except queue.Full:
             self.dropped += 1
