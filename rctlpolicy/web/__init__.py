@@ -6,7 +6,8 @@
 - ``tls``: its TLS settings as an SSLContext, reloaded when a certificate is renewed;
 - ``auth``: basic auth against bcrypt hashes, with a cache of verified credentials;
 - ``connection``: one client, as an asyncio protocol over h11;
-- ``server``: the event loop, connection cap and eviction, shared renders;
+- ``server``: the event loop, the connection cap and eviction, the bcrypt pool;
+- ``render``: concurrent scrapes sharing one render (and one gzip of it);
 - ``metrics``: the server's own counters as Prometheus metric families.
 
 The names below are imported on first use, so that ``rctlpolicy.web.settings`` (which the
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rctlpolicy.web.auth import BasicAuth
-    from rctlpolicy.web.server import MetricsServer, Render, ServerStats
+    from rctlpolicy.web.render import Render
+    from rctlpolicy.web.server import MetricsServer, ServerStats
     from rctlpolicy.web.settings import ServerLimits, WebConfigError
     from rctlpolicy.web.tls import ClientAuthType, TLSServerConfig, TLSVersion, build_ssl_context
     from rctlpolicy.web.webconfig import WebConfig, load_web_config
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 _HOMES = {
     "BasicAuth": "auth",
     "MetricsServer": "server",
-    "Render": "server",
+    "Render": "render",
     "ServerStats": "server",
     "ServerLimits": "settings",
     "WebConfigError": "settings",

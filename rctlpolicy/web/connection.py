@@ -19,9 +19,11 @@ server buffer without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import http
 import logging
+import socket
 import ssl
 import urllib.parse
 from collections.abc import Sequence
@@ -126,6 +128,13 @@ class Connection(asyncio.BufferedProtocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self._loop = asyncio.get_running_loop()
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # asyncio sets this only on sockets whose proto field says TCP, which accepted
+            # ones do not; without it a response's last segment waits for the client's
+            # delayed ACK (40 ms and more).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not self._host.admit(self):
             self.phase = Phase.CLOSED
             transport.abort()
@@ -219,6 +228,9 @@ class Connection(asyncio.BufferedProtocol):
         lines += [f"{name}: {value}\r\n".encode("latin-1") for name, value in headers]
         lines.append(b"Content-Length: %d\r\n" % len(body))
         lines.append(b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+        if body and not head and len(body) <= _BODY_CHUNK:
+            lines.append(body)  # one write, one segment (one TLS record) for a small answer
+            body = b""
         self._send(b"".join(lines))
         self._body = memoryview(body) if body and not head else None
         self._keep_alive = keep_alive

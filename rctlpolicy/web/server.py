@@ -11,7 +11,7 @@ auth and headers, and stays available to Prometheus while other clients misbehav
 - bcrypt runs on ``auth_workers`` threads with at most ``auth_queue`` checks waiting, and never
   for credentials already verified (that cache survives a reload of an unchanged web config);
 - scrapes that arrive while a render with the same ``Accept`` header is running share its
-  result, so a thousand concurrent scrapes cost one render, not a thousand.
+  result (rctlpolicy.web.render), so a thousand concurrent scrapes cost one render.
 
 HTTP/1.1 framing is h11's (a well-kept, pure-Python library FreeBSD packages as www/py-h11)
 rather than hand-written parsing.
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import gzip
 import html
 import logging
 import resource
@@ -37,14 +36,14 @@ import bcrypt
 
 from rctlpolicy.web.auth import BasicAuth, PasswordCheck
 from rctlpolicy.web.connection import Connection, Phase, Request
+from rctlpolicy.web.render import Render, Rendered, SharedRenders, accepts_gzip
 from rctlpolicy.web.settings import ServerLimits, metrics_url
 from rctlpolicy.web.tls import TLSContextSource
 from rctlpolicy.web.webconfig import WebConfig
 
 logger = logging.getLogger("rctlpolicy.web")
 
-#: render(accept_header) -> (body, content_type); called on a worker thread.
-Render = Callable[[str | None], tuple[bytes, str]]
+__all__ = ["MetricsServer", "Render", "ServerStats"]
 
 _T = TypeVar("_T")
 
@@ -113,22 +112,6 @@ class _ServeState:
     headers: tuple[tuple[str, str], ...]
 
 
-class _Rendered:
-    """One render's result, shared by the scrapes that waited for it; gzipped at most once."""
-
-    def __init__(self, body: bytes, content_type: str) -> None:
-        self.body = body
-        self.content_type = content_type
-        self._gzipped: bytes | None = None
-        self._lock = threading.Lock()
-
-    def gzipped(self) -> bytes:
-        with self._lock:
-            if self._gzipped is None:
-                self._gzipped = gzip.compress(self.body, compresslevel=6, mtime=0)
-            return self._gzipped
-
-
 class MetricsServer:
     """Serves ``render()`` on ``telemetry_path`` over HTTP or HTTPS, optionally with basic auth.
 
@@ -180,9 +163,8 @@ class MetricsServer:
         self._auth_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._render_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._auth_waiting = 0
-        self._scrapes_waiting = 0
         self._warned: dict[str, tuple[float, int]] = {}
-        self._renders: dict[str | None, asyncio.Future[_Rendered]] = {}
+        self._renders = SharedRenders(render, self._offload_render)
         self._pending: set[asyncio.Future[Any]] = set()
 
     # --- configuration ------------------------------------------------------------------
@@ -246,7 +228,7 @@ class MetricsServer:
     @property
     def scrapes_waiting(self) -> int:
         """Scrapes waiting for a render to finish (several may share one)."""
-        return self._scrapes_waiting
+        return self._renders.waiting
 
     @property
     def url(self) -> str:
@@ -494,56 +476,29 @@ class MetricsServer:
         return False
 
     def _scrape(self, connection: Connection, request: Request, state: _ServeState) -> None:
-        accept = request.headers.get("accept")
-        rendered = self._renders.get(accept)
-        self._scrapes_waiting += 1
-        if rendered is None:
-            rendered = self._offload(self._render_pool, self._render, accept)
-            self._renders[accept] = rendered
+        wants_gzip = accepts_gzip(request.headers.get("accept-encoding"))
 
-            def finished(future: asyncio.Future[_Rendered], key: str | None = accept) -> None:
-                if self._renders.get(key) is future:
-                    del self._renders[key]
-
-            rendered.add_done_callback(finished)
-        wants_gzip = _accepts_gzip(request.headers.get("accept-encoding"))
-
-        def send(body: bytes, result: _Rendered) -> None:
+        def send(body: bytes | None, content_type: str) -> None:
+            if body is None:
+                self._respond(connection, request, state, 500, b"Internal Server Error\n")
+                return
             extra = [("Vary", "Accept-Encoding")]
             if wants_gzip:
                 extra.append(("Content-Encoding", "gzip"))
-            self._respond(
-                connection, request, state, 200, body, result.content_type, extra=tuple(extra)
-            )
+            self._respond(connection, request, state, 200, body, content_type, extra=tuple(extra))
 
-        def done(future: asyncio.Future[_Rendered]) -> None:
-            self._scrapes_waiting -= 1
-            if future.cancelled():
-                return
-            if future.exception() is not None:
-                self._respond(connection, request, state, 500, b"Internal Server Error\n")
-                return
-            result = future.result()
-            if not wants_gzip:
-                send(result.body, result)
-                return
-            compressed = self._offload(self._render_pool, result.gzipped)
+        def rendered(result: Rendered | None) -> None:
+            if result is None:
+                send(None, "")
+            elif wants_gzip:
+                self._renders.gzipped(result, lambda body: send(body, result.content_type))
+            else:
+                send(result.body, result.content_type)
 
-            def zipped(future: asyncio.Future[bytes]) -> None:
-                if not future.cancelled() and future.exception() is None:
-                    send(future.result(), result)
+        self._renders.get(request.headers.get("accept"), rendered)
 
-            compressed.add_done_callback(zipped)
-
-        rendered.add_done_callback(done)
-
-    def _render(self, accept: str | None) -> _Rendered:
-        try:
-            body, content_type = self.render(accept)
-        except Exception:
-            logger.exception("rendering metrics failed")
-            raise
-        return _Rendered(body, content_type)
+    def _offload_render(self, function: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        return self._offload(self._render_pool, function, *args)
 
     def _offload(
         self,
@@ -586,26 +541,3 @@ def _connection_cap(wanted: int) -> int:
         soft,
     )
     return cap
-
-
-def _accepts_gzip(accept_encoding: str | None) -> bool:
-    """True if an Accept-Encoding header allows gzip (an explicit q=0 refuses it)."""
-    if not accept_encoding:
-        return False
-    wildcard: bool | None = None
-    for item in accept_encoding.split(","):
-        coding, *params = (part.strip() for part in item.split(";"))
-        quality = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        coding = coding.lower()
-        if coding in ("gzip", "x-gzip"):
-            return quality > 0
-        if coding == "*":
-            wildcard = quality > 0
-    return bool(wildcard)
