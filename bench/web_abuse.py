@@ -9,7 +9,7 @@ connection (no keep-alive to hide behind), a failure being anything but a 200 wi
 Attacks, each for --seconds:
 
 - slowloris: 1,000 connections sending their headers a line every few seconds, each
-  reconnecting at once when closed;
+  reconnecting at once when closed; then 2,000 (twice the connection cap: evictions);
 - stalled TLS handshakes: 200 connections that send nothing (or the first bytes of a
   ClientHello), reconnecting when closed;
 - password guessing: 200 clients sending wrong basic-auth passwords as fast as answered;
@@ -59,7 +59,7 @@ GOAL_RSS_MIB = 64.0
 SCRAPE_INTERVAL = 0.5
 SCRAPE_TIMEOUT = 1.0
 PASSWORD = "s3cret"
-ATTACKS = ("header-flood", "slowloris", "scrapes", "stalled-tls", "guessing")
+ATTACKS = ("header-flood", "slowloris", "slowloris-x2", "scrapes", "stalled-tls", "guessing")
 
 
 # --- the legitimate scraper (this process) ----------------------------------------------------
@@ -342,7 +342,7 @@ def attack(
     scrape_once(daemon.url, context, auth)
     rss_idle = rss_kib(daemon.pid)
     child = subprocess.Popen(
-        [sys.executable, __file__, "--attack", name, "--url", daemon.url,
+        [sys.executable, __file__, "--attack", name.removesuffix("-x2"), "--url", daemon.url,
          "--count", str(count), "--seconds", str(seconds + 1.0)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -396,7 +396,14 @@ def main() -> int:
         try:
             runs.append(Run("baseline", scrape_for(daemon.url, args.seconds, None, None), {}))
             # The flood first, so that "before" is the daemon's memory before any attack.
-            for name, count in (("header-flood", 64), ("slowloris", 1000), ("scrapes", 1000)):
+            plain = (
+                ("header-flood", 64),
+                ("slowloris", 1000),
+                # Twice the connection cap: the server evicts to make room.
+                ("slowloris-x2", 2000),
+                ("scrapes", 1000),
+            )
+            for name, count in plain:
                 if name in only:
                     runs.append(attack(name, count, daemon, args.seconds))
         finally:

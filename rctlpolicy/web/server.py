@@ -534,7 +534,7 @@ def _connection_cap(wanted: int) -> int:
     if soft == resource.RLIM_INFINITY or soft - _RESERVED_FDS >= wanted:
         return wanted
     cap = max(1, soft - _RESERVED_FDS)
-    logger.warning(
+    logger.info(
         "metrics: at most %d connections (the descriptor limit is %d; raise it with ulimit -n "
         "or login.conf's openfiles)",
         cap,

@@ -30,7 +30,7 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_HEADER_BUDGET = 16 * 1024
 #: An idle or incomplete connection costs a descriptor and a few kilobytes, so the cap can be
 #: generous; it stays well under FreeBSD's and Linux' usual per-process descriptor limits.
-DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_AUTH_WORKERS = 2
 DEFAULT_AUTH_QUEUE = 64
 
