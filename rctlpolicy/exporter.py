@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import resource as resource_module
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,7 +36,7 @@ from prometheus_client.openmetrics.exposition import (
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString as float_to_go_string
 
-from rctlpolicy import __version__
+from rctlpolicy import __version__, safeio
 from rctlpolicy import metric_names as names
 from rctlpolicy.history import HistoryStats
 from rctlpolicy.kernel.base import Jail, Kernel, KernelError
@@ -50,7 +49,7 @@ log = logging.getLogger("rctlpolicy.exporter")
 CLASSIC_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 EVENT_OUTCOMES = ("handled", "unmatched", "malformed", "truncated", "rejected")
 ACTION_OUTCOMES = ("ok", "failed", "timeout", "suppressed", "exhausted")
-TEXTFILE_MODE = 0o644
+TEXTFILE_MODE = safeio.PUBLIC_MODE
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -808,20 +807,8 @@ def write_textfile(registry: CollectorRegistry, path: Path) -> None:
     """node_exporter's textfile collector format, replaced atomically: a reader sees the old
     file or the new one, never half of one.
 
-    The temporary file is unique (two threads may write at once), hidden and not `*.prom`
-    (node_exporter reads only those), and made world-readable like the file it replaces
-    (node_exporter does not run as root).
+    Written through safeio, the one writer: its temporary file is unique (two threads may
+    write at once), hidden and not `*.prom` (node_exporter reads only those); the file is
+    world-readable (node_exporter does not run as root).
     """
-    text = classic_text(registry)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, TEXTFILE_MODE)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    safeio.write_atomic(path, classic_text(registry), mode=TEXTFILE_MODE)

@@ -261,6 +261,18 @@ def test_history_without_a_file_says_so(tmp_path: Path, capsys: pytest.CaptureFi
     assert "no usage history" in capsys.readouterr().err
 
 
+def test_history_finds_the_daemons_state_dir_in_its_config_file_as_plan_does(
+    state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "rctlpolicy.yaml"
+    config.write_text(f"rules-dir: {tmp_path}\nstate-dir: {state}\n")
+    assert main(["history", "db1", "--config", str(config), *WINDOW, "--format", "csv"]) == 0
+    assert "2027-01-15T09:00:00Z,db1,memoryuse,sample,1,4600,,,,," in capsys.readouterr().out
+    # The flag wins over the file, as for the daemon.
+    assert main(["history", "--config", str(config), "--state-dir", str(tmp_path / "x")]) == 2
+    assert "no usage history" in capsys.readouterr().err
+
+
 def test_the_daemon_renames_a_damaged_history_aside_says_so_once_and_goes_on(env: Env) -> None:
     env.policy("p.yaml", ["jail:db1:maxproc:deny=100"])
     env.state.mkdir(mode=0o700)

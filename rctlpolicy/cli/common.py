@@ -59,8 +59,8 @@ def sim_host_option(sub: argparse.ArgumentParser | argparse._ArgumentGroup) -> N
     )
 
 
-def kernel_options(sub: argparse.ArgumentParser) -> None:
-    """--kernel, --sim-host and --format, for the commands that talk to the kernel."""
+def kernel_choice_option(sub: argparse.ArgumentParser) -> None:
+    """--kernel: which RCTL interface (FreeBSD's system calls or the simulated host)."""
     sub.add_argument(
         "--kernel",
         choices=("auto", "freebsd", "sim"),
@@ -68,6 +68,11 @@ def kernel_options(sub: argparse.ArgumentParser) -> None:
         help="the RCTL interface: FreeBSD's system calls, or the simulated "
         "host (auto: FreeBSD when running on it, the simulator elsewhere)",
     )
+
+
+def kernel_options(sub: argparse.ArgumentParser) -> None:
+    """--kernel, --sim-host and --format, for the commands that talk to the kernel."""
+    kernel_choice_option(sub)
     sim_host_option(sub)
     sub.add_argument(
         "--format",

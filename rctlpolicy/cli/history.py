@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rctlpolicy.cli.common import EXIT_OK, EXIT_USAGE, sim_host_option
+from rctlpolicy.cli.common import EXIT_OK, EXIT_USAGE, kernel_choice_option, sim_host_option
 
 TYPE_CHECKING = False  # not typing's: see rctlpolicy.records
 if TYPE_CHECKING:
@@ -47,16 +47,23 @@ def rfc3339(seconds: float) -> str:
 
 
 def history_file(args: argparse.Namespace) -> Path | None:
-    """STATE_DIR/history.sqlite: --state-dir, else the kernel's state directory (beside the
-    simulated host's file, /var/db/rctlpolicy on FreeBSD); None after saying why not."""
+    """STATE_DIR/history.sqlite, with STATE_DIR settled as the daemon settles it (--state-dir,
+    else the config file's, else the kernel's: /var/db/rctlpolicy on FreeBSD, beside the
+    simulated host's file); None after saying why not."""
     from pathlib import Path
 
+    from rctlpolicy.cli.settings import ledger_settings
+    from rctlpolicy.config import ConfigError
     from rctlpolicy.history import HISTORY_FILE_NAME
-
-    if args.state_dir:
-        return Path(args.state_dir) / HISTORY_FILE_NAME
     from rctlpolicy.kernel import KernelSetupError, open_kernel
 
+    try:
+        settings = ledger_settings(args)
+    except ConfigError as error:
+        print(f"rctlpolicy: {error}", file=sys.stderr)
+        return None
+    if settings.state_dir is not None:
+        return settings.state_dir / HISTORY_FILE_NAME
     try:
         setup = open_kernel(args.kernel, args.sim_host)
     except KernelSetupError as error:
@@ -66,20 +73,13 @@ def history_file(args: argparse.Namespace) -> Path | None:
 
 
 def history_options(sub: argparse.ArgumentParser) -> None:
-    """--state-dir, --kernel and --sim-host: where the daemon keeps its history."""
-    sub.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        help="the daemon's state directory, where history.sqlite is (default: the kernel's: "
-        "/var/db/rctlpolicy, or beside the simulated host's file)",
-    )
-    sub.add_argument(
-        "--kernel",
-        choices=("auto", "freebsd", "sim"),
-        default="auto",
-        help="whose state directory is the default (auto: FreeBSD's on FreeBSD)",
-    )
+    """--kernel, --sim-host, --config and --state-dir: where the daemon keeps its history,
+    found as `plan` finds the daemon's ledger."""
+    from rctlpolicy.cli.settings import ledger_options
+
+    kernel_choice_option(sub)
     sim_host_option(sub)
+    ledger_options(sub)
 
 
 def window_options(sub: argparse.ArgumentParser, since: str) -> None:
