@@ -89,6 +89,19 @@ def test_a_relative_rules_dir_in_the_config_file_is_relative_to_the_file(
     )
 
 
+def test_a_config_key_spelt_the_old_way_is_read_and_said_by_plan_as_by_the_daemon(
+    cli: Cli, tmp_path: Path, rules: Path
+) -> None:
+    config = tmp_path / "old.yaml"
+    config.write_text(f"rules-dir: {rules}\noutput.file-path: metrics.prom\n")
+    plan = cli("plan", "--config", str(config))
+    assert plan.code == 0, plan.err
+    assert plan.err.splitlines() == [
+        f"rctlpolicy plan: {config}: 'output.file-path' is now spelt 'output-file' "
+        "(the old name goes in the next release)"
+    ]
+
+
 @pytest.mark.skipif(DEFAULT_RULES_DIR.exists(), reason="this machine has the default directory")
 def test_no_path_and_no_config_is_the_built_in_default_and_a_missing_one_is_exit_2(
     cli: Cli,

@@ -9,6 +9,7 @@ and with no PATH they read the daemon's rules directory.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,10 @@ def ledger_settings(args: argparse.Namespace) -> LedgerSettings:
         "sim_host": Path(args.sim_host) if args.sim_host else None,
         "state_dir": Path(args.state_dir) if args.state_dir else None,
     }
-    loaded = load_daemon_config(Path(args.config) if args.config else None, flags)
+    notes: list[str] = []
+    loaded = load_daemon_config(Path(args.config) if args.config else None, flags, notes)
+    for note in notes:  # a key spelt the old way: accepted for one release, and said
+        print(f"rctlpolicy {args.command}: {note}", file=sys.stderr)
     args.kernel = loaded.config.kernel
     args.sim_host = loaded.config.sim_host
     return LedgerSettings(loaded, loaded.config.state_dir)
