@@ -23,23 +23,19 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from prometheus_client.parser import text_string_to_metric_families
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _venv import NEUTRAL_CWD, bench_env, bench_python
-from daemon_helpers import LogLines, SimHost, short_tempdir, wait_until, write_config
+from _daemon import BenchDaemon
+from _venv import bench_python
+from daemon_helpers import short_tempdir, wait_until
 
 from rctlpolicy.devd import format_rctl_event
 from rctlpolicy.devdserver import DevdServer
@@ -63,57 +59,14 @@ class Burst:
         return self.sent - self.counted
 
 
-class Daemon:
+class Daemon(BenchDaemon):
     """`rctlpolicy daemon` from the bench venv on a simulated host, fed by `server`."""
 
     def __init__(self, python: Path, root: Path, server: DevdServer, rules: list[Any]) -> None:
-        rules_dir = root / "rules"
-        rules_dir.mkdir(parents=True)
-        (rules_dir / "bench.yaml").write_text(yaml.safe_dump({"rules": rules}))
-        config = write_config(root / "rctlpolicy.yaml", {"log-level": "info"})
-        host = SimHost(root / "host.yaml")
-        argv = [
-            str(python), "-m", "rctlpolicy", "daemon", "--config", str(config),
-            "--kernel", "sim", "--sim-host", str(host.path), "--rules-dir", str(rules_dir),
-            "--state-dir", str(root / "state"), "--web.listen-address", "127.0.0.1:0",
-            "--devd-socket", str(server.seqpacket_path),
-        ]  # fmt: skip
-        self.server = server
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=NEUTRAL_CWD,
-            env=bench_env(),
-        )
-        assert self.proc.stdout is not None
-        self.log = LogLines(self.proc.stdout)
-        started = self.log.wait_for(r"rctlpolicy started: .* serving metrics on (\S+)", 60)
-        self.url = started.group(1)
-        assert server.wait_for_clients(1, 10), "the daemon did not connect to devd"
-        self.log.wait_for(r"resync \(connected to devd\)", 10)
-
-    def metric(self, name: str) -> float:
-        with urllib.request.urlopen(self.url, timeout=10) as response:
-            text = response.read().decode()
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name:
-                    total += sample.value
-        return total
+        super().__init__(python, root, server, rules, {"log-level": "info"})
 
     def counted(self) -> int:
         return int(self.metric("rctlpolicy_events_total"))
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-        self.log.join(5)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
 
 
 def burst(daemon: Daemon, rate: int, seconds: float) -> Burst:

@@ -44,14 +44,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 # The test suite's harness for the daemon's log and the simulated host (tests/ is not a package).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _daemon import BenchDaemon
 from _venv import NEUTRAL_CWD, bench_env, bench_python
-from daemon_helpers import LogLines, SimHost, short_tempdir, wait_until, write_config
+from daemon_helpers import LogLines, short_tempdir, wait_until
 
 from rctlpolicy.actions import ActionProcessRunner
 from rctlpolicy.devd import format_rctl_event
@@ -79,37 +78,13 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-class Daemon:
+class Daemon(BenchDaemon):
     """`rctlpolicy daemon` from the bench venv, its log collected line by line."""
 
     def __init__(self, python: Path, root: Path, server: DevdServer, rules: object) -> None:
-        rules_dir = root / "rules"
-        rules_dir.mkdir()
-        (rules_dir / "bench.yaml").write_text(yaml.safe_dump({"rules": rules}))
-        config = write_config(
-            root / "rctlpolicy.yaml", {"log.level": "info", "shutdown-timeout": 0.5}
+        super().__init__(
+            python, root, server, rules, {"log.level": "info", "shutdown-timeout": 0.5}
         )
-        host = SimHost(root / "host.yaml")
-        argv = [
-            str(python), "-m", "rctlpolicy", "daemon", "--config", str(config),
-            "--kernel", "sim", "--sim-host", str(host.path), "--rules-dir", str(rules_dir),
-            "--state-dir", str(root / "state"), "--web.listen-address", "127.0.0.1:0",
-            "--devd-socket", str(server.seqpacket_path),
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=NEUTRAL_CWD,
-            env=bench_env(),
-        )
-        assert self.proc.stdout is not None
-        self.log = LogLines(self.proc.stdout)
-        self.log.wait_for(r"rctlpolicy started", 60)
-        assert server.wait_for_clients(1, 10), "the daemon did not connect to devd"
-        self.log.wait_for(r"resync \(connected to devd\)", 10)
 
     def starts(self) -> dict[str, float]:
         """Jail -> the time its action's process started (as it printed it)."""
@@ -119,13 +94,6 @@ class Daemon:
             if match:
                 found.setdefault(match.group(2), float(match.group(1)))
         return found
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-        self.log.join(5)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
 
 
 class Floor:
