@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import PYTHON, DaemonProcess, SimHost, short_tempdir
+from test_manpages import commands
 
 from rctlpolicy.cli import build_parser
 from rctlpolicy.cli.common import OLD_SPELLINGS
@@ -51,16 +52,6 @@ def run(
     )
 
 
-def parsers(
-    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
-) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
-    yield path, parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield from parsers(sub, (*path, name))
-
-
 def own_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     return [
         a
@@ -71,7 +62,7 @@ def own_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     ]
 
 
-ALL_PARSERS = dict(parsers(build_parser()))
+ALL_PARSERS = dict(commands(build_parser()))
 
 
 def options_in_help(text: str) -> set[str]:

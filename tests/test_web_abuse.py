@@ -9,13 +9,11 @@ meanwhile, and that the server's own counters say what happened. The figures at 
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
 import http.client
 import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +24,8 @@ from typing import Any
 
 import bcrypt
 import pytest
+from test_web import _openssl, request
+from test_web import basic as web_basic
 
 from rctlpolicy.gcpause import no_cyclic_gc
 from rctlpolicy.web import MetricsServer, WebConfig, load_web_config
@@ -78,20 +78,7 @@ def scrape(
     headers: dict[str, str] | None = None,
 ) -> int:
     """One scrape on a fresh connection; its status."""
-    conn: http.client.HTTPConnection
-    if context is None:
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=DEADLINE)
-    else:
-        conn = http.client.HTTPSConnection(
-            "127.0.0.1", server.port, timeout=DEADLINE, context=context
-        )
-    try:
-        conn.request("GET", "/metrics", headers=headers or {})
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
+    return request(server, context=context, headers=headers).status
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
@@ -200,11 +187,6 @@ def test_the_budget_is_enforced_while_reading_not_at_the_end_of_the_headers(
 # --- TLS ------------------------------------------------------------------------------------
 
 
-def _openssl(cwd: Path, *args: str) -> None:
-    assert OPENSSL is not None
-    subprocess.run([OPENSSL, *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture(scope="module")
 def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if OPENSSL is None:
@@ -261,8 +243,7 @@ class BlockingCheck:
 
 
 def basic(password: str) -> dict[str, str]:
-    token = base64.b64encode(f"prometheus:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
+    return web_basic("prometheus", password)
 
 
 @pytest.fixture
