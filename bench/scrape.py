@@ -98,7 +98,8 @@ def worker(jail_counts: list[int], runs: int, tmp: Path) -> dict[str, Any]:
     from prometheus_client.core import Metric
     from prometheus_client.registry import Collector
 
-    from rctlpolicy.exporter import JailCollector, classic_text, make_registry
+    from rctlpolicy.exporter import JailCollector
+    from rctlpolicy.exposition import classic_text, make_registry
     from rctlpolicy.kernel import open_simulator
     from rctlpolicy.kernel.base import RctlCall
     from rctlpolicy.kernel.freebsd import FreeBSDKernel, parse_rules

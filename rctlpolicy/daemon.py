@@ -56,6 +56,7 @@ from rctlpolicy.actions import (
 from rctlpolicy.apply import AppliedRules, apply_rules
 from rctlpolicy.clock import Clock, SystemClock
 from rctlpolicy.config import DaemonConfig, split_address
+from rctlpolicy.daemonmetrics import DaemonCollector, DaemonStats
 from rctlpolicy.devd import (
     Connected,
     DevdClient,
@@ -74,14 +75,8 @@ from rctlpolicy.eventmatch import (
     resync_candidate,
     resync_context,
 )
-from rctlpolicy.exporter import (
-    DaemonCollector,
-    DaemonStats,
-    JailCollector,
-    make_registry,
-    renderer,
-    write_textfile,
-)
+from rctlpolicy.exporter import JailCollector
+from rctlpolicy.exposition import make_registry, renderer, write_textfile
 from rctlpolicy.formats import render
 from rctlpolicy.kernel.base import Kernel, KernelError, RuleStoreWatch
 from rctlpolicy.loops import PeriodicLoop, QueueLoop, Wakeup

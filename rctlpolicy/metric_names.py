@@ -13,7 +13,7 @@ practice puts the unit last.
 
 Counter names keep their `_total`: prometheus_client's CounterMetricFamily strips it from the
 family name and puts it back on the sample, so the constant is what PromQL sees either way.
-The values of the `outcome` labels belong to the code that counts them (rctlpolicy.exporter).
+The values of the `outcome` labels belong to the code that counts them (rctlpolicy.daemonmetrics).
 
 The tests check the dashboards' and alert rules' expressions against this table with a small
 PromQL scanner of their own (tests/promql.py).

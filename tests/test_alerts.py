@@ -16,7 +16,7 @@ import pytest
 import yaml
 from promql import promql_selectors
 
-from rctlpolicy.exporter import ACTION_OUTCOMES, EVENT_OUTCOMES
+from rctlpolicy.daemonmetrics import ACTION_OUTCOMES, EVENT_OUTCOMES
 from rctlpolicy.metric_names import (
     ALL_SAMPLE_NAMES,
     RCTLPOLICY_ACTIONS_TOTAL,

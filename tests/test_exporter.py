@@ -27,12 +27,11 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from rctlpolicy import metric_names as names
-from rctlpolicy.exporter import (
+from rctlpolicy.daemonmetrics import DaemonCollector, DaemonStats
+from rctlpolicy.exporter import JailCollector
+from rctlpolicy.exposition import (
     CLASSIC_CONTENT_TYPE,
     TEXTFILE_MODE,
-    DaemonCollector,
-    DaemonStats,
-    JailCollector,
     classic_text,
     go_integer,
     make_registry,

@@ -243,6 +243,11 @@ LAYERS = [
     ("rctlpolicy.kernel", "rctlpolicy.service"),
     ("rctlpolicy.kernel", "rctlpolicy.cli"),
     ("rctlpolicy.kernel", "rctlpolicy.exporter"),
+    ("rctlpolicy.kernel", "rctlpolicy.exposition"),
+    ("rctlpolicy.kernel", "rctlpolicy.daemonmetrics"),
+    ("rctlpolicy.exposition", "rctlpolicy.exporter"),
+    ("rctlpolicy.exposition", "rctlpolicy.daemonmetrics"),
+    ("rctlpolicy.daemonmetrics", "rctlpolicy.exporter"),
     ("rctlpolicy.hostinfo", "rctlpolicy.kernel"),
 ]
 

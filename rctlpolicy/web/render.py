@@ -1,6 +1,6 @@
 """Scrapes that arrive together share one render, and one gzip of it.
 
-``render(accept)`` is the exporter's (rctlpolicy.exporter.renderer): it collects every family
+``render(accept)`` is the exporter's (rctlpolicy.exposition.renderer): it collects every family
 and formats them, which costs far more than answering a request. A scrape that finds a render
 for the same ``Accept`` header already running waits for that one instead of starting its
 own, so a thousand concurrent scrapes cost one render; a scrape that comes after it ended
