@@ -5,6 +5,7 @@ formats and the exit status."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -264,3 +265,36 @@ def test_html_without_matplotlib_says_how_to_get_charts(tmp_path: Path) -> None:
     assert "pip install &#x27;rctlpolicy[plot]&#x27;" in result.stdout
     assert "<svg" not in result.stdout
     assert "<td>jail:db1:memoryuse:deny=4294967296</td>" in result.stdout
+
+
+GOOD_LINE = b'{"time": 1, "jail": "a", "resource": "maxproc", "value": 1}\n'
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b'{"time": 1, "jail": "a", "resource": "maxproc", "value": 1}\xff\xfe\n', "2: not UTF-8"),
+     (b'{"time": {}, "jail": "a", "resource": "maxproc", "value": 1}\n', "2: .*not a time"),
+     (b'{"time": [1], "jail": "a", "resource": "maxproc", "value": 1}\n', "2: .*not a time"),
+     (b'{"time": NaN, "jail": "a", "resource": "maxproc", "value": 1}\n', "2: .*not a time"),
+     (b'{"time": "inf", "jail": "a", "resource": "maxproc", "value": 1}\n', "2: .*not a time"),
+     (b'{"time": 1, "jail": "a", "resource": ["maxproc"], "value": 1}\n', "2: unknown resource"),
+     (b'{"time": 1, "jail": "a", "resource": {}, "value": 1}\n', "2: unknown resource"),
+     (b'{"time": 1, "jail": 7, "resource": "maxproc", "value": 1}\n', "2: 'jail' must be"),
+     (b'{"time": 1, "jail": "a", "resource": "maxproc", "value": Infinity}\n', "2: 'value' must"),
+     (b'{"time": 1, "jail": "a", "resource": "maxproc", "value": NaN}\n', "2: 'value' must"),
+     (b'{"time": 1, "jail": "a", "resource": "maxproc", "value": "5"}\n', "2: 'value' must"),
+     (b'{"jail": "' + b"a" * 200_000 + b'"}\n', "2: a line longer than"),
+     (b"\x00\x01\x02garbage\n", "2: not JSON")],
+)  # fmt: skip
+def test_a_garbage_file_is_one_line_and_exit_2_for_replay_and_suggest(
+    tmp_path: Path, content: bytes, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "usage.jsonl"
+    path.write_bytes(GOOD_LINE + content)
+    rules = tmp_path / "p.conf"
+    rules.write_text("jail:a:maxproc:deny=4\n")
+    for argv in (["replay", str(rules)], ["suggest"]):
+        assert main([*argv, "--from", f"file={path}", "--start", "0", "--end", "100"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert re.search(rf"usage.jsonl:{message}", err), err
