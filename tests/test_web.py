@@ -578,6 +578,33 @@ def test_basic_auth_over_tls(serve: ServerFactory, pki: PKI, tmp_path: Path) -> 
     assert request(server, context=context).status == 401
 
 
+@pytest.mark.parametrize("written", ["", "tls_server_config:\n", TLS_CONFIG])
+def test_a_reload_that_drops_tls_or_auth_keeps_the_old_config(
+    serve: ServerFactory, pki: PKI, tmp_path: Path, written: str
+) -> None:
+    # An editor that truncates before writing, or a reload that reads the file half-written,
+    # must not turn the endpoint into plain HTTP without a password.
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    path = write_config(
+        tmp_path, TLS_CONFIG + f"basic_auth_users:\n  prometheus: '{hashed}'\n", pki
+    )
+    server = serve(load_web_config(path))
+    path.write_text(written)
+    with pytest.raises(WebConfigError, match="restart the daemon") as error:
+        server.set_web_config(load_web_config(path))
+    assert error.value.path == str(path)
+    assert server.tls_enabled
+    context = client_context(pki)
+    assert request(server, context=context).status == 401
+    assert request(server, context=context, headers=basic("prometheus", "s3cret")).status == 200
+    # Adding them on a reload is fine.
+    plain = serve()
+    plain.set_web_config(
+        load_web_config(write_config(tmp_path, f"basic_auth_users:\n  prometheus: '{hashed}'\n"))
+    )
+    assert request(plain).status == 401
+
+
 # --- basic auth ---------------------------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rctlpolicy import safeio
 from rctlpolicy.model import Resource
 
 SCHEMA_VERSION = "1"
@@ -200,6 +201,9 @@ class HistoryStore:
         if self._db is None:
             try:
                 self._db = self._open()
+            except OSError as error:  # the directory or file: unsafe, or not ours to create
+                self._close_quietly()
+                raise HistoryError(f"{self.path}: {error.strerror or error}") from error
             except sqlite3.Error as error:
                 self._close_quietly()
                 if self.readonly or not _is_damage(error):
@@ -218,11 +222,10 @@ class HistoryStore:
                 raise HistoryError(f"{self.path}: no usage history (is the daemon sampling?)")
             db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._create_safely()
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db = db
         if not self.readonly:
-            os.chmod(self.path, 0o600)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             if self.max_bytes is not None:
@@ -246,6 +249,21 @@ class HistoryStore:
         self._rolled_until = int(rolled) if rolled is not None else None
         self._jail_ids = {name: jid for jid, name in db.execute("SELECT id, name FROM jails")}
         return db
+
+    def _create_safely(self) -> None:
+        """The daemon runs as root: the directory is made 0700 (safeio), and the database and
+        its -wal and -shm companions are never reached through a symlink someone planted
+        (SQLite would follow one); the database is created 0600 by us, not by SQLite."""
+        safeio.make_directory(self.path.parent)
+        for suffix in ("-wal", "-shm", "-journal"):
+            companion = self.path.with_name(self.path.name + suffix)
+            if companion.is_symlink():
+                raise safeio.UnsafeStateFileError(companion, "is a symbolic link")
+        fd = safeio.open_lock_file(self.path, mode=0o600)
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
 
     def _rename_aside(self) -> None:
         import time
