@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import Env, wait_until
+from test_cli_kernel import edit_host
 
 from rctlpolicy.cli import main
 from rctlpolicy.clock import ManualClock
@@ -131,6 +132,21 @@ def test_a_sample_is_every_running_jails_usage(host: Path, tmp_path: Path) -> No
     assert sample.usage["db1"][Resource.MAXPROC] == 24
     sampler.write(sample)
     assert stats.samples == 3
+    sampler.store.close()
+
+
+def test_a_sampling_round_reads_the_host_file_once_even_just_after_an_edit(
+    host: Path, tmp_path: Path
+) -> None:
+    sampler, _ = _sampler(host, tmp_path / HISTORY_FILE_NAME)
+    setup = open_simulator(str(host))
+    sampler.kernel = setup.kernel
+    assert setup.simulator is not None
+    edit_host(host, racct_enable=True)  # just written: every unbatched call would read it
+    reads = setup.simulator.host_file.reads
+    sampler.sample()
+    assert setup.simulator.host_file.reads - reads == 1
+    assert set(sampler._items.get_nowait().usage) == {"db1", "web1", "web2"}
     sampler.store.close()
 
 

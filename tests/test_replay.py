@@ -4,10 +4,15 @@ formats and the exit status."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -298,3 +303,93 @@ def test_a_garbage_file_is_one_line_and_exit_2_for_replay_and_suggest(
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1, err
         assert re.search(rf"usage.jsonl:{message}", err), err
+
+
+def _one_shot_server(answer: Callable[[socket.socket], None]) -> tuple[str, threading.Event]:
+    """A loopback server that reads each request and hands the connection to `answer`."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        with listener:
+            listener.settimeout(0.2)
+            while not done.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    conn.recv(65536)
+                    with contextlib.suppress(OSError):
+                        answer(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", done
+
+
+def _http(body: bytes, status: str = "200 OK") -> Callable[[socket.socket], None]:
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(
+            f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+
+    return answer
+
+
+def _never_answers(conn: socket.socket) -> None:
+    time.sleep(3)
+
+
+def _drips(conn: socket.socket) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+    for _ in range(30):
+        conn.sendall(b" ")
+        time.sleep(0.1)
+
+
+def _cut_short(conn: socket.socket) -> None:
+    conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{"status": "succ')
+
+
+def _not_http(conn: socket.socket) -> None:
+    conn.sendall(b"\x00\xff garbage, not HTTP\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [(_http(b"<html>oops</html>", "500 Internal Server Error"), "HTTP 500"),
+     (_http(b'{"status": "error", "error": "bad query"}', "400 Bad Request"), "bad query"),
+     (_http(b"not json at all"), "not JSON"),
+     (_http(b"\xff\xfe\x00"), "not JSON"),
+     (_http(b"[1, 2, 3]"), "not a query_range answer"),
+     (_http(b'{"status": "success", "data": [1]}'), "expected a matrix"),
+     (_http(b'{"status": "success", "data": {"resultType": "matrix", "result": [1]}}'),
+      "not a list of series"),
+     (_http(b'{"status": "success", "data": {"resultType": "matrix", "result": [{"metric": '
+            b'{"name": "db1"}, "values": [[1, "x"]]}]}}'), "is not a \\[time, value\\]"),
+     (_http(b'{"status": "success", "data": {"resultType": "matrix", "result": [{"metric": '
+            b'{"name": "db1"}, "values": [7]}]}}'), "is not a \\[time, value\\]"),
+     (_never_answers, "timed out"), (_drips, "no complete answer within"),
+     (_cut_short, "cut short"), (_not_http, "not an HTTP answer")],
+)  # fmt: skip
+def test_a_prometheus_that_misbehaves_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    answer: Callable[[socket.socket], None], message: str,
+) -> None:  # fmt: skip
+    from rctlpolicy.history import prometheus
+
+    monkeypatch.setattr(prometheus, "TIMEOUT", 1.0)
+    url, done = _one_shot_server(answer)
+    rules = tmp_path / "p.conf"
+    rules.write_text("jail:db1:maxproc:deny=4\n")
+    try:
+        for argv in (["replay", str(rules)], ["suggest"]):
+            window = ["--start", "0", "--end", "600"]
+            assert main([*argv, "--from", f"prometheus={url}", *window]) == 2
+            err = capsys.readouterr().err
+            assert len(err.strip().splitlines()) == 1, err
+            assert re.search(rf"Prometheus at {url}: .*{message}", err), err
+    finally:
+        done.set()
