@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 from rctlpolicy.actions.runner import ACTION_ENVIRONMENT
+from rctlpolicy.daemon import SWITCH_INTERVAL
 from rctlpolicy.devd import DevdClient, DevdItem, RctlEvent, parse_rctl_event
 
 DATE = "/usr/bin/date"
@@ -24,7 +25,7 @@ def main() -> int:
     items: queue.SimpleQueue[DevdItem] = queue.SimpleQueue()
     client = DevdClient(items, seqpacket_path=sys.argv[1], stream_path=None)
     client.start()
-    sys.setswitchinterval(0.0002)  # as the daemon does while it reads devd
+    sys.setswitchinterval(SWITCH_INTERVAL)  # as the daemon process does
     env = dict(ACTION_ENVIRONMENT)
     print("ready", flush=True)
     while True:

@@ -15,8 +15,9 @@ INT64_MAX = 2**63 - 1
 INT_MIN = -(2**31)
 INT_MAX = 2**31 - 1
 
-#: isspace() in the C locale, as the kernel's and libc's strto*() skip it.
-_C_SPACE = " \t\n\v\f\r"
+#: isspace() in the C locale, as the kernel's and libc's strto*() skip it and devd splits its
+#: lines (rctlpolicy.devd.message); its one home.
+C_SPACE = " \t\n\v\f\r"
 #: expand_number(3)'s unit suffixes (lower case; it accepts either) and their binary shifts.
 SUFFIX_SHIFT = {"k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 
@@ -74,7 +75,7 @@ def expand_number(text: str) -> ExpandedNumber:
         return ExpandedNumber(value, 10, suffix, "")
     i = 0
     n = len(text)
-    while i < n and text[i] in _C_SPACE:
+    while i < n and text[i] in C_SPACE:
         i += 1
     sign = ""
     if i < n and text[i] in "+-":

@@ -35,7 +35,6 @@ import logging
 import os
 import queue
 import signal
-import sys
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -124,10 +123,11 @@ class StoppedDuringStartup(Exception):
 #: Records the devd reader may queue ahead of the dispatcher; more are dropped and counted
 #: (rctlpolicy_devd_records_dropped_total) rather than letting devd drop the daemon.
 DEVD_QUEUE_MAX = 100_000
-#: The interpreter's thread switch interval once the devd reader runs: the reader wins the
-#: GIL back within 0.2 ms of its socket becoming readable however busy the dispatcher is (the
-#: default is 5 ms). bench/devd.py: with on_match, 0 lost up to 20,000 events/s (10,000 at
-#: 1 ms).
+#: The interpreter's thread switch interval while the daemon process runs (set by
+#: rctlpolicy.service.run_daemon, the process's owner, and restored when it returns; a Daemon
+#: used as a library leaves the interpreter's setting alone): the devd reader wins the GIL back
+#: within 0.2 ms of its socket becoming readable however busy the dispatcher is (the default
+#: is 5 ms). bench/devd.py: with on_match, 0 lost up to 20,000 events/s (10,000 at 1 ms).
 SWITCH_INTERVAL = 0.0002
 
 #: Requests to the main loop, one byte each on its wakeup pipe.
@@ -210,7 +210,6 @@ class Daemon:
         )
         self._previous_handlers: dict[int, Any] = {}
         self._previous_wakeup_fd = -1
-        self._previous_switch_interval: float | None = None
         self._state_dir = state_dir
         self.history: Any = None
 
@@ -343,8 +342,6 @@ class Daemon:
         client = self.devd
         self.stats.devd_records_dropped = lambda: client.dropped
         self.devd.start()
-        self._previous_switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(SWITCH_INTERVAL, self._previous_switch_interval))
 
     @property
     def metrics_port(self) -> int:
@@ -702,9 +699,6 @@ class Daemon:
             self._reloader.join(1.0)
         if self.devd is not None:
             self.devd.stop()
-        if self._previous_switch_interval is not None:
-            sys.setswitchinterval(self._previous_switch_interval)
-            self._previous_switch_interval = None
         self.engine.shutdown(self.config.shutdown_timeout)
         for loop in (self._dispatcher, self._jail_watcher):
             if loop.is_alive():

@@ -8,7 +8,6 @@ no `_created` series.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from prometheus_client.registry import Collector
 from rctlpolicy import metric_names as names
 from rctlpolicy.daemonmetrics import DaemonStats
 from rctlpolicy.exposition import GoNumbers, family_header, label_value, metric_help
-from rctlpolicy.kernel.base import Jail, Kernel, KernelError
+from rctlpolicy.kernel.base import Jail, Kernel, KernelError, batched
 from rctlpolicy.kernel.freebsd import UNREADABLE, USAGE_PAIR, parse_usage
 from rctlpolicy.metric_names import metric_spec, resource_metrics
 from rctlpolicy.model import Filter, Resource, Rule, SubjectType
@@ -84,17 +83,9 @@ class JailCollector(Collector):
                 continue
             yield index, jail, answer
 
-    def _batch(self) -> contextlib.AbstractContextManager[None]:
-        """One scrape's kernel calls as one batch (`FreeBSDKernel.batch`)."""
-        batch = getattr(self.kernel, "batch", None)
-        if batch is None:
-            return contextlib.nullcontext()
-        context: contextlib.AbstractContextManager[None] = batch()
-        return context
-
     def collect(self) -> Iterator[Metric]:
         """The families of one scrape, built fresh from the kernel."""
-        with self._batch():
+        with batched(self.kernel):
             return iter(list(self._families()))
 
     def _families(self) -> Iterator[Metric]:
@@ -135,7 +126,7 @@ class JailCollector(Collector):
     def write_classic(self, append: Callable[[str], object]) -> None:
         """The families of `collect()` as classic text (what `classic_text` writes for them),
         written straight from the kernel's answers without building a family or a sample."""
-        with self._batch():
+        with batched(self.kernel):
             self._write_classic(append)
 
     def _write_classic(self, append: Callable[[str], object]) -> None:

@@ -2,8 +2,8 @@
 
 Pure data, no I/O: enums, and immutable records (NamedTuples: as frozen as dataclasses, and
 far cheaper to define at start-up and to build, 20,000 times for a big policy). The tables
-follow sys/kern/kern_rctl.c and sys/kern/kern_racct.c (see ../shared/spec/rctl.md, sections 2
-to 6).
+follow sys/kern/kern_rctl.c and sys/kern/kern_racct.c (docs/fidelity.md says where each fact
+comes from; tests/data holds the conformance cases).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from rctlpolicy.config import DaemonConfig
-from rctlpolicy.daemon import Daemon, StartupError, StoppedDuringStartup
+from rctlpolicy.daemon import SWITCH_INTERVAL, Daemon, StartupError, StoppedDuringStartup
 from rctlpolicy.diagnostics import Diagnostic
 from rctlpolicy.formats import render
 from rctlpolicy.kernel import KernelSetup, KernelSetupError, open_kernel
@@ -281,6 +281,9 @@ def _run_locked(config: DaemonConfig, setup: KernelSetup, state_dir: Path) -> in
         rule_store=setup.rule_store,
     )
     daemon.install_signal_handlers()
+    # This process is the daemon: the devd reader's switch interval holds until it returns.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(SWITCH_INTERVAL, switch_interval))
     try:
         if config.pidfile is not None:
             # Before the slow part: rc.subr finds the process while it starts.
@@ -302,6 +305,7 @@ def _run_locked(config: DaemonConfig, setup: KernelSetup, state_dir: Path) -> in
             return 2
         return daemon.run()
     finally:
+        sys.setswitchinterval(switch_interval)
         daemon.restore_signal_handlers()
         daemon.close()
         if sim_devd is not None:

@@ -270,6 +270,34 @@ def test_a_lock_file_planted_as_a_symlink_is_refused(world: World) -> None:
     assert not world.devd_dir.exists()
 
 
+SWITCH_PROBE = """
+import os, signal, sys, threading, time
+from pathlib import Path
+from rctlpolicy.config import DaemonConfig
+from rctlpolicy.service import run_daemon
+host, rules, state = map(Path, sys.argv[1:4])
+sys.setswitchinterval(0.004)
+seen = []
+def watch():
+    while sys.getswitchinterval() == 0.004:
+        time.sleep(0.01)
+    seen.append(sys.getswitchinterval())
+    os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=watch, daemon=True).start()
+status = run_daemon(DaemonConfig(rules_dir=rules, kernel="sim", sim_host=host, state_dir=state,
+                                 listen_address="127.0.0.1:0", history_interval=0))
+print(status, [round(x, 6) for x in seen], sys.getswitchinterval())
+"""
+
+
+def test_the_daemon_process_switch_interval_is_restored_when_it_returns(world: World) -> None:
+    done = subprocess.run(
+        [PYTHON, "-c", SWITCH_PROBE, str(world.host.path), str(world.rules), str(world.state)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert done.stdout == "0 [0.0002] 0.004\n", done.stderr
+
+
 # --- exit statuses: 0 success, 1 findings or failures, 2 usage or I/O ---------------------------
 
 

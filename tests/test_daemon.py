@@ -824,6 +824,28 @@ def test_web_config_basic_auth_guards_the_daemons_metrics(env: Env) -> None:
     assert daemon.stop() == 0
 
 
+def test_a_web_config_emptied_at_a_reload_keeps_the_password(env: Env) -> None:
+    import urllib.error
+    import urllib.request
+
+    import bcrypt
+
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web = env.root / "web.yml"
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": hashed}}))
+    env.policy("p.yaml", ["jail:db1:maxproc:deny=100"])
+    daemon = env.start("--web.config.file", str(web))
+    web.write_text("")  # an editor's truncate, seen before its write
+    mark = daemon.log.mark
+    daemon.send_signal(signal.SIGHUP)
+    daemon.log.wait_for(r"keeping the previous web config: .*web\.yml: .*basic auth", since=mark)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(daemon.url, timeout=10)
+    refused.value.close()
+    assert refused.value.code == 401
+    assert daemon.stop() == 0
+
+
 def test_an_ipv6_listen_address_is_logged_and_served_with_brackets(env: Env) -> None:
     try:
         socket.create_server(("::1", 0), family=socket.AF_INET6).close()

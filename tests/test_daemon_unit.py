@@ -7,6 +7,7 @@ so the tables exercise the real cut points.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,32 @@ def test_the_daemon_reads_time_only_through_its_clock(tmp_path: Path) -> None:
         assert "rctlpolicy_process_start_time_seconds 1.23456789e+09" in text
     finally:
         daemon.close()
+
+
+# --- the interpreter is the process's, not the library's ---------------------------------------
+
+
+def test_a_daemon_used_as_a_library_leaves_the_switch_interval_alone(tmp_path: Path) -> None:
+    """Only `rctlpolicy daemon` (service.run_daemon, the process's owner) shortens the thread
+    switch interval; a Daemon started in a test or another program leaves it as it was."""
+    host = tmp_path / "host.yaml"
+    host.write_text("jails: {db1: {jid: 3}}\n")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    setup = open_kernel("sim", host)
+    before = sys.getswitchinterval()
+    daemon = Daemon(
+        DaemonConfig(rules_dir=rules, listen_address="127.0.0.1:0", history_interval=0),
+        setup.kernel,
+        ChildLoader("sim", host),
+        tmp_path / "state",
+        devd_paths=(tmp_path / "devd.seqpacket.pipe", tmp_path / "devd.pipe"),
+    )
+    try:
+        daemon.start()
+        assert daemon.devd is not None  # the reader runs
+        assert sys.getswitchinterval() == before
+    finally:
+        daemon.shutdown()
+        daemon.close()
+    assert sys.getswitchinterval() == before

@@ -231,6 +231,13 @@ def test_parse_devd_line_pseudo_variables() -> None:
     assert parse_devd_line("") == {}
 
 
+def test_devd_lines_split_on_the_c_locale_spaces_only() -> None:
+    # devd's isspace() runs in the C locale: the six ASCII spaces separate pairs, nothing else
+    # (the same set the kernel's strto*() skip, amounts.C_SPACE).
+    assert pairs("!a=1\t\vb=2\f\rc=3\nd=4") == {"a": "1", "b": "2", "c": "3", "d": "4"}
+    assert pairs("!a=1\u00a0b=2 c=3") == {"a": "1\u00a0b=2", "c": "3"}
+
+
 # --------------------------------------------------------------------------------------------
 # parse_rctl_event
 

@@ -25,6 +25,7 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
+from test_cli_kernel import edit_host
 
 from rctlpolicy import metric_names as names
 from rctlpolicy.daemonmetrics import DaemonCollector, DaemonStats
@@ -92,12 +93,6 @@ def samples(registry: CollectorRegistry, sample_name: str) -> dict[tuple[str, ..
             if sample.name == sample_name:
                 found[tuple(sample.labels[k] for k in sorted(sample.labels))] = sample.value
     return found
-
-
-def edit_host(host: Path, **changes: object) -> None:
-    data = yaml.safe_load(host.read_text())
-    data.update(changes)
-    host.write_text(yaml.safe_dump(data))
 
 
 # --- the jail families --------------------------------------------------------------------------

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import Env, wait_until
+from test_cli_kernel import edit_host
 
 from rctlpolicy.cli import main
 from rctlpolicy.clock import ManualClock
 from rctlpolicy.history import HISTORY_FILE_NAME, HistoryStats
 from rctlpolicy.history.sampler import HistorySampler, Sample
 from rctlpolicy.history.store import (
+    HistoryError,
     HistoryFullError,
     HistoryStore,
     decode_values,
@@ -130,6 +132,21 @@ def test_a_sample_is_every_running_jails_usage(host: Path, tmp_path: Path) -> No
     assert sample.usage["db1"][Resource.MAXPROC] == 24
     sampler.write(sample)
     assert stats.samples == 3
+    sampler.store.close()
+
+
+def test_a_sampling_round_reads_the_host_file_once_even_just_after_an_edit(
+    host: Path, tmp_path: Path
+) -> None:
+    sampler, _ = _sampler(host, tmp_path / HISTORY_FILE_NAME)
+    setup = open_simulator(str(host))
+    sampler.kernel = setup.kernel
+    assert setup.simulator is not None
+    edit_host(host, racct_enable=True)  # just written: every unbatched call would read it
+    reads = setup.simulator.host_file.reads
+    sampler.sample()
+    assert setup.simulator.host_file.reads - reads == 1
+    assert set(sampler._items.get_nowait().usage) == {"db1", "web1", "web2"}
     sampler.store.close()
 
 
@@ -284,3 +301,84 @@ def test_the_daemon_renames_a_damaged_history_aside_says_so_once_and_goes_on(env
     aside = list(env.state.glob(f"{HISTORY_FILE_NAME}.damaged-*"))
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"garbage")
     assert len(list(HistoryStore(env.state / HISTORY_FILE_NAME, readonly=True).raw())) >= 3
+
+
+def test_the_daemon_never_follows_a_symlink_planted_at_its_history(env: Env) -> None:
+    env.policy("p.yaml", ["jail:db1:maxproc:deny=100"])
+    env.state.mkdir(mode=0o700)
+    victim = env.state.parent / "victim"
+    victim.write_bytes(b"not yours " * 100)
+    victim.chmod(0o644)
+    (env.state / HISTORY_FILE_NAME).symlink_to(victim)
+    daemon = env.start("--history.interval", "0.05", devd=False)
+    wait_until(lambda: daemon.value("rctlpolicy_history_paused") == 1, 15, "paused")
+    assert daemon.stop() == 0
+    assert daemon.log.count(r"usage history paused: .* is a symbolic link") == 1
+    assert victim.read_bytes() == b"not yours " * 100
+    assert victim.stat().st_mode & 0o777 == 0o644
+    assert (env.state / HISTORY_FILE_NAME).is_symlink()
+    assert not list(env.state.glob(f"{HISTORY_FILE_NAME}.damaged-*"))
+
+
+def test_the_store_makes_its_directory_0700_and_its_file_0600(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "deeper" / HISTORY_FILE_NAME
+    store = HistoryStore(path)
+    store.write(T0, {"db1": {Resource.MAXPROC: 1}})
+    store.close()
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_planted_wal_symlink_is_refused(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"x")
+    path = tmp_path / HISTORY_FILE_NAME
+    path.with_name(HISTORY_FILE_NAME + "-wal").symlink_to(victim)
+    with pytest.raises(HistoryError, match="is a symbolic link"):
+        HistoryStore(path).write(T0, {"db1": {Resource.MAXPROC: 1}})
+    assert victim.read_bytes() == b"x"
+
+
+def _damage_meta(path: Path, key: str, value: str) -> None:
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
+    db.commit()
+    db.close()
+
+
+def test_a_damaged_meta_is_one_line_for_commands_and_renamed_aside_by_a_writer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / HISTORY_FILE_NAME
+    store = HistoryStore(path)
+    store.write(T0, {"db1": {Resource.MAXPROC: 1}})
+    store.close()
+    _damage_meta(path, "rolled_until", "zz")
+    for argv in (["history"], ["suggest"]):
+        assert main([*argv, "--state-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "malformed meta rolled_until" in err, err
+    store = HistoryStore(path)
+    store.write(T0 + 60, {"db1": {Resource.MAXPROC: 2}})
+    store.close()
+    assert store.renamed is not None and store.renamed.exists()
+
+
+def test_a_resource_this_version_does_not_know_keeps_its_column(tmp_path: Path) -> None:
+    path = tmp_path / HISTORY_FILE_NAME
+    store = HistoryStore(path)
+    store.write(T0, {"db1": {}})
+    store.close()
+    names = ",".join(["futureuse", *Resource])
+    _damage_meta(path, "resources", names)
+    db = sqlite3.connect(path)
+    blob = encode_values([999, *(7 if r is Resource.MAXPROC else 0 for r in Resource)])
+    db.execute("UPDATE raw SET vals = ?", (blob,))
+    db.commit()
+    db.close()
+    store = HistoryStore(path)
+    store.write(T0 + 60, {"db1": {Resource.MAXPROC: 8}})
+    store.close()
+    samples = list(HistoryStore(path, readonly=True).raw(["db1"]))
+    assert [s.values[Resource.MAXPROC] for s in samples] == [7, 8]
+    assert all("futureuse" not in map(str, s.values) for s in samples)

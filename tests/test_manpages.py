@@ -441,5 +441,5 @@ def test_sdist_carries_what_the_port_installs(tmp_path: Path) -> None:
     from_wrksrc = set(re.findall(r"\$\{WRKSRC\}/(\S+)", makefile))
     assert from_wrksrc
     assert from_wrksrc - members == set()
-    # The tests need ../shared beside the repository: an sdist carries none of them.
+    # The suite runs from a checkout (its data in tests/data); an sdist carries no tests.
     assert not [name for name in members if name.startswith("tests/") or name.endswith(".pyc")]

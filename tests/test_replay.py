@@ -4,9 +4,15 @@ formats and the exit status."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -264,3 +270,126 @@ def test_html_without_matplotlib_says_how_to_get_charts(tmp_path: Path) -> None:
     assert "pip install &#x27;rctlpolicy[plot]&#x27;" in result.stdout
     assert "<svg" not in result.stdout
     assert "<td>jail:db1:memoryuse:deny=4294967296</td>" in result.stdout
+
+
+GOOD_LINE = b'{"time": 1, "jail": "a", "resource": "maxproc", "value": 1}\n'
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b'{"time": 1, "jail": "a", "resource": "maxproc", "value": 1}\xff\xfe\n', "2: not UTF-8"),
+     (b'{"time": {}, "jail": "a", "resource": "maxproc", "value": 1}\n', "2: .*not a time"),
+     (b'{"time": [1], "jail": "a", "resource": "maxproc", "value": 1}\n', "2: .*not a time"),
+     (b'{"time": NaN, "jail": "a", "resource": "maxproc", "value": 1}\n', "2: .*not a time"),
+     (b'{"time": "inf", "jail": "a", "resource": "maxproc", "value": 1}\n', "2: .*not a time"),
+     (b'{"time": 1, "jail": "a", "resource": ["maxproc"], "value": 1}\n', "2: unknown resource"),
+     (b'{"time": 1, "jail": "a", "resource": {}, "value": 1}\n', "2: unknown resource"),
+     (b'{"time": 1, "jail": 7, "resource": "maxproc", "value": 1}\n', "2: 'jail' must be"),
+     (b'{"time": 1, "jail": "a", "resource": "maxproc", "value": Infinity}\n', "2: 'value' must"),
+     (b'{"time": 1, "jail": "a", "resource": "maxproc", "value": NaN}\n', "2: 'value' must"),
+     (b'{"time": 1, "jail": "a", "resource": "maxproc", "value": "5"}\n', "2: 'value' must"),
+     (b'{"jail": "' + b"a" * 200_000 + b'"}\n', "2: a line longer than"),
+     (b"\x00\x01\x02garbage\n", "2: not JSON")],
+)  # fmt: skip
+def test_a_garbage_file_is_one_line_and_exit_2_for_replay_and_suggest(
+    tmp_path: Path, content: bytes, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "usage.jsonl"
+    path.write_bytes(GOOD_LINE + content)
+    rules = tmp_path / "p.conf"
+    rules.write_text("jail:a:maxproc:deny=4\n")
+    for argv in (["replay", str(rules)], ["suggest"]):
+        assert main([*argv, "--from", f"file={path}", "--start", "0", "--end", "100"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert re.search(rf"usage.jsonl:{message}", err), err
+
+
+def _one_shot_server(answer: Callable[[socket.socket], None]) -> tuple[str, threading.Event]:
+    """A loopback server that reads each request and hands the connection to `answer`."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        with listener:
+            listener.settimeout(0.2)
+            while not done.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    conn.recv(65536)
+                    with contextlib.suppress(OSError):
+                        answer(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", done
+
+
+def _http(body: bytes, status: str = "200 OK") -> Callable[[socket.socket], None]:
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(
+            f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+
+    return answer
+
+
+def _never_answers(conn: socket.socket) -> None:
+    time.sleep(3)
+
+
+def _drips(conn: socket.socket) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+    for _ in range(30):
+        conn.sendall(b" ")
+        time.sleep(0.1)
+
+
+def _cut_short(conn: socket.socket) -> None:
+    conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{"status": "succ')
+
+
+def _not_http(conn: socket.socket) -> None:
+    conn.sendall(b"\x00\xff garbage, not HTTP\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [(_http(b"<html>oops</html>", "500 Internal Server Error"), "HTTP 500"),
+     (_http(b'{"status": "error", "error": "bad query"}', "400 Bad Request"), "bad query"),
+     (_http(b"not json at all"), "not JSON"),
+     (_http(b"\xff\xfe\x00"), "not JSON"),
+     (_http(b"[1, 2, 3]"), "not a query_range answer"),
+     (_http(b'{"status": "success", "data": [1]}'), "expected a matrix"),
+     (_http(b'{"status": "success", "data": {"resultType": "matrix", "result": [1]}}'),
+      "not a list of series"),
+     (_http(b'{"status": "success", "data": {"resultType": "matrix", "result": [{"metric": '
+            b'{"name": "db1"}, "values": [[1, "x"]]}]}}'), "is not a \\[time, value\\]"),
+     (_http(b'{"status": "success", "data": {"resultType": "matrix", "result": [{"metric": '
+            b'{"name": "db1"}, "values": [7]}]}}'), "is not a \\[time, value\\]"),
+     (_never_answers, "timed out"), (_drips, "no complete answer within"),
+     (_cut_short, "cut short"), (_not_http, "not an HTTP answer")],
+)  # fmt: skip
+def test_a_prometheus_that_misbehaves_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    answer: Callable[[socket.socket], None], message: str,
+) -> None:  # fmt: skip
+    from rctlpolicy.history import prometheus
+
+    monkeypatch.setattr(prometheus, "TIMEOUT", 1.0)
+    url, done = _one_shot_server(answer)
+    rules = tmp_path / "p.conf"
+    rules.write_text("jail:db1:maxproc:deny=4\n")
+    try:
+        for argv in (["replay", str(rules)], ["suggest"]):
+            window = ["--start", "0", "--end", "600"]
+            assert main([*argv, "--from", f"prometheus={url}", *window]) == 2
+            err = capsys.readouterr().err
+            assert len(err.strip().splitlines()) == 1, err
+            assert re.search(rf"Prometheus at {url}: .*{message}", err), err
+    finally:
+        done.set()

@@ -15,6 +15,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -578,6 +579,33 @@ def test_basic_auth_over_tls(serve: ServerFactory, pki: PKI, tmp_path: Path) -> 
     assert request(server, context=context).status == 401
 
 
+@pytest.mark.parametrize("written", ["", "tls_server_config:\n", TLS_CONFIG])
+def test_a_reload_that_drops_tls_or_auth_keeps_the_old_config(
+    serve: ServerFactory, pki: PKI, tmp_path: Path, written: str
+) -> None:
+    # An editor that truncates before writing, or a reload that reads the file half-written,
+    # must not turn the endpoint into plain HTTP without a password.
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    path = write_config(
+        tmp_path, TLS_CONFIG + f"basic_auth_users:\n  prometheus: '{hashed}'\n", pki
+    )
+    server = serve(load_web_config(path))
+    path.write_text(written)
+    with pytest.raises(WebConfigError, match="restart the daemon") as error:
+        server.set_web_config(load_web_config(path))
+    assert error.value.path == str(path)
+    assert server.tls_enabled
+    context = client_context(pki)
+    assert request(server, context=context).status == 401
+    assert request(server, context=context, headers=basic("prometheus", "s3cret")).status == 200
+    # Adding them on a reload is fine.
+    plain = serve()
+    plain.set_web_config(
+        load_web_config(write_config(tmp_path, f"basic_auth_users:\n  prometheus: '{hashed}'\n"))
+    )
+    assert request(plain).status == 401
+
+
 # --- basic auth ---------------------------------------------------------------------------------
 
 
@@ -768,3 +796,47 @@ def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(WebConfigError, match="cannot read") as caught:
         load_web_config(tmp_path / "absent.yml")
     assert caught.value.path == str(tmp_path / "absent.yml")
+
+
+def test_a_symlinked_config_is_read_through_the_link(tmp_path: Path) -> None:
+    target = write_config(tmp_path, "http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+    link = tmp_path / "link.yml"
+    link.symlink_to(target)
+    assert dict(load_web_config(link).headers) == {"X-Frame-Options": "deny"}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "huge", "directory"])
+def test_a_config_that_is_not_a_sane_file_is_refused_at_once(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "web.yml"
+    if kind == "fifo":
+        os.mkfifo(path)  # nobody writes it: a blocking open would wait for ever
+    elif kind == "device":
+        path.symlink_to("/dev/zero")  # endless: reading it whole would exhaust memory
+    elif kind == "huge":
+        path.write_text("# padding\n" * 200_000)
+    else:
+        path.mkdir()
+    # In a child with a deadline and a memory cap: a regression hangs or balloons only there.
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "from rctlpolicy.web import WebConfigError, load_web_config\n"
+        "try:\n"
+        "    load_web_config(sys.argv[1])\n"
+        "except WebConfigError as error:\n"
+        "    print(error.path); print(error.message)\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(path)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE * 2,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"reading a {kind} as the web config hung")
+    assert done.returncode == 0, done.stderr
+    where, message = done.stdout.splitlines()
+    assert where == str(path)
+    assert message.startswith("cannot read the web config file"), message

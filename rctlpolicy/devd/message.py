@@ -16,6 +16,8 @@ import codecs
 import re
 from dataclasses import dataclass
 
+from rctlpolicy.amounts import C_SPACE
+
 #: devd reads /dev/devctl into a buffer of this size; a smaller recv() would cut records.
 DEVCTL_MAXBUF = 8192
 #: What devctl_notify("RCTL", "rule", "matched", data) puts before the data (and one space).
@@ -23,8 +25,8 @@ RCTL_HEADER = "!system=RCTL subsystem=rule type=matched"
 #: The kernel builds the data in a 128-byte sbuf (RCTL_LOG_BUFSIZE), so at most 127 bytes survive.
 RCTL_DATA_MAX = 127
 
-# devd runs in the C locale: isspace() and the key characters of is_id_char() are ASCII only.
-_C_SPACE = frozenset(" \t\n\v\f\r")
+# devd runs in the C locale: isspace() (C_SPACE) and the key characters of is_id_char() are
+# ASCII only.
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _PID_RE = re.compile(r"[0-9]+")
 # The kernel prints the real uid with %d, so a uid >= 2**31 arrives negative.
@@ -43,7 +45,7 @@ def _unescape(value: str) -> str:
 
 
 def _skip_space(text: str, i: int) -> int:
-    while i < len(text) and text[i] in _C_SPACE:
+    while i < len(text) and text[i] in C_SPACE:
         i += 1
     return i
 
@@ -77,7 +79,7 @@ def _chop_pair(text: str) -> tuple[str, str, str] | None:
         i += 1
     else:
         start = i
-        while i < len(text) and text[i] not in _C_SPACE:
+        while i < len(text) and text[i] not in C_SPACE:
             i += 1
         value = text[start:i]
     return key, value, text[_skip_space(text, i) :]

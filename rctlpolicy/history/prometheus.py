@@ -9,9 +9,11 @@ query per resource, in chunks of at most `MAX_POINTS` steps (Prometheus refuses 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import math
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,6 +27,8 @@ from rctlpolicy.model import Resource
 MAX_POINTS = 10_000
 DEFAULT_STEP = 60.0
 TIMEOUT = 30.0
+#: A query_range answer larger than this is refused (10,000 points of 500 jails is ~150 MiB).
+MAX_ANSWER = 512 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,32 +81,57 @@ def query_range(
     )
     url = base_url.rstrip("/") + "/api/v1/query_range?" + parameters
     request = urllib.request.Request(url, headers=auth.headers())  # noqa: S310 (http/https only)
+    where = f"Prometheus at {base_url}"
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT, context=auth.context()) as answer:  # noqa: S310
-            body = json.loads(answer.read())
+            body = json.loads(_read_within(answer, where))
     except urllib.error.HTTPError as error:
         detail = ""
         try:
-            detail = json.loads(error.read()).get("error", "")
-        except (ValueError, OSError, AttributeError):
+            detail = str(json.loads(error.read(64 * 1024)).get("error", ""))[:500]
+        except (ValueError, OSError, AttributeError, http.client.HTTPException):
             pass
         raise TimelineError(
-            f"Prometheus at {base_url}: HTTP {error.code} {error.reason}"
-            + (f": {detail}" if detail else "")
+            f"{where}: HTTP {error.code} {error.reason}" + (f": {detail}" if detail else "")
         ) from error
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise TimelineError(f"Prometheus at {base_url}: {reason}") from error
+        raise TimelineError(f"{where}: {reason}") from error
+    except http.client.HTTPException as error:  # not HTTP, or the answer cut short
+        raise TimelineError(f"{where}: not an HTTP answer ({type(error).__name__})") from error
     except ValueError as error:
-        raise TimelineError(f"Prometheus at {base_url}: the answer is not JSON") from error
+        raise TimelineError(f"{where}: the answer is not JSON") from error
+    if not isinstance(body, dict):
+        raise TimelineError(f"{where}: the answer is not a query_range answer")
     if body.get("status") != "success":
-        raise TimelineError(f"Prometheus at {base_url}: {body.get('error', 'query failed')}")
-    data = body.get("data", {})
-    if data.get("resultType") != "matrix":
-        raise TimelineError(f"Prometheus at {base_url}: expected a matrix, got {data}")
+        raise TimelineError(f"{where}: {str(body.get('error', 'query failed'))[:500]}")
+    data = body.get("data")
+    kind = data.get("resultType") if isinstance(data, dict) else None
+    if kind != "matrix":
+        raise TimelineError(f"{where}: expected a matrix, got {str(kind)[:100]}")
+    assert isinstance(data, dict)
     result = data.get("result", [])
-    assert isinstance(result, list)
+    if not isinstance(result, list) or not all(isinstance(s, dict) for s in result):
+        raise TimelineError(f"{where}: the matrix is not a list of series")
     return result
+
+
+def _read_within(answer: http.client.HTTPResponse, where: str) -> bytes:
+    """The body, read before TIMEOUT from now and no larger than MAX_ANSWER: the socket's
+    timeout is per read, so a server dripping a byte at a time would otherwise never end."""
+    deadline = time.monotonic() + TIMEOUT
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := answer.read1(64 * 1024):
+        size += len(chunk)
+        if size > MAX_ANSWER:
+            raise TimelineError(f"{where}: an answer larger than {MAX_ANSWER // 2**20} MiB")
+        if time.monotonic() > deadline:
+            raise TimelineError(f"{where}: no complete answer within {TIMEOUT:g}s")
+        chunks.append(chunk)
+    if answer.length:  # the connection closed before Content-Length's bytes came
+        raise TimelineError(f"{where}: the answer was cut short")
+    return b"".join(chunks)
 
 
 def from_prometheus(
@@ -133,15 +162,21 @@ def from_prometheus(
             chunk_end = min(end, chunk_start + chunk)
             for series in query_range(base_url, query, chunk_start, chunk_end, step, auth):
                 labels = series.get("metric", {})
-                assert isinstance(labels, dict)
-                jail = labels.get(LABEL_JAIL_NAME)
+                jail = labels.get(LABEL_JAIL_NAME) if isinstance(labels, dict) else None
                 values = series.get("values", [])
                 if not isinstance(jail, str) or not isinstance(values, list):
                     continue
-                for when, text in values:
-                    value = float(text)
-                    if math.isfinite(value) and value >= 0:
-                        timeline.add(float(when), jail, resource, round(value))
+                for point in values:
+                    try:
+                        when, text = point
+                        value = float(text)
+                        at = float(when)
+                    except (TypeError, ValueError):
+                        raise TimelineError(
+                            f"Prometheus at {base_url}: {point!r:.100} is not a [time, value]"
+                        ) from None
+                    if math.isfinite(value) and value >= 0 and math.isfinite(at):
+                        timeline.add(at, jail, resource, round(value))
             chunk_start = chunk_end + step
     return timeline.finish()
 

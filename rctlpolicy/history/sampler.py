@@ -19,7 +19,7 @@ from pathlib import Path
 from rctlpolicy.clock import Clock
 from rctlpolicy.history import HistoryStats
 from rctlpolicy.history.store import HistoryError, HistoryFullError, HistoryStore
-from rctlpolicy.kernel.base import Kernel, KernelError
+from rctlpolicy.kernel.base import Kernel, KernelError, batched
 from rctlpolicy.loops import PeriodicLoop, QueueLoop
 from rctlpolicy.model import Filter, Resource, SubjectType
 
@@ -83,17 +83,18 @@ class HistorySampler:
     def sample(self) -> None:
         """Read every running jail's usage and queue it for the writer (never blocks)."""
         now = self.clock.time()
-        try:
-            jails = list(self.kernel.jails())
-        except (KernelError, OSError) as error:
-            log.debug("history: cannot list jails: %s", error)
-            return
         usage: dict[str, dict[Resource, int]] = {}
-        for jail in jails:
+        with batched(self.kernel):  # one round: the simulator reads its host file once
             try:
-                usage[jail.name] = self.kernel.usage(Filter(SubjectType.JAIL, jail.name))
+                jails = list(self.kernel.jails())
             except (KernelError, OSError) as error:
-                log.debug("history: cannot read the usage of jail %s: %s", jail.name, error)
+                log.debug("history: cannot list jails: %s", error)
+                return
+            for jail in jails:
+                try:
+                    usage[jail.name] = self.kernel.usage(Filter(SubjectType.JAIL, jail.name))
+                except (KernelError, OSError) as error:
+                    log.debug("history: cannot read the usage of jail %s: %s", jail.name, error)
         if not usage:
             return
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ from rctlpolicy.model import Resource
 
 Series = list[tuple[float, int]]
 
+#: A JSON-lines record is under a hundred bytes; a longer line is not one.
+MAX_LINE = 64 * 1024
+
 
 class TimelineError(Exception):
     """A source cannot be read; the message says which and why."""
@@ -33,11 +37,19 @@ def parse_time(text: str | float | int) -> float:
     if isinstance(text, bool):
         raise TimelineError(f"{text!r} is not a time")
     if isinstance(text, int | float):
+        if not math.isfinite(text):
+            raise TimelineError(f"{text!r} is not a time")
         return float(text)
+    if not isinstance(text, str):
+        raise TimelineError(f"{text!r} is not a time: write Unix seconds or RFC 3339")
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(number):
+            raise TimelineError(f"'{text}' is not a time")
+        return number
     try:
         parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -139,18 +151,32 @@ def from_file(path: Path, start: float, end: float) -> Timeline:
     where (a timeline silently missing data would mislead)."""
     timeline = Timeline(start, end, source=f"file {path}")
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open("rb")
     except OSError as error:
         raise TimelineError(f"{path}: {error.strerror or error}") from error
     with handle:
-        for number, line in enumerate(handle, 1):
+        number = 0
+        while True:
+            try:
+                raw = handle.readline(MAX_LINE + 1)
+            except OSError as error:
+                raise TimelineError(f"{path}: {error.strerror or error}") from error
+            if not raw:
+                break
+            number += 1
+            where = f"{path}:{number}"
+            if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
+                raise TimelineError(f"{where}: a line longer than {MAX_LINE:,} bytes")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise TimelineError(f"{where}: not UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 record = json.loads(line)
                 if not isinstance(record, dict):
-                    raise TimelineError(f"{where}: not a JSON object")
+                    raise TimelineError("not a JSON object")
                 time = parse_time(record["time"])
                 jail = record["jail"]
                 resource = Resource(record["resource"])
@@ -159,15 +185,20 @@ def from_file(path: Path, start: float, end: float) -> Timeline:
                 raise TimelineError(f"{where}: not JSON ({error.msg})") from None
             except KeyError as error:
                 raise TimelineError(f"{where}: no {error.args[0]!r}") from None
-            except ValueError:
+            except TimelineError as error:
+                raise TimelineError(f"{where}: {error}") from None
+            except (ValueError, TypeError):
                 raise TimelineError(
                     f"{where}: unknown resource {record.get('resource')!r}"
                 ) from None
-            except TimelineError as error:
-                raise TimelineError(f"{where}: {error}") from None
             if not isinstance(jail, str) or not jail:
                 raise TimelineError(f"{where}: 'jail' must be a jail's name")
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise TimelineError(f"{where}: 'value' must be a number >= 0")
             timeline.add(time, jail, resource, round(value))
     return timeline.finish()

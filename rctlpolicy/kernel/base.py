@@ -6,6 +6,7 @@ libc, rctl(8) as fallback) and the same class over the simulated host's system c
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -155,3 +156,14 @@ class Kernel(Protocol):
         ...
 
     def racct_status(self) -> RacctStatus: ...
+
+
+def batched(kernel: object) -> contextlib.AbstractContextManager[None]:
+    """Calls that belong together (one scrape's, one sampling round's) as one batch, where the
+    kernel offers one (`FreeBSDKernel.batch`: the simulator then reads its host file once for
+    all of them); a kernel without `batch` answers each call on its own."""
+    batch = getattr(kernel, "batch", None)
+    if batch is None:
+        return contextlib.nullcontext()
+    context: contextlib.AbstractContextManager[None] = batch()
+    return context

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TextIO
 
-from rctlpolicy.amounts import as_int64, humanize_number, kernel_strtoul, strtod_id
+from rctlpolicy.amounts import C_SPACE, as_int64, humanize_number, kernel_strtoul, strtod_id
 from rctlpolicy.grammar import AMOUNT, SUBJECT_ID, RuleSyntax, parse_rule_syntax
 from rctlpolicy.kernel.base import STRERROR, RacctProbe, RctlCall, RctlSyscalls, SyscallError
 from rctlpolicy.kernel.freebsd import (
@@ -233,14 +233,11 @@ def _inbuf(sent: str) -> bytes:
     return sent.encode("utf-8", "surrogateescape").split(b"\0", 1)[0] + b"\0"
 
 
-_C_BLANKS = " \t\n\v\f\r"
-
-
 def _strtod_id(text: str) -> int | None:
     """The id_t rctl.c:humanize_ids reads with strtod(3) from the kernel's `%d` of a uid."""
     if not text:
         return 0  # strtod converts nothing and consumes all of "": rctl.c accepts it as 0
-    return strtod_id(text.lstrip(_C_BLANKS))
+    return strtod_id(text.lstrip(C_SPACE))
 
 
 def _humanize_amount(rule: str) -> str:

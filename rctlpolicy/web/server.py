@@ -37,7 +37,7 @@ import bcrypt
 from rctlpolicy.web.auth import BasicAuth, PasswordCheck
 from rctlpolicy.web.connection import Connection, Phase, Request
 from rctlpolicy.web.render import Render, Rendered, SharedRenders, accepts_gzip
-from rctlpolicy.web.settings import ServerLimits, metrics_url
+from rctlpolicy.web.settings import ServerLimits, WebConfigError, metrics_url
 from rctlpolicy.web.tls import TLSContextSource
 from rctlpolicy.web.webconfig import WebConfig
 
@@ -202,8 +202,12 @@ class MetricsServer:
     def set_web_config(self, web_config: WebConfig | None) -> None:
         """Use a new web config for new connections and requests (e.g. after SIGHUP).
 
-        Raises WebConfigError, keeping the old config, if its TLS files cannot be loaded.
+        Raises WebConfigError, keeping the old config, if its TLS files cannot be loaded, or
+        if it would turn off TLS or basic auth: an editor that truncates the file before writing
+        it, or a reload that reads it half-written, must not serve the metrics in clear to
+        anyone. Turning either off takes a restart.
         """
+        _refuse_downgrade(self._state.web_config, web_config)
         state = self._build_state(web_config, self._state)
         self._log_warnings(web_config)
         self._state = state
@@ -526,6 +530,24 @@ class MetricsServer:
     ) -> None:
         headers = (*state.headers, *extra, ("Content-Type", content_type))
         connection.respond(status, body, headers, head=request.method == "HEAD", close=close)
+
+
+def _refuse_downgrade(old: WebConfig | None, new: WebConfig | None) -> None:
+    """WebConfigError if ``new`` drops the TLS or the basic auth ``old`` has."""
+    if old is None:
+        return
+    path = (new.path if new is not None else None) or old.path or "<web config>"
+    dropped = []
+    if old.tls is not None and (new is None or new.tls is None):
+        dropped.append("TLS (tls_server_config)")
+    if old.basic_auth_users and (new is None or not new.basic_auth_users):
+        dropped.append("basic auth (basic_auth_users)")
+    if dropped:
+        raise WebConfigError(
+            path,
+            f"it no longer sets {' or '.join(dropped)}: a reload does not turn that off (is the "
+            "file empty or half-written?); restart the daemon to serve the metrics without it",
+        )
 
 
 def _connection_cap(wanted: int) -> int:
