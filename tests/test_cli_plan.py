@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import test_cli_kernel
 import yaml
 from daemon_helpers import Env
 from test_cli_kernel import IN_SYNC, POLICY, POLICY_RULES, Cli, Result, in_force
@@ -33,12 +34,8 @@ FORMAT_KEYS = {
     "diagnostics",
 }
 
-
-@pytest.fixture
-def cli(tmp_path: Path, host: Path) -> Cli:
-    home = tmp_path / "home"
-    home.mkdir()
-    return Cli(home, host)
+#: The console script with a private HOME and the host file: test_cli_kernel's fixture.
+cli = test_cli_kernel.cli
 
 
 @pytest.fixture
