@@ -382,3 +382,15 @@ def test_a_resource_this_version_does_not_know_keeps_its_column(tmp_path: Path) 
     samples = list(HistoryStore(path, readonly=True).raw(["db1"]))
     assert [s.values[Resource.MAXPROC] for s in samples] == [7, 8]
     assert all("futureuse" not in map(str, s.values) for s in samples)
+
+
+def test_history_refuses_a_planted_shm_symlink_it_would_write_through(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    victim = state.parent / "victim"
+    victim.write_bytes(b"x" * 100)
+    (state / (HISTORY_FILE_NAME + "-shm")).symlink_to(victim)
+    assert main(["history", "--state-dir", str(state), *WINDOW]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "-shm: is a symbolic link" in err, err
+    assert victim.read_bytes() == b"x" * 100
