@@ -394,3 +394,25 @@ def test_history_refuses_a_planted_shm_symlink_it_would_write_through(
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "-shm: is a symbolic link" in err, err
     assert victim.read_bytes() == b"x" * 100
+
+
+def test_a_damaged_file_that_cannot_be_renamed_aside_pauses_the_sampler(
+    host: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import time
+
+    path = tmp_path / HISTORY_FILE_NAME
+    path.write_bytes(b"garbage, not SQLite " * 500)
+    now = int(time.time())
+    for second in range(now - 1, now + 60):  # os.replace cannot put a file over these
+        (tmp_path / f"{HISTORY_FILE_NAME}.damaged-{second}").mkdir()
+        (tmp_path / f"{HISTORY_FILE_NAME}.damaged-{second}" / "x").touch()
+    sampler, stats = _sampler(host, path)
+    caplog.set_level(logging.INFO, logger="rctlpolicy")
+    sampler.write(Sample(T0, {"db1": {Resource.MAXPROC: 1}}))
+    sampler.write(Sample(T0 + 60, {"db1": {Resource.MAXPROC: 1}}))
+    assert stats.paused
+    assert caplog.text.count("cannot be renamed aside") == 1
+    assert "Traceback" not in caplog.text
+    assert path.read_bytes().startswith(b"garbage")
+    sampler.store.close()

@@ -275,6 +275,14 @@ class HistoryStore:
                 raise safeio.UnsafeStateFileError(companion, "is a symbolic link")
 
     def _rename_aside(self) -> None:
+        try:
+            self._move_aside()
+        except OSError as error:
+            raise HistoryError(
+                f"{self.path}: damaged, and cannot be renamed aside: {error.strerror or error}"
+            ) from error
+
+    def _move_aside(self) -> None:
         import time
 
         aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
