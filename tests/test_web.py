@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import gzip
 import http.client
+import logging
 import os
 import secrets
 import shutil
@@ -334,6 +335,23 @@ def test_garbage_from_a_client_is_a_400_and_the_server_goes_on(serve: ServerFact
         sock.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
         assert sock.recv(1024).startswith(b"HTTP/1.1 400")
     assert request(server).status == 200
+
+
+@pytest.mark.parametrize(
+    "target", [b"http://[::1", b"http://[x]/metrics", b"//[", b"/metrics?\xff", b"*"]
+)
+def test_a_target_that_is_no_url_is_a_400_not_a_traceback(
+    serve: ServerFactory, caplog: pytest.LogCaptureFixture, target: bytes
+) -> None:
+    server = serve()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert sock.recv(1024).split(b"\r\n")[0] in (
+            b"HTTP/1.1 400 Bad Request",
+            b"HTTP/1.1 404 Not Found",
+        )
+    assert request(server).status == 200
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_ipv6_literal_in_brackets(serve: ServerFactory) -> None:
