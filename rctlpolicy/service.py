@@ -185,6 +185,7 @@ def hold_daemon_lock(state_dir: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        holder = holder if holder.isdigit() else ""  # a pid, or nothing said about it
         os.close(fd)
         raise DaemonRunning(path, holder) from None
     except OSError:

@@ -302,6 +302,21 @@ def test_a_lock_file_of_another_user_is_refused(world: World) -> None:
     assert planted.read_text() == "\x1b[2J666\n"
 
 
+def test_a_held_lock_names_its_holder_only_by_a_pid(world: World) -> None:
+    world.state.mkdir(mode=0o700)
+    lock = world.state / "daemon.lock"
+    lock.write_text("\x1b]0;owned\x07\n")  # not a pid: never echoed to a terminal
+    lock.chmod(0o600)
+    with open(lock, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        done = run("daemon", *world.daemon_args())
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"rctlpolicy daemon: another daemon (pid unknown) is using the state directory "
+        f"{world.state}; stop it first\n"
+    )
+
+
 def test_a_lock_left_by_a_killed_daemon_does_not_block_the_next(world: World) -> None:
     killed = DaemonProcess(world.daemon_args())
     try:
