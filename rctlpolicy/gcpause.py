@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 from collections.abc import Iterator
 
 
@@ -19,14 +20,24 @@ def no_cyclic_gc() -> Iterator[None]:
     next young collection: that scan walks every object the window made, touching memory long
     out of the CPU's caches, and made the cost per rule of a 40,000-rule policy grow. Cycles
     among those objects are still found, by the next full collection. Skipped when something
-    else holds objects frozen (a `gc.freeze()` of its own must stay as it is)."""
+    else holds objects frozen (a `gc.freeze()` of its own must stay as it is), and when other
+    threads run (the daemon): the move takes every young object of the process, so the cycles
+    another thread made meanwhile (asyncio's closed transports, exceptions' frames) would wait
+    for a rare full collection instead of the next young one, and memory would grow."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if enabled:
-            if gc.get_freeze_count() == 0:
+            if gc.get_freeze_count() == 0 and _only_thread():
                 gc.freeze()
                 gc.unfreeze()
             gc.enable()
+
+
+def _only_thread() -> bool:
+    # Asked through sys.modules: a process that never imported threading (the CLI) has one
+    # thread, and this core module does not import threading for a count.
+    threading = sys.modules.get("threading")
+    return threading is None or threading.active_count() == 1

@@ -144,10 +144,17 @@ def open_append(path: Path | str, *, mode: int = STATE_MODE) -> int:
     return fd
 
 
-def read_bytes(path: Path | str, *, limit: int | None = None) -> bytes:
+def read_bytes(
+    path: Path | str, *, limit: int | None = None, follow_symlinks: bool = False
+) -> bytes:
     """Read a state file we wrote, never through a symlink. Raises FileNotFoundError when it is
-    missing, UnsafeStateFileError when it is not a regular file, OSError (EFBIG) past `limit`."""
-    fd = _open_no_follow(path, os.O_RDONLY, 0)
+    missing, UnsafeStateFileError when it is not a regular file, OSError (EFBIG) past `limit`.
+
+    `follow_symlinks` is for a file the administrator wrote (a symlink to it is theirs); it
+    must still be a regular file, so a FIFO or a device is refused rather than waited on."""
+    # O_NONBLOCK: opening a FIFO would otherwise wait for a writer before the check below.
+    flags = os.O_RDONLY | os.O_NONBLOCK
+    fd = os.open(path, flags | O_CLOEXEC) if follow_symlinks else _open_no_follow(path, flags, 0)
     _regular_or_refuse(fd, path)
     with os.fdopen(fd, "rb") as handle:
         if limit is None:

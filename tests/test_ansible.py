@@ -108,6 +108,28 @@ class World:
             check=False,
         )
 
+    def tasks(self, tasks: list[dict[str, Any]]) -> Run:
+        """A playbook of these tasks (the module called directly) against the simulated host."""
+        playbook = self.root / "tasks.yml"
+        play = {
+            "name": "Tasks",
+            "hosts": "jailhosts",
+            "gather_facts": False,
+            "environment": {"RCTLPOLICY_SIM_HOST": str(self.host.path)},
+            "tasks": tasks,
+        }
+        playbook.write_text(yaml.safe_dump([play]))
+        env = {
+            **self.env(),
+            "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACKS),
+            "ANSIBLE_STDOUT_CALLBACK": "results_json",
+        }
+        argv = [str(ANSIBLE_PLAYBOOK), "-i", str(self.inventory), str(playbook)]
+        run = subprocess.run(
+            argv, env=env, cwd=self.root, capture_output=True, text=True, timeout=120, check=False
+        )
+        return Run(run)
+
     def policy(self, *args: str, json_output: bool = True, **extra: Any) -> Any:
         """The policy playbook against the simulated host; its JSON result (or the run)."""
         variables = {
@@ -225,6 +247,72 @@ def test_an_invalid_policy_fails_with_file_line_col_and_changes_nothing(world: W
     assert result["diagnostics"][0]["path"] == f"{world.src}/rctl.conf"
     assert world.kernel() == RULES
     assert (world.rules_dir / "rctl.conf").read_text() == before
+
+
+def test_a_symlink_planted_in_rules_dir_is_replaced_never_followed(world: World) -> None:
+    assert world.policy().returncode == 0
+    secret = world.root / "secret.conf"
+    secret.write_text("# TOPSECRET\n")
+    secret.chmod(0o600)
+    target = world.rules_dir / "rctl.conf"
+    target.unlink()
+    target.symlink_to(secret)
+    # The diff shows neither the link's target nor its text; the link is replaced, not written
+    # through.
+    run = world.policy("--diff", json_output=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "TOPSECRET" not in run.stdout
+    assert not target.is_symlink()
+    assert target.read_text() == POLICY
+    assert secret.read_text() == "# TOPSECRET\n"
+    assert [p.name for p in world.rules_dir.iterdir()] == ["rctl.conf"]
+
+
+def test_a_file_that_cannot_be_replaced_leaves_the_whole_policy_as_it_was(world: World) -> None:
+    # Files are written whole and renamed only once all of them are: rules_dir never holds
+    # half a policy (here a.conf renamed, b.conf not).
+    (world.src / "a.conf").write_text("jail:web1:maxproc:deny=60\n")
+    (world.src / "b.conf").write_text("jail:web2:maxproc:deny=70\n")
+    world.rules_dir.mkdir(parents=True)
+    (world.rules_dir / "a.conf").write_text("jail:web1:maxproc:deny=50\n")
+    (world.rules_dir / "b.conf").mkdir()
+    run = world.policy()
+    assert run.returncode == 2
+    assert "nothing was changed" in run.result["msg"], run.result["msg"]
+    assert (world.rules_dir / "a.conf").read_text() == "jail:web1:maxproc:deny=50\n"
+    assert sorted(p.name for p in world.rules_dir.iterdir()) == ["a.conf", "b.conf"]
+    assert world.kernel() == []
+
+
+def test_bad_output_from_rctlpolicy_is_a_clear_failure(world: World) -> None:
+    outputs = {
+        "not json": "Traceback (most recent call last):\n  boom",
+        "a list": "[]",
+        "no keys": '{"format_version": 1}',
+        "bad changes": json.dumps(
+            {
+                "format_version": 1,
+                **{key: [] for key in ("diagnostics", "warnings", "in_force")},
+                **dict.fromkeys(["error", "in_sync", "summary", "rules"], None),
+                "changes": {"add": 1},
+            }
+        ),
+    }
+    tasks = []
+    for name, output in outputs.items():
+        script = world.root / f"rctlpolicy-{name.replace(' ', '-')}"
+        script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{output}\nEOF\nexit 1\n")
+        script.chmod(0o755)
+        module = {"rules_dir": str(world.root), "executable": str(script)}
+        tasks.append({"name": name, "rctlpolicy.freebsd.policy": module, "ignore_errors": True})
+    run = world.tasks(tasks)
+    messages = {name: run.task(name)["msg"] for name in outputs}
+    assert all(run.task(name)["status"] == "failed" for name in outputs)
+    assert messages["not json"].startswith("rctlpolicy plan printed no JSON document (exit 1)")
+    assert messages["a list"].startswith("rctlpolicy plan printed no JSON document")
+    assert messages["no keys"].startswith("rctlpolicy plan printed a JSON document without")
+    assert "changes.add|change|remove" in messages["bad changes"]
+    assert not any("MODULE FAILURE" in m for m in messages.values()), messages
 
 
 def test_without_src_or_rules_dir_the_daemons_config_says_where_the_policy_is(

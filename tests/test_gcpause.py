@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import threading
+import weakref
 
 from rctlpolicy.gcpause import no_cyclic_gc
 
@@ -65,3 +67,24 @@ def test_a_freeze_of_someone_else_is_left_alone() -> None:
         assert not any(obj is frozen for obj in gc.get_objects(generation=2))
     finally:
         gc.unfreeze()
+
+
+def test_with_other_threads_running_the_windows_cycles_go_to_the_next_young_collection() -> None:
+    """In the daemon other threads make garbage during a window too: nothing is moved to the
+    oldest generation then, so a young collection still frees their cycles."""
+    gc.collect()
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, args=(10,))
+    other.start()
+    try:
+        with no_cyclic_gc():
+            a, b = Node(), Node()
+            a.other, b.other = b, a
+            watched = weakref.ref(a)
+            del a, b
+        assert watched() is not None
+        gc.collect(generation=0)
+        assert watched() is None, "a young collection frees what the window left"
+    finally:
+        release.set()
+        other.join()

@@ -337,3 +337,82 @@ def test_a_planted_wal_symlink_is_refused(tmp_path: Path) -> None:
     with pytest.raises(HistoryError, match="is a symbolic link"):
         HistoryStore(path).write(T0, {"db1": {Resource.MAXPROC: 1}})
     assert victim.read_bytes() == b"x"
+
+
+def _damage_meta(path: Path, key: str, value: str) -> None:
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
+    db.commit()
+    db.close()
+
+
+def test_a_damaged_meta_is_one_line_for_commands_and_renamed_aside_by_a_writer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / HISTORY_FILE_NAME
+    store = HistoryStore(path)
+    store.write(T0, {"db1": {Resource.MAXPROC: 1}})
+    store.close()
+    _damage_meta(path, "rolled_until", "zz")
+    for argv in (["history"], ["suggest"]):
+        assert main([*argv, "--state-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "malformed meta rolled_until" in err, err
+    store = HistoryStore(path)
+    store.write(T0 + 60, {"db1": {Resource.MAXPROC: 2}})
+    store.close()
+    assert store.renamed is not None and store.renamed.exists()
+
+
+def test_a_resource_this_version_does_not_know_keeps_its_column(tmp_path: Path) -> None:
+    path = tmp_path / HISTORY_FILE_NAME
+    store = HistoryStore(path)
+    store.write(T0, {"db1": {}})
+    store.close()
+    names = ",".join(["futureuse", *Resource])
+    _damage_meta(path, "resources", names)
+    db = sqlite3.connect(path)
+    blob = encode_values([999, *(7 if r is Resource.MAXPROC else 0 for r in Resource)])
+    db.execute("UPDATE raw SET vals = ?", (blob,))
+    db.commit()
+    db.close()
+    store = HistoryStore(path)
+    store.write(T0 + 60, {"db1": {Resource.MAXPROC: 8}})
+    store.close()
+    samples = list(HistoryStore(path, readonly=True).raw(["db1"]))
+    assert [s.values[Resource.MAXPROC] for s in samples] == [7, 8]
+    assert all("futureuse" not in map(str, s.values) for s in samples)
+
+
+def test_history_refuses_a_planted_shm_symlink_it_would_write_through(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    victim = state.parent / "victim"
+    victim.write_bytes(b"x" * 100)
+    (state / (HISTORY_FILE_NAME + "-shm")).symlink_to(victim)
+    assert main(["history", "--state-dir", str(state), *WINDOW]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "-shm: is a symbolic link" in err, err
+    assert victim.read_bytes() == b"x" * 100
+
+
+def test_a_damaged_file_that_cannot_be_renamed_aside_pauses_the_sampler(
+    host: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import time
+
+    path = tmp_path / HISTORY_FILE_NAME
+    path.write_bytes(b"garbage, not SQLite " * 500)
+    now = int(time.time())
+    for second in range(now - 1, now + 60):  # os.replace cannot put a file over these
+        (tmp_path / f"{HISTORY_FILE_NAME}.damaged-{second}").mkdir()
+        (tmp_path / f"{HISTORY_FILE_NAME}.damaged-{second}" / "x").touch()
+    sampler, stats = _sampler(host, path)
+    caplog.set_level(logging.INFO, logger="rctlpolicy")
+    sampler.write(Sample(T0, {"db1": {Resource.MAXPROC: 1}}))
+    sampler.write(Sample(T0 + 60, {"db1": {Resource.MAXPROC: 1}}))
+    assert stats.paused
+    assert caplog.text.count("cannot be renamed aside") == 1
+    assert "Traceback" not in caplog.text
+    assert path.read_bytes().startswith(b"garbage")
+    sampler.store.close()

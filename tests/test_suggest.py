@@ -237,3 +237,32 @@ def test_the_readme_before_a_limit_goes_live_works_on_the_demo_host(tmp_path: Pa
     assert "jail:db1:memoryuse:deny=" in suggested
     page = (tmp_path / "replay.html").read_text()
     assert "jail:db1:swapuse:devctl=536870912" in page
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [(b"jails: {db1: {maxproc: 1}\n", "line 2, column 1"),
+     (b"duration: 1h\nduration: 2h\njails:\n  db1:\n    maxproc: 1\n", "given twice"),
+     (b"jails:\n  db1:\n    maxproc: 1\n    maxproc: 2\n", "given twice"),
+     (b"jails:\n  db1:\n    maxproc: \xff\xfe\n", "not UTF-8"),
+     (b"duration: [1h]\njails:\n  db1:\n    maxproc: 1\n", "duration: "),
+     (b"duration: .nan\njails:\n  db1:\n    maxproc: 1\n", "is not a duration"),
+     (b"interval: .inf\njails:\n  db1:\n    maxproc: 1\n", "is not a duration"),
+     (b"jails:\n  db1:\n    maxproc: .inf\n", "is not an amount"),
+     (b"jails:\n  db1:\n    maxproc: {base: .nan}\n", "is not an amount"),
+     (b"jails:\n  db1:\n    maxproc: {base: [1]}\n", "must be an amount"),
+     (b"jails:\n  db1:\n    maxproc: {base: 1, spikes: {for: 5m}}\n", "spikes: says how often"),
+     (b"- a list\n", "a timeline script is a mapping")],
+)  # fmt: skip
+def test_a_malformed_timeline_script_is_one_line_and_exit_2(
+    host: Path, tmp_path: Path, text: bytes, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "t.yaml"
+    script.write_bytes(text)
+    state = tmp_path / "state"
+    argv = ["sim", "timeline", str(script), "--sim-host", str(host), "--state-dir", str(state)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"rctlpolicy sim timeline: {script}: ") and message in err, err
+    assert not state.exists()

@@ -9,12 +9,14 @@ from __future__ import annotations
 import base64
 import gzip
 import http.client
+import logging
 import os
 import secrets
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -333,6 +335,23 @@ def test_garbage_from_a_client_is_a_400_and_the_server_goes_on(serve: ServerFact
         sock.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
         assert sock.recv(1024).startswith(b"HTTP/1.1 400")
     assert request(server).status == 200
+
+
+@pytest.mark.parametrize(
+    "target", [b"http://[::1", b"http://[x]/metrics", b"//[", b"/metrics?\xff", b"*"]
+)
+def test_a_target_that_is_no_url_is_a_400_not_a_traceback(
+    serve: ServerFactory, caplog: pytest.LogCaptureFixture, target: bytes
+) -> None:
+    server = serve()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert sock.recv(1024).split(b"\r\n")[0] in (
+            b"HTTP/1.1 400 Bad Request",
+            b"HTTP/1.1 404 Not Found",
+        )
+    assert request(server).status == 200
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_ipv6_literal_in_brackets(serve: ServerFactory) -> None:
@@ -795,3 +814,47 @@ def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(WebConfigError, match="cannot read") as caught:
         load_web_config(tmp_path / "absent.yml")
     assert caught.value.path == str(tmp_path / "absent.yml")
+
+
+def test_a_symlinked_config_is_read_through_the_link(tmp_path: Path) -> None:
+    target = write_config(tmp_path, "http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+    link = tmp_path / "link.yml"
+    link.symlink_to(target)
+    assert dict(load_web_config(link).headers) == {"X-Frame-Options": "deny"}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "huge", "directory"])
+def test_a_config_that_is_not_a_sane_file_is_refused_at_once(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "web.yml"
+    if kind == "fifo":
+        os.mkfifo(path)  # nobody writes it: a blocking open would wait for ever
+    elif kind == "device":
+        path.symlink_to("/dev/zero")  # endless: reading it whole would exhaust memory
+    elif kind == "huge":
+        path.write_text("# padding\n" * 200_000)
+    else:
+        path.mkdir()
+    # In a child with a deadline and a memory cap: a regression hangs or balloons only there.
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "from rctlpolicy.web import WebConfigError, load_web_config\n"
+        "try:\n"
+        "    load_web_config(sys.argv[1])\n"
+        "except WebConfigError as error:\n"
+        "    print(error.path); print(error.message)\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(path)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE * 2,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"reading a {kind} as the web config hung")
+    assert done.returncode == 0, done.stderr
+    where, message = done.stdout.splitlines()
+    assert where == str(path)
+    assert message.startswith("cannot read the web config file"), message

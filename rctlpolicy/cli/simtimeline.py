@@ -17,8 +17,7 @@ def _cmd_sim_timeline(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    import yaml
-
+    from rctlpolicy import yamlload
     from rctlpolicy.history import HISTORY_FILE_NAME
     from rctlpolicy.history.scripted import ScriptError, parse_script
     from rctlpolicy.history.store import HistoryError, HistoryStore
@@ -29,11 +28,14 @@ def _cmd_sim_timeline(args: argparse.Namespace) -> int:
     from rctlpolicy.model import Filter, SubjectType
 
     try:
-        script = parse_script(yaml.safe_load(Path(args.script).read_text(encoding="utf-8")))
+        script = parse_script(yamlload.load(Path(args.script).read_bytes().decode("utf-8")))
     except OSError as error:
         print(f"rctlpolicy sim timeline: {args.script}: {error.strerror}", file=sys.stderr)
         return EXIT_USAGE
-    except (yaml.YAMLError, ScriptError) as error:
+    except UnicodeDecodeError:
+        print(f"rctlpolicy sim timeline: {args.script}: not UTF-8", file=sys.stderr)
+        return EXIT_USAGE
+    except (yamlload.YamlError, ScriptError) as error:
         print(f"rctlpolicy sim timeline: {args.script}: {error}", file=sys.stderr)
         return EXIT_USAGE
     try:

@@ -85,9 +85,13 @@ def _amount(value: Any, where: str) -> float:
     if isinstance(value, bool):
         raise ScriptError(f"{where}: must be an amount (such as 512m or 40)")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ScriptError(f"{where}: '{value}' is not an amount (such as 512m or 40)")
         return float(value)
+    if not isinstance(value, str):
+        raise ScriptError(f"{where}: must be an amount (such as 512m or 40)")
     try:
-        return float(expand_number(str(value)).value)
+        return float(expand_number(value).value)
     except AmountError:
         raise ScriptError(f"{where}: '{value}' is not an amount (such as 512m or 40)") from None
 
@@ -95,9 +99,9 @@ def _amount(value: Any, where: str) -> float:
 def _duration(value: Any, where: str) -> float:
     try:
         seconds = parse_duration(value)
-    except ValueError:
+    except (ValueError, TypeError):
         seconds = 0.0
-    if seconds <= 0:
+    if not 0 < seconds < math.inf:
         raise ScriptError(f"{where}: '{value}' is not a duration (such as 2d or 60s)")
     return seconds
 
@@ -134,6 +138,8 @@ def parse_script(data: Any) -> Script:
             spikes = spec.get("spikes") or {}
             if not isinstance(spikes, dict) or set(spikes) - {"every", "for", "add"}:
                 raise ScriptError(f"{where}.spikes: a mapping of every, for and add")
+            if spikes and "every" not in spikes:
+                raise ScriptError(f"{where}.spikes: says how often in every (such as 6h)")
             shapes[resource] = Shape(
                 _amount(spec.get("base", 0), f"{where}.base"),
                 _amount(spec.get("daily", 0), f"{where}.daily"),

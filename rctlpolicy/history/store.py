@@ -191,7 +191,7 @@ class HistoryStore:
         self.renamed: Path | None = None
         self._db: sqlite3.Connection | None = None
         self._jail_ids: dict[str, int] = {}
-        self._resources: tuple[Resource, ...] = RESOURCES
+        self._resources: tuple[Resource | None, ...] = RESOURCES
         self._rolled_until: int | None = None
         self._lock = threading.Lock()
 
@@ -220,6 +220,7 @@ class HistoryStore:
         if self.readonly:
             if not self.path.exists():
                 raise HistoryError(f"{self.path}: no usage history (is the daemon sampling?)")
+            self._refuse_planted_companions()  # a reader writes (and may truncate) the -shm
             db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         else:
             self._create_safely()
@@ -244,9 +245,14 @@ class HistoryStore:
         if meta.get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:
             raise HistoryError(f"{self.path}: unknown history schema {meta.get('schema')!r}")
         names = meta.get("resources", ",".join(RESOURCES)).split(",")
-        self._resources = tuple(Resource(n) for n in names if n in Resource.__members__.values())
+        # A name this version does not know keeps its place in the blobs (never read).
+        known = set(Resource.__members__.values())
+        self._resources = tuple(Resource(n) if n in known else None for n in names)
         rolled = meta.get("rolled_until")
-        self._rolled_until = int(rolled) if rolled is not None else None
+        try:
+            self._rolled_until = int(rolled) if rolled is not None else None
+        except ValueError:  # damage: renamed aside by the daemon, said by a command
+            raise sqlite3.DatabaseError(f"malformed meta rolled_until {rolled!r:.40}") from None
         self._jail_ids = {name: jid for jid, name in db.execute("SELECT id, name FROM jails")}
         return db
 
@@ -255,17 +261,28 @@ class HistoryStore:
         its -wal and -shm companions are never reached through a symlink someone planted
         (SQLite would follow one); the database is created 0600 by us, not by SQLite."""
         safeio.make_directory(self.path.parent)
-        for suffix in ("-wal", "-shm", "-journal"):
-            companion = self.path.with_name(self.path.name + suffix)
-            if companion.is_symlink():
-                raise safeio.UnsafeStateFileError(companion, "is a symbolic link")
+        self._refuse_planted_companions()
         fd = safeio.open_lock_file(self.path, mode=0o600)
         try:
             os.fchmod(fd, 0o600)
         finally:
             os.close(fd)
 
+    def _refuse_planted_companions(self) -> None:
+        for suffix in ("-wal", "-shm", "-journal"):
+            companion = self.path.with_name(self.path.name + suffix)
+            if companion.is_symlink():
+                raise safeio.UnsafeStateFileError(companion, "is a symbolic link")
+
     def _rename_aside(self) -> None:
+        try:
+            self._move_aside()
+        except OSError as error:
+            raise HistoryError(
+                f"{self.path}: damaged, and cannot be renamed aside: {error.strerror or error}"
+            ) from error
+
+    def _move_aside(self) -> None:
         import time
 
         aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
@@ -327,7 +344,7 @@ class HistoryStore:
                     (
                         self._jail_id(db, jail),
                         round(time * 1000),
-                        encode_values(values.get(r, 0) for r in self._resources),
+                        encode_values(values.get(r, 0) if r else 0 for r in self._resources),
                     )
                 )
             db.executemany("INSERT OR REPLACE INTO raw(jail, time, vals) VALUES (?, ?, ?)", rows)
@@ -422,7 +439,8 @@ class HistoryStore:
                 "ORDER BY time",
                 (jid, start, end),
             ):
-                values = dict(zip(self._resources, decode_values(blob), strict=False))
+                decoded = zip(self._resources, decode_values(blob), strict=False)
+                values = {r: v for r, v in decoded if r is not None}
                 out.append(RawSample(time / 1000, name, values))
         return out
 
@@ -452,7 +470,7 @@ class HistoryStore:
                 stats = {
                     resource: _from_below_max(flat[i * width : (i + 1) * width])
                     for i, resource in enumerate(self._resources)
-                    if len(flat) >= (i + 1) * width
+                    if resource is not None and len(flat) >= (i + 1) * width
                 }
                 out.append(HourlyRollup(int(hour), name, int(samples), stats))
         return out

@@ -54,7 +54,12 @@ class Request:
     def __init__(self, event: h11.Request) -> None:
         self.method = event.method.decode("ascii", "replace")
         target = event.target.decode("ascii", "replace")
-        self.path = urllib.parse.urlsplit(target).path
+        try:
+            self.path = urllib.parse.urlsplit(target).path
+        except ValueError:  # "http://[::1": an unbalanced or bogus IPv6 host
+            raise h11.RemoteProtocolError(
+                "the request target is not a URL", error_status_hint=http.HTTPStatus.BAD_REQUEST
+            ) from None
         headers: dict[str, str] = {}
         for name, value in event.headers:
             # The first of repeated headers; none the server reads may be repeated.

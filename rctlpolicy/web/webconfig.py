@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from rctlpolicy import yamlload
+from rctlpolicy import safeio, yamlload
 from rctlpolicy.codes import Code
 from rctlpolicy.web.auth import BCRYPT_HASH
 from rctlpolicy.web.settings import WebConfigError
@@ -27,6 +27,9 @@ from rctlpolicy.web.tls import (
 )
 
 __all__ = ["WebConfig", "WebConfigError", "load_web_config"]
+
+#: The largest web config file read; real ones are a few hundred bytes.
+MAX_FILE_SIZE = 1024 * 1024
 
 
 def _frozen_mapping(items: Mapping[str, str] | None = None) -> Mapping[str, str]:
@@ -158,7 +161,9 @@ def load_web_config(path: Path | str) -> WebConfig:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # A regular file (through a symlink or not) of a sane size: a FIFO or /dev/zero
+        # planted at the path must not hang or exhaust a reload.
+        text = safeio.read_bytes(path, limit=MAX_FILE_SIZE, follow_symlinks=True).decode()
     except (OSError, UnicodeDecodeError) as exc:
         raise WebConfigError(path, f"cannot read the web config file: {exc}") from exc
     try:

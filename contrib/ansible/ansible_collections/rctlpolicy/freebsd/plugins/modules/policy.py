@@ -206,7 +206,9 @@ reloaded:
 
 import json
 import os
+import shutil
 import signal
+import stat
 import tempfile
 import time
 
@@ -215,6 +217,19 @@ from ansible.module_utils.basic import AnsibleModule
 #: What rctlpolicy reads from a policy directory (rctlpolicy.files.POLICY_SUFFIXES).
 POLICY_SUFFIXES = (".conf", ".rules", ".yaml", ".yml")
 FORMAT_VERSION = 1
+#: The keys of `plan|apply --format json` that this module reads.
+DOCUMENT_KEYS = {
+    "plan": ("diagnostics", "error", "rules", "warnings", "in_sync", "summary", "changes", "in_force"),
+    "apply": ("diagnostics", "error", "summary", "changes", "in_force", "applied", "failed"),
+}
+CHANGE_KEYS = ("add", "change", "remove")
+#: A policy entry is opened without following a symlink or waiting on a FIFO.
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
 
 
 def _is_policy_file(name):
@@ -246,16 +261,34 @@ class Rctlpolicy:
         try:
             document = json.loads(out)
         except ValueError:
+            document = None
+        if not isinstance(document, dict):
             self.module.fail_json(
                 msg="rctlpolicy %s printed no JSON document (exit %d): %s"
-                % (command, rc, (err or out).strip()),
+                % (command, rc, ((err or out).strip() or "no output")[:2000]),
                 rc=rc,
                 cmd=argv,
             )
         if document.get("format_version") != FORMAT_VERSION:
             self.module.fail_json(
                 msg="rctlpolicy %s printed format_version %r; this module reads %d"
-                % (command, document.get("format_version"), FORMAT_VERSION)
+                % (command, document.get("format_version"), FORMAT_VERSION),
+                rc=rc,
+                cmd=argv,
+            )
+        missing = [key for key in DOCUMENT_KEYS[command] if key not in document]
+        changes = document.get("changes")
+        usable = not missing and not document["diagnostics"] and not document["error"]
+        if usable and not (
+            isinstance(changes, dict) and all(isinstance(changes.get(k), list) for k in CHANGE_KEYS)
+        ):
+            missing = ["changes.add|change|remove"]
+        if missing:
+            self.module.fail_json(
+                msg="rctlpolicy %s printed a JSON document without %s (exit %d)"
+                % (command, ", ".join(missing), rc),
+                rc=rc,
+                cmd=argv,
             )
         return rc, document, err
 
@@ -291,39 +324,88 @@ def _lines(rules):
     return "".join(rule + "\n" for rule in rules)
 
 
-def _read(path):
+def _read_regular(path):
+    """(bytes, mode) of a regular file, never through a symlink nor waiting on a FIFO; None
+    when there is nothing there; (None, None) when it is something else (a symlink someone
+    planted, a FIFO, unreadable)."""
     try:
-        with open(path, "rb") as handle:
-            return handle.read().decode("utf-8")
+        fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
         return None
-    except UnicodeDecodeError:
-        return ""  # not text: it differs from any policy
+    except OSError:
+        return None, None  # ELOOP: a symlink
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        return None, None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read(), stat.S_IMODE(info.st_mode)
 
 
-def _write_atomic(module, path, text, mode):
-    """Write the file whole beside its destination, then rename it into place."""
-    directory = os.path.dirname(path)
-    fd, temp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
+def _read(path):
+    """The text of a policy file on the host; None when absent; "" for anything that is not a
+    regular UTF-8 file (a symlink is never followed): it differs from any policy, and the
+    module replaces it with a regular file."""
+    found = _read_regular(path)
+    if found is None:
+        return None
+    data = found[0]
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, path)
+        return "" if data is None else data.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+
+
+def _write_all(module, files, mode):
+    """Write every file whole beside its destination, and only then rename them into place:
+    a failure (a full disk) leaves the directory as it was, never half a policy."""
+    temps = []
+    for path, _ in files:
+        if os.path.isdir(path) and not os.path.islink(path):
+            module.fail_json(msg="cannot write %s: a directory is there; nothing was changed" % path)
+    try:
+        for path, text in files:
+            fd, temp = tempfile.mkstemp(
+                prefix=".%s." % os.path.basename(path), dir=os.path.dirname(path)
+            )
+            temps.append((temp, path))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(text.encode("utf-8"))
+                handle.flush()
+                os.fchmod(handle.fileno(), mode)
+                os.fsync(handle.fileno())
     except OSError as error:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        module.fail_json(msg="cannot write %s: %s" % (path, error.strerror or error))
+        for temp, _ in temps:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+        module.fail_json(
+            msg="cannot write %s: %s; nothing was changed"
+            % (temps[-1][1] if temps else files[0][0], error.strerror or error)
+        )
+    for temp, path in temps:
+        os.replace(temp, path)  # a planted symlink is replaced itself, never followed
 
 
 def _mode(module):
     value = module.params["mode"]
     try:
-        return int(str(value), 8) if isinstance(value, str) else int(value)
-    except ValueError:
-        module.fail_json(msg="mode: %r is not an octal mode such as '0644'" % (value,))
+        mode = int(str(value), 8) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        module.fail_json(msg="mode: %r is not a file mode such as '0644'" % (value,))
+    return mode
+
+
+def _removable(path):
+    """A policy name in rules_dir that `exclusive` may remove: a file or a symlink."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)
 
 
 def _file_plan(rules_dir, contents, exclusive):
@@ -339,23 +421,52 @@ def _file_plan(rules_dir, contents, exclusive):
     if exclusive and os.path.isdir(rules_dir):
         for name in sorted(os.listdir(rules_dir)):
             path = os.path.join(rules_dir, name)
-            if _is_policy_file(name) and name not in contents and os.path.isfile(path):
+            if _is_policy_file(name) and name not in contents and _removable(path):
                 remove.append(path)
                 before[path] = _read(path)
     return write, remove, before
 
 
-def _stage(contents, rules_dir):
-    """The new policy in a private directory, to check it before anything is written. Files
-    in rules_dir that are not replaced are copied too (the policy is the whole directory)."""
+def _stage(contents, rules_dir, mode, keep):
+    """The new policy in a private directory, to check it before anything is written: the
+    files sent, with the mode they will have, and when `keep`, the policy files in rules_dir
+    that are not replaced (the policy is the whole directory), as the daemon would see them:
+    a regular file with its bytes and mode, a symlink as a link to the same target."""
     staged = tempfile.mkdtemp(prefix="rctlpolicy-ansible-")
+    try:
+        return staged, _stage_into(staged, contents, rules_dir, mode, keep)
+    except OSError:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+
+def _stage_into(staged, contents, rules_dir, mode, keep):
     names = {}
     for name, text in contents.items():
         path = os.path.join(staged, name)
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode("utf-8"))
+            os.fchmod(handle.fileno(), mode)
         names[path] = os.path.join(rules_dir, name)
-    return staged, names
+    if keep and os.path.isdir(rules_dir):
+        for name in os.listdir(rules_dir):
+            host_path = os.path.join(rules_dir, name)
+            if not _is_policy_file(name) or name in contents:
+                continue
+            path = os.path.join(staged, name)
+            if os.path.islink(host_path):
+                os.symlink(os.path.realpath(host_path), path)
+            else:
+                found = _read_regular(host_path)
+                if found is None or found[0] is None:
+                    continue
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(found[0])
+                    os.fchmod(handle.fileno(), found[1])
+            names[path] = host_path
+    return names
 
 
 def _reload(module, params):
@@ -421,19 +532,13 @@ def main():
         bad = [name for name in contents if os.sep in name or not _is_policy_file(name)]
         if bad:
             module.fail_json(msg="not policy file names: %s" % ", ".join(sorted(bad)))
+        mode = _mode(module)
         write, remove, before_files = _file_plan(rules_dir, contents, params["_src_is_dir"])
         if write or remove:
-            staged, staged_names = _stage(contents, rules_dir)
-            if os.path.isdir(rules_dir) and not params["_src_is_dir"]:
-                for name in os.listdir(rules_dir):
-                    path = os.path.join(rules_dir, name)
-                    if _is_policy_file(name) and name not in contents and os.path.isfile(path):
-                        text = _read(path)
-                        if text is not None:
-                            copy = os.path.join(staged, name)
-                            with open(copy, "w", encoding="utf-8") as handle:
-                                handle.write(text)
-                            staged_names[copy] = path
+            try:
+                staged, staged_names = _stage(contents, rules_dir, mode, not params["_src_is_dir"])
+            except OSError as error:
+                module.fail_json(msg="cannot stage the policy to check it: %s" % error)
             for path, host_path in staged_names.items():
                 names[path] = names.get(host_path, host_path)
             paths = [staged]
@@ -441,9 +546,7 @@ def main():
         rc, document, err = rctlpolicy.run("plan", paths)
     finally:
         if staged is not None:
-            for name in os.listdir(staged):
-                os.unlink(os.path.join(staged, name))
-            os.rmdir(staged)
+            shutil.rmtree(staged, ignore_errors=True)
     if document["diagnostics"]:
         lines = _diagnostic_lines(document["diagnostics"], names)
         module.fail_json(
@@ -501,9 +604,7 @@ def main():
                 os.makedirs(rules_dir, 0o755)
             except OSError as error:
                 module.fail_json(msg="cannot create %s: %s" % (rules_dir, error.strerror))
-        mode = _mode(module)
-        for path in write:
-            _write_atomic(module, path, contents[os.path.basename(path)], mode)
+        _write_all(module, [(path, contents[os.path.basename(path)]) for path in write], mode)
         for path in remove:
             os.unlink(path)
 
