@@ -204,6 +204,8 @@ def load_config_file(path: Path, notes: list[str] | None = None) -> dict[str, An
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: {error.strerror or error}") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from error
     try:
         data = yamlload.load(text)
     except yamlload.YamlError as error:

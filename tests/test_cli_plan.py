@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import test_cli_kernel
 import yaml
 from daemon_helpers import Env
 from test_cli_kernel import IN_SYNC, POLICY, POLICY_RULES, Cli, Result, in_force
@@ -33,12 +34,8 @@ FORMAT_KEYS = {
     "diagnostics",
 }
 
-
-@pytest.fixture
-def cli(tmp_path: Path, host: Path) -> Cli:
-    home = tmp_path / "home"
-    home.mkdir()
-    return Cli(home, host)
+#: The console script with a private HOME and the host file: test_cli_kernel's fixture.
+cli = test_cli_kernel.cli
 
 
 @pytest.fixture
@@ -336,3 +333,15 @@ def test_plan_beside_a_running_daemon_shows_exactly_what_it_will_do(env: Env) ->
     assert "jail:web2:maxproc:deny=7" in expected
     assert cli("plan", "--config", str(config)).out.splitlines()[1:] == [IN_SYNC.strip()]
     assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("command", ["plan", "apply"])
+def test_a_config_file_that_is_not_utf8_is_one_line_and_exit_2(
+    cli: Cli, tmp_path: Path, command: str
+) -> None:
+    config = tmp_path / "rctlpolicy.yaml"
+    config.write_bytes(b"rules-dir: \xff\xfe\n")
+    result = cli(command, "--config", str(config))
+    assert result.code == 2
+    assert result.err == f"rctlpolicy: {config}: not UTF-8 text (byte 11)\n"
+    assert result.out == ""
