@@ -155,9 +155,9 @@ def parse_duration_setting(value: str | float, where: str, *, zero: bool = False
     """A duration setting (`60s`, `48h`, `35d`, or seconds); positive, or 0 when `zero`."""
     try:
         seconds = parse_duration(value)
-    except ValueError:
+    except (ValueError, TypeError):
         seconds = -1.0
-    if seconds < 0 or (seconds == 0 and not zero):
+    if not 0 <= seconds < float("inf") or (seconds == 0 and not zero):  # NaN is not in range
         allowed = "0 (off) or " if zero else ""
         raise ConfigError(
             f"{where}: '{value}' is not {allowed}a duration (such as 60s, 48h or 35d)"

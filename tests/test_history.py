@@ -416,3 +416,11 @@ def test_a_damaged_file_that_cannot_be_renamed_aside_pauses_the_sampler(
     assert "Traceback" not in caplog.text
     assert path.read_bytes().startswith(b"garbage")
     sampler.store.close()
+
+
+@pytest.mark.parametrize("since", ["9" * 400, "0", "soon"])
+def test_a_window_that_is_not_a_finite_positive_duration_is_refused(
+    state: Path, since: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["history", "--state-dir", str(state), "--since", since]) == 2
+    assert "is not a duration" in capsys.readouterr().err

@@ -18,16 +18,13 @@ if TYPE_CHECKING:
 
 
 def duration(text: str) -> float:
-    """An argparse type: `7d`, `48h`, `30m` or seconds, positive."""
-    from rctlpolicy.amounts import parse_duration
+    """An argparse type: `7d`, `48h`, `30m` or seconds, positive (the config's rule)."""
+    from rctlpolicy.config import ConfigError, parse_duration_setting
 
     try:
-        value = parse_duration(text)
-    except ValueError:
-        value = 0.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a duration (such as 7d, 48h or 30m)")
-    return value
+        return parse_duration_setting(text, "duration")
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def timestamp(text: str) -> float:
