@@ -345,3 +345,23 @@ def test_a_config_file_that_is_not_utf8_is_one_line_and_exit_2(
     assert result.code == 2
     assert result.err == f"rctlpolicy: {config}: not UTF-8 text (byte 11)\n"
     assert result.out == ""
+
+
+@pytest.mark.parametrize("command", ["plan", "apply"])
+def test_a_file_that_runs_commands_and_others_can_write_is_refused_as_the_daemon_does(
+    cli: Cli, rules: Path, command: str
+) -> None:
+    actions = rules / "actions.yaml"
+    actions.write_text(
+        "rules:\n  - rule: jail:db1:swapuse:devctl=512m\n    on_match:\n"
+        "      run: [/bin/echo, hello]\n"
+    )
+    actions.chmod(0o664)
+    result = cli(command, "--format", "json", str(rules))
+    assert result.code == 1
+    document = json.loads(result.out)
+    assert [d["code"] for d in document["diagnostics"]] == ["unsafe-file"]
+    assert "writable by group or others" in document["diagnostics"][0]["message"]
+    assert in_force(cli) == []
+    actions.chmod(0o644)
+    assert cli(command, str(rules)).code == 0
