@@ -37,6 +37,7 @@ from rctlpolicy.actions import (
     MemoryState,
     Outcome,
 )
+from rctlpolicy.actions import engine as engine_module
 from rctlpolicy.actions.procgroup import group_size
 from rctlpolicy.clock import ManualClock, SystemClock
 from rctlpolicy.model import Action, Resource, Rule, SubjectType
@@ -908,6 +909,56 @@ def test_shutdown_does_not_start_queued_actions(make_engine: EngineFactory, gate
     assert reported["b"].outcome is Outcome.FAILED
     assert reported["b"].detail == "cancelled at shutdown"
     assert reported["a"].outcome is Outcome.TIMEOUT
+
+
+def _action_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "rctlpolicy-action" and t.is_alive()]
+
+
+def test_a_worker_whose_action_ended_takes_the_next_and_shutdown_ends_it_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Idle for an hour unless told: shutdown must hand the idle worker its end, not wait it out
+    # (pytest's timeout fails the test otherwise).
+    monkeypatch.setattr(engine_module, "IDLE_WORKER_SECONDS", 3600.0)
+    ran_on: queue.SimpleQueue[threading.Thread] = queue.SimpleQueue()
+    engine = ActionEngine(
+        ManualClock(),
+        ActionProcessRunner(),
+        MemoryState(),
+        on_outcome=lambda outcome: ran_on.put(threading.current_thread()),
+    )
+    try:
+        assert engine.submit(policy(OnMatch(run=(TRUE,))), ctx("a")) is Decision.STARTED
+        first = ran_on.get(timeout=DEADLINE)
+        assert engine.submit(policy(OnMatch(run=(TRUE,))), ctx("b")) is Decision.STARTED
+        assert ran_on.get(timeout=DEADLINE) is first  # handed over, no new thread
+        assert _action_threads() == [first]  # idle now, waiting for the next action
+    finally:
+        engine.shutdown(timeout=DEADLINE)
+    assert _action_threads() == []
+
+
+def test_an_idle_worker_ends_after_its_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "IDLE_WORKER_SECONDS", 0.05)
+    ran_on: queue.SimpleQueue[threading.Thread] = queue.SimpleQueue()
+    engine = ActionEngine(
+        ManualClock(),
+        ActionProcessRunner(),
+        MemoryState(),
+        on_outcome=lambda outcome: ran_on.put(threading.current_thread()),
+    )
+    try:
+        assert engine.submit(policy(OnMatch(run=(TRUE,))), ctx("a")) is Decision.STARTED
+        worker = ran_on.get(timeout=DEADLINE)
+        worker.join(DEADLINE)
+        assert not worker.is_alive()
+        # and the next action gets a worker of its own
+        assert engine.submit(policy(OnMatch(run=(TRUE,))), ctx("b")) is Decision.STARTED
+        assert ran_on.get(timeout=DEADLINE) is not worker
+    finally:
+        engine.shutdown(timeout=DEADLINE)
+    assert _action_threads() == []
 
 
 # --- FileState: the one-shot `handle` ----------------------------------------------------------
