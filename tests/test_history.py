@@ -424,3 +424,16 @@ def test_a_window_that_is_not_a_finite_positive_duration_is_refused(
 ) -> None:
     assert main(["history", "--state-dir", str(state), "--since", since]) == 2
     assert "is not a duration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["history"], ["replay", "{rules}"], ["suggest"]])
+def test_an_empty_window_is_refused_alike_by_every_command(
+    state: Path, tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "p.conf"
+    rules.write_text("jail:db1:maxproc:deny=100\n")
+    argv = [part.format(rules=rules) for part in command]
+    window = ["--start", str(T0 + 60), "--end", str(T0)]
+    assert main([*argv, "--state-dir", str(state), *window]) == 2
+    err = capsys.readouterr().err
+    assert err == f"rctlpolicy {command[0]}: the window is empty (--start is not before --end)\n"
