@@ -155,9 +155,9 @@ def parse_duration_setting(value: str | float, where: str, *, zero: bool = False
     """A duration setting (`60s`, `48h`, `35d`, or seconds); positive, or 0 when `zero`."""
     try:
         seconds = parse_duration(value)
-    except ValueError:
+    except (ValueError, TypeError):
         seconds = -1.0
-    if seconds < 0 or (seconds == 0 and not zero):
+    if not 0 <= seconds < float("inf") or (seconds == 0 and not zero):  # NaN is not in range
         allowed = "0 (off) or " if zero else ""
         raise ConfigError(
             f"{where}: '{value}' is not {allowed}a duration (such as 60s, 48h or 35d)"
@@ -204,6 +204,8 @@ def load_config_file(path: Path, notes: list[str] | None = None) -> dict[str, An
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: {error.strerror or error}") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from error
     try:
         data = yamlload.load(text)
     except yamlload.YamlError as error:

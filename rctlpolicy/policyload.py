@@ -261,6 +261,20 @@ class LoadedRules:
     file_sizes: Mapping[str, int] = field(default_factory=dict, hash=False, compare=False)
 
 
+def unsafe_command_files(files: Iterable[PolicyFile], policy: Policy) -> list[Diagnostic]:
+    """An error for each YAML file that makes the daemon run commands but that others could
+    write (`check_safe_ownership`): the daemon refuses the policy, and so do plan and apply."""
+    commanding = {r.source.path for r in policy.rules if r.on_match is not None}
+    diagnostics = []
+    for policy_file in files:
+        if policy_file.is_yaml and policy_file.path in commanding:
+            try:
+                check_safe_ownership(Path(policy_file.path))
+            except UnsafeFileError as error:
+                diagnostics.append(_problem(policy_file.path, Code.UNSAFE_FILE, str(error)))
+    return diagnostics
+
+
 def load_rules(
     rules_dir: Path, resolver: Resolver, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
 ) -> PolicyLoad:
@@ -279,19 +293,11 @@ def load_rules(
     except OSError as error:  # the resolver's data source (the simulated host file) broke
         problem = _problem(rules_dir, Code.IO_ERROR, str(error))
         return PolicyLoad(None, (problem,), found.sizes, found, read.private)
-    diagnostics = [*read.problems, *result.diagnostics]
-    for policy_file in read.files:
-        if not policy_file.is_yaml:
-            continue
-        runs_commands = any(
-            r.on_match is not None and r.source.path == policy_file.path
-            for r in result.policy.rules
-        )
-        if runs_commands:
-            try:
-                check_safe_ownership(Path(policy_file.path))
-            except UnsafeFileError as error:
-                diagnostics.append(_problem(policy_file.path, Code.UNSAFE_FILE, str(error)))
+    diagnostics = [
+        *read.problems,
+        *result.diagnostics,
+        *unsafe_command_files(read.files, result.policy),
+    ]
     policy = None if any(d.severity is Severity.ERROR for d in diagnostics) else result.policy
     return PolicyLoad(policy, tuple(diagnostics), found.sizes, found, read.private)
 

@@ -115,11 +115,25 @@ def _open_no_follow(path: Path | str, flags: int, mode: int) -> int:
         raise
 
 
-def open_lock_file(path: Path | str, *, mode: int = STATE_MODE) -> int:
+def open_lock_file(path: Path | str, *, mode: int = STATE_MODE, ours: bool = False) -> int:
     """Open (creating) a lock file for flock/fcntl locks: never through a symlink, and only a
-    regular file. Returns the descriptor; the caller closes it (which drops its locks)."""
+    regular file. Returns the descriptor; the caller closes it (which drops its locks).
+
+    `ours`: also refuse a file with another name (a hard link, which O_NOFOLLOW cannot see:
+    whoever can write the directory can link any file of the filesystem there) or another
+    owner, before it is locked: for a lock file whose content the caller then writes."""
     fd = _open_no_follow(path, os.O_RDWR | os.O_CREAT, mode)
     _regular_or_refuse(fd, path)
+    if ours:
+        info = os.fstat(fd)
+        reason = None
+        if info.st_nlink != 1:
+            reason = f"has {info.st_nlink} hard links"
+        elif info.st_uid != os.geteuid():
+            reason = f"is owned by uid {info.st_uid}"
+        if reason is not None:
+            os.close(fd)
+            raise UnsafeStateFileError(path, reason)
     return fd
 
 

@@ -172,18 +172,20 @@ def hold_daemon_lock(state_dir: Path) -> int:
 
     Returns the descriptor, to be closed when the daemon ends (the file stays: removing a lock
     file another process may be opening races). Raises DaemonRunning naming the holder's pid,
-    OSError (UnsafeStateFileError for a symlink planted there) when it cannot be opened.
+    OSError (UnsafeStateFileError for a symlink, a hard link or another user's file planted
+    there) when it cannot be opened.
     """
     import fcntl
 
     from rctlpolicy.safeio import open_lock_file
 
     path = state_dir / DAEMON_LOCK
-    fd = open_lock_file(path)
+    fd = open_lock_file(path, ours=True)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        holder = holder if holder.isdigit() else ""  # a pid, or nothing said about it
         os.close(fd)
         raise DaemonRunning(path, holder) from None
     except OSError:

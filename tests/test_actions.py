@@ -37,6 +37,8 @@ from rctlpolicy.actions import (
     MemoryState,
     Outcome,
 )
+from rctlpolicy.actions import engine as engine_module
+from rctlpolicy.actions import runner as runner_module
 from rctlpolicy.actions.procgroup import group_size
 from rctlpolicy.clock import ManualClock, SystemClock
 from rctlpolicy.model import Action, Resource, Rule, SubjectType
@@ -628,6 +630,38 @@ def test_an_action_that_leaves_nothing_ends_without_waiting(
     assert not any("left in group" in r.getMessage() for r in caplog.records)
 
 
+def test_the_start_is_logged_once_the_program_started_even_past_fd_setsize(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The start line waits (up to ANNOUNCE_DELAY) for the program's first output or its exit,
+    # whatever the descriptor's number: with 1,100 descriptors open its pipe is past select()'s
+    # FD_SETSIZE.
+    monkeypatch.setattr(runner_module, "ANNOUNCE_DELAY", DEADLINE)
+    marker = tmp_path / "exited"
+    script = f"import pathlib, time; time.sleep(0.2); pathlib.Path({str(marker)!r}).touch()"
+    seen: list[bool] = []
+
+    class AtStart(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "started pid" in record.getMessage():
+                seen.append(marker.exists())
+
+    caplog.set_level(logging.INFO, logger="rctlpolicy.actions")
+    handler = AtStart()
+    logging.getLogger("rctlpolicy.actions").addHandler(handler)
+    null = os.open(os.devnull, os.O_RDONLY)
+    held = [os.dup(null) for _ in range(1100)]
+    try:
+        assert held[-1] > 1024  # the action's pipe comes after these
+        result = ActionProcessRunner().run([PY, "-c", script], timeout=DEADLINE, name="late")
+    finally:
+        logging.getLogger("rctlpolicy.actions").removeHandler(handler)
+        for fd in [*held, null]:
+            os.close(fd)
+    assert result.outcome is Outcome.OK
+    assert seen == [True]
+
+
 def test_a_flood_of_output_is_read_and_counted_not_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -908,6 +942,56 @@ def test_shutdown_does_not_start_queued_actions(make_engine: EngineFactory, gate
     assert reported["b"].outcome is Outcome.FAILED
     assert reported["b"].detail == "cancelled at shutdown"
     assert reported["a"].outcome is Outcome.TIMEOUT
+
+
+def _action_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "rctlpolicy-action" and t.is_alive()]
+
+
+def test_a_worker_whose_action_ended_takes_the_next_and_shutdown_ends_it_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Idle for an hour unless told: shutdown must hand the idle worker its end, not wait it out
+    # (pytest's timeout fails the test otherwise).
+    monkeypatch.setattr(engine_module, "IDLE_WORKER_SECONDS", 3600.0)
+    ran_on: queue.SimpleQueue[threading.Thread] = queue.SimpleQueue()
+    engine = ActionEngine(
+        ManualClock(),
+        ActionProcessRunner(),
+        MemoryState(),
+        on_outcome=lambda outcome: ran_on.put(threading.current_thread()),
+    )
+    try:
+        assert engine.submit(policy(OnMatch(run=(TRUE,))), ctx("a")) is Decision.STARTED
+        first = ran_on.get(timeout=DEADLINE)
+        assert engine.submit(policy(OnMatch(run=(TRUE,))), ctx("b")) is Decision.STARTED
+        assert ran_on.get(timeout=DEADLINE) is first  # handed over, no new thread
+        assert _action_threads() == [first]  # idle now, waiting for the next action
+    finally:
+        engine.shutdown(timeout=DEADLINE)
+    assert _action_threads() == []
+
+
+def test_an_idle_worker_ends_after_its_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "IDLE_WORKER_SECONDS", 0.05)
+    ran_on: queue.SimpleQueue[threading.Thread] = queue.SimpleQueue()
+    engine = ActionEngine(
+        ManualClock(),
+        ActionProcessRunner(),
+        MemoryState(),
+        on_outcome=lambda outcome: ran_on.put(threading.current_thread()),
+    )
+    try:
+        assert engine.submit(policy(OnMatch(run=(TRUE,))), ctx("a")) is Decision.STARTED
+        worker = ran_on.get(timeout=DEADLINE)
+        worker.join(DEADLINE)
+        assert not worker.is_alive()
+        # and the next action gets a worker of its own
+        assert engine.submit(policy(OnMatch(run=(TRUE,))), ctx("b")) is Decision.STARTED
+        assert ran_on.get(timeout=DEADLINE) is not worker
+    finally:
+        engine.shutdown(timeout=DEADLINE)
+    assert _action_threads() == []
 
 
 # --- FileState: the one-shot `handle` ----------------------------------------------------------

@@ -268,6 +268,26 @@ def test_a_symlink_planted_in_rules_dir_is_replaced_never_followed(world: World)
     assert [p.name for p in world.rules_dir.iterdir()] == ["rctl.conf"]
 
 
+def test_the_files_kept_in_rules_dir_are_checked_as_the_daemon_reads_them(world: World) -> None:
+    # One file sent (not a directory): the other files in rules_dir stay and are part of the
+    # policy. One that runs commands and that the group can write is refused by the daemon;
+    # the module's check sees its mode too, so nothing is written.
+    assert world.policy().returncode == 0
+    actions = world.rules_dir / "actions.yaml"
+    actions.write_text(
+        "rules:\n  - rule: jail:db1:swapuse:devctl=512m\n    on_match:\n"
+        "      run: [/bin/echo, hello]\n"
+    )
+    actions.chmod(0o664)
+    (world.src / "rctl.conf").write_text("jail:db1:maxproc:deny=200\n")
+    run = world.policy(rctlpolicy_policy_src=str(world.src / "rctl.conf"))
+    assert run.returncode == 2
+    assert "writable by group or others" in run.result["msg"], run.result["msg"]
+    assert "nothing was changed" in run.result["msg"]
+    assert (world.rules_dir / "rctl.conf").read_text() == POLICY
+    assert world.kernel() == RULES
+
+
 def test_a_file_that_cannot_be_replaced_leaves_the_whole_policy_as_it_was(world: World) -> None:
     # Files are written whole and renamed only once all of them are: rules_dir never holds
     # half a policy (here a.conf renamed, b.conf not).

@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import test_cli_kernel
 import yaml
 from daemon_helpers import Env
 from test_cli_kernel import IN_SYNC, POLICY, POLICY_RULES, Cli, Result, in_force
@@ -33,12 +34,8 @@ FORMAT_KEYS = {
     "diagnostics",
 }
 
-
-@pytest.fixture
-def cli(tmp_path: Path, host: Path) -> Cli:
-    home = tmp_path / "home"
-    home.mkdir()
-    return Cli(home, host)
+#: The console script with a private HOME and the host file: test_cli_kernel's fixture.
+cli = test_cli_kernel.cli
 
 
 @pytest.fixture
@@ -336,3 +333,47 @@ def test_plan_beside_a_running_daemon_shows_exactly_what_it_will_do(env: Env) ->
     assert "jail:web2:maxproc:deny=7" in expected
     assert cli("plan", "--config", str(config)).out.splitlines()[1:] == [IN_SYNC.strip()]
     assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("command", ["plan", "apply"])
+def test_a_config_file_that_is_not_utf8_is_one_line_and_exit_2(
+    cli: Cli, tmp_path: Path, command: str
+) -> None:
+    config = tmp_path / "rctlpolicy.yaml"
+    config.write_bytes(b"rules-dir: \xff\xfe\n")
+    result = cli(command, "--config", str(config))
+    assert result.code == 2
+    assert result.err == f"rctlpolicy: {config}: not UTF-8 text (byte 11)\n"
+    assert result.out == ""
+
+
+@pytest.mark.parametrize("command", ["plan", "apply"])
+def test_a_file_that_runs_commands_and_others_can_write_is_refused_as_the_daemon_does(
+    cli: Cli, rules: Path, command: str
+) -> None:
+    actions = rules / "actions.yaml"
+    actions.write_text(
+        "rules:\n  - rule: jail:db1:swapuse:devctl=512m\n    on_match:\n"
+        "      run: [/bin/echo, hello]\n"
+    )
+    actions.chmod(0o664)
+    result = cli(command, "--format", "json", str(rules))
+    assert result.code == 1
+    document = json.loads(result.out)
+    assert [d["code"] for d in document["diagnostics"]] == ["unsafe-file"]
+    assert "writable by group or others" in document["diagnostics"][0]["message"]
+    assert in_force(cli) == []
+    actions.chmod(0o644)
+    assert cli(command, str(rules)).code == 0
+
+
+def test_a_warning_never_writes_control_characters_to_the_terminal(
+    cli: Cli, tmp_path: Path
+) -> None:
+    rules = tmp_path / "escape"
+    rules.mkdir()
+    (rules / "a.yaml").write_text('rules:\n  - rule: "jail:we\\e[31mb*:maxproc:deny=5"\n')
+    result = cli("plan", str(rules))
+    assert result.code == 0
+    assert "\x1b" not in result.err
+    assert "the jail pattern 'we\\x1b[31mb*' matches no running jail" in result.err

@@ -9,6 +9,7 @@ on disk. The parser-wide rules (every flag has a help line, one naming conventio
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -268,6 +269,65 @@ def test_a_lock_file_planted_as_a_symlink_is_refused(world: World) -> None:
     assert "daemon.lock" in done.stderr and "symbolic link" in done.stderr
     assert target.read_text() == "keep\n"
     assert not world.devd_dir.exists()
+
+
+def test_a_lock_file_planted_as_a_hard_link_is_refused_before_it_is_locked(world: World) -> None:
+    # O_NOFOLLOW cannot see a hard link: whoever can write the state directory could link any
+    # file of the filesystem there, for the daemon to lock, truncate and write its pid into.
+    world.state.mkdir(mode=0o700)
+    target = world.root / "elsewhere"
+    target.write_text("keep\n")
+    os.link(target, world.state / "daemon.lock")
+    with open(target, "rb") as held:
+        done = run("daemon", *world.daemon_args())
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the daemon did not keep it locked
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"rctlpolicy daemon: state directory {world.state}: {world.state / 'daemon.lock'}: "
+        "has 2 hard links; refusing to use it\n"
+    )
+    assert target.read_text() == "keep\n"
+    assert not world.devd_dir.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to plant another user's file")
+def test_a_lock_file_of_another_user_is_refused(world: World) -> None:
+    world.state.mkdir(mode=0o777)
+    planted = world.state / "daemon.lock"
+    planted.write_text("\x1b[2J666\n")
+    os.chown(planted, 65534, 65534)
+    done = run("daemon", *world.daemon_args())
+    assert done.returncode == 2
+    assert "daemon.lock: is owned by uid 65534; refusing to use it" in done.stderr
+    assert planted.read_text() == "\x1b[2J666\n"
+
+
+def test_a_held_lock_names_its_holder_only_by_a_pid(world: World) -> None:
+    world.state.mkdir(mode=0o700)
+    lock = world.state / "daemon.lock"
+    lock.write_text("\x1b]0;owned\x07\n")  # not a pid: never echoed to a terminal
+    lock.chmod(0o600)
+    with open(lock, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        done = run("daemon", *world.daemon_args())
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"rctlpolicy daemon: another daemon (pid unknown) is using the state directory "
+        f"{world.state}; stop it first\n"
+    )
+
+
+def test_a_lock_left_by_a_killed_daemon_does_not_block_the_next(world: World) -> None:
+    killed = DaemonProcess(world.daemon_args())
+    try:
+        killed.wait_started()
+        killed.proc.kill()
+        killed.proc.wait(30)
+    finally:
+        killed.close()
+    assert (world.state / "daemon.lock").read_text() == f"{killed.pid}\n"
+    with running(world.daemon_args()) as again:
+        assert (world.state / "daemon.lock").read_text() == f"{again.pid}\n"
 
 
 SWITCH_PROBE = """

@@ -96,6 +96,8 @@ history.retention: 10d
         ("history.interval: -1\n", "is not 0 (off) or a duration"),
         ("history.retention: 0\n", "is not a duration"),
         ("history.raw-retention: soon\n", "is not a duration"),
+        ("history.retention: .inf\n", "is not a duration"),
+        ("history.interval: .nan\n", "is not 0 (off) or a duration"),
         ("web.listen-address: 10217\n", "must be a non-empty string"),
         ("reload-settle: -1\n", "must be a positive number of seconds"),
         ("max-policy-file-size: 16MiB\n", "'16MiB' is not a size in bytes (such as 16m"),

@@ -731,6 +731,48 @@ def test_reconnect_attempts_back_off_to_the_cap(sockdir: Path, make_client: Make
     release.set()
 
 
+def test_a_peer_that_hangs_up_at_once_is_retried_with_a_growing_backoff(
+    sockdir: Path, make_client: MakeClient
+) -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(sockdir / "devd.seqpacket.pipe"))
+    listener.listen(16)
+    listener.settimeout(0.05)
+    hung_up = threading.Event()
+
+    def hang_up() -> None:
+        while not hung_up.is_set():
+            try:
+                peer, _ = listener.accept()
+            except TimeoutError:
+                continue
+            peer.close()
+
+    acceptor = threading.Thread(target=hang_up, daemon=True)
+    acceptor.start()
+    delays: list[float] = []
+    enough = threading.Event()
+    release = threading.Event()
+
+    def record(delay: float) -> None:
+        delays.append(delay)
+        if len(delays) == 6:
+            enough.set()
+            release.wait(TIMEOUT)
+
+    try:
+        client, _ = make_client(backoff=Backoff(), wait=record)
+        assert enough.wait(TIMEOUT)
+        assert delays == [0.5, 1, 2, 4, 8, 16]
+        assert client.reconnects == 5  # every attempt connected, and was hung up on
+        assert not client.receiving
+    finally:
+        hung_up.set()
+        release.set()
+        acceptor.join(TIMEOUT)
+        listener.close()
+
+
 def test_garbage_and_non_rctl_lines_are_delivered_for_the_parser(
     devd: DevdServer, make_client: MakeClient
 ) -> None:

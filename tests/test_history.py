@@ -382,3 +382,58 @@ def test_a_resource_this_version_does_not_know_keeps_its_column(tmp_path: Path) 
     samples = list(HistoryStore(path, readonly=True).raw(["db1"]))
     assert [s.values[Resource.MAXPROC] for s in samples] == [7, 8]
     assert all("futureuse" not in map(str, s.values) for s in samples)
+
+
+def test_history_refuses_a_planted_shm_symlink_it_would_write_through(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    victim = state.parent / "victim"
+    victim.write_bytes(b"x" * 100)
+    (state / (HISTORY_FILE_NAME + "-shm")).symlink_to(victim)
+    assert main(["history", "--state-dir", str(state), *WINDOW]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "-shm: is a symbolic link" in err, err
+    assert victim.read_bytes() == b"x" * 100
+
+
+def test_a_damaged_file_that_cannot_be_renamed_aside_pauses_the_sampler(
+    host: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import time
+
+    path = tmp_path / HISTORY_FILE_NAME
+    path.write_bytes(b"garbage, not SQLite " * 500)
+    now = int(time.time())
+    for second in range(now - 1, now + 60):  # os.replace cannot put a file over these
+        (tmp_path / f"{HISTORY_FILE_NAME}.damaged-{second}").mkdir()
+        (tmp_path / f"{HISTORY_FILE_NAME}.damaged-{second}" / "x").touch()
+    sampler, stats = _sampler(host, path)
+    caplog.set_level(logging.INFO, logger="rctlpolicy")
+    sampler.write(Sample(T0, {"db1": {Resource.MAXPROC: 1}}))
+    sampler.write(Sample(T0 + 60, {"db1": {Resource.MAXPROC: 1}}))
+    assert stats.paused
+    assert caplog.text.count("cannot be renamed aside") == 1
+    assert "Traceback" not in caplog.text
+    assert path.read_bytes().startswith(b"garbage")
+    sampler.store.close()
+
+
+@pytest.mark.parametrize("since", ["9" * 400, "0", "soon"])
+def test_a_window_that_is_not_a_finite_positive_duration_is_refused(
+    state: Path, since: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["history", "--state-dir", str(state), "--since", since]) == 2
+    assert "is not a duration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["history"], ["replay", "{rules}"], ["suggest"]])
+def test_an_empty_window_is_refused_alike_by_every_command(
+    state: Path, tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "p.conf"
+    rules.write_text("jail:db1:maxproc:deny=100\n")
+    argv = [part.format(rules=rules) for part in command]
+    window = ["--start", str(T0 + 60), "--end", str(T0)]
+    assert main([*argv, "--state-dir", str(state), *window]) == 2
+    err = capsys.readouterr().err
+    assert err == f"rctlpolicy {command[0]}: the window is empty (--start is not before --end)\n"

@@ -393,3 +393,28 @@ def test_a_prometheus_that_misbehaves_is_one_line_and_exit_2(
             assert re.search(rf"Prometheus at {url}: .*{message}", err), err
     finally:
         done.set()
+
+
+def test_prometheus_auth_is_read_once_for_all_the_queries_of_a_timeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    answered: list[int] = []
+    empty = b'{"status": "success", "data": {"resultType": "matrix", "result": []}}'
+
+    def answer(conn: socket.socket) -> None:
+        token.unlink(missing_ok=True)  # a token rotated away after the first query
+        answered.append(1)
+        _http(empty)(conn)
+
+    url, done = _one_shot_server(answer)
+    rules = tmp_path / "p.conf"
+    rules.write_text("jail:db1:maxproc:deny=4\n")
+    try:
+        argv = ["replay", str(rules), "--from", f"prometheus={url}", "--bearer-token-file",
+                str(token), "--start", "0", "--end", "600", "--format", "json"]  # fmt: skip
+        assert main(argv) == 0, capsys.readouterr().err
+    finally:
+        done.set()
+    assert len(answered) == len(Resource)  # one query per resource, every one answered

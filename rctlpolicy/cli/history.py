@@ -18,16 +18,13 @@ if TYPE_CHECKING:
 
 
 def duration(text: str) -> float:
-    """An argparse type: `7d`, `48h`, `30m` or seconds, positive."""
-    from rctlpolicy.amounts import parse_duration
+    """An argparse type: `7d`, `48h`, `30m` or seconds, positive (the config's rule)."""
+    from rctlpolicy.config import ConfigError, parse_duration_setting
 
     try:
-        value = parse_duration(text)
-    except ValueError:
-        value = 0.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a duration (such as 7d, 48h or 30m)")
-    return value
+        return parse_duration_setting(text, "duration")
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def timestamp(text: str) -> float:
@@ -94,13 +91,19 @@ def window_options(sub: argparse.ArgumentParser, since: str) -> None:
     sub.add_argument("--end", type=timestamp, metavar="TIME", help="RFC 3339 or Unix time")
 
 
-def window(args: argparse.Namespace, since: float) -> tuple[float, float]:
+def window(args: argparse.Namespace, since: float, command: str) -> tuple[float, float] | None:
+    """[start, end) from --since/--start/--end; None after saying an empty window is wrong."""
     import time
 
     end = args.end if args.end is not None else time.time()
-    if args.start is not None:
-        return args.start, end
-    return end - (args.since if args.since is not None else since), end
+    start = args.start if args.start is not None else end - (args.since or since)
+    if end <= start:
+        print(
+            f"rctlpolicy {command}: the window is empty (--start is not before --end)",
+            file=sys.stderr,
+        )
+        return None
+    return start, end
 
 
 def parse_jail_filter(text: str | None) -> tuple[str | None, Any] | None:
@@ -149,7 +152,10 @@ def _cmd_history(args: argparse.Namespace) -> int:
     path = history_file(args)
     if path is None:
         return EXIT_USAGE
-    start, end = window(args, 7 * 86400.0)
+    found = window(args, 7 * 86400.0, "history")
+    if found is None:
+        return EXIT_USAGE
+    start, end = found
     store = HistoryStore(path, readonly=True)
     try:
         jails = [jail] if jail is not None else None

@@ -64,6 +64,7 @@ def _policy(args: argparse.Namespace, setup: Any, jails: list[str], document: An
     from rctlpolicy.files import PolicyReadError, read_policy_files
     from rctlpolicy.formats import format_text
     from rctlpolicy.lint import lint_files
+    from rctlpolicy.policyload import unsafe_command_files
 
     try:
         files = read_policy_files(document.paths)
@@ -76,7 +77,9 @@ def _policy(args: argparse.Namespace, setup: Any, jails: list[str], document: An
     except OSError as error:  # the simulated host's file broke since the kernel was opened
         raise _Stop(EXIT_USAGE, str(error)) from None
     result = lint_files(files, resolver, jails)
-    problems: list[Diagnostic] = [d for d in result.diagnostics if d.severity.value == "error"]
+    # As the daemon loads it: a file that runs commands and that others can write is refused.
+    found = [*result.diagnostics, *unsafe_command_files(files, result.policy)]
+    problems: list[Diagnostic] = [d for d in found if d.severity.value == "error"]
     if problems:
         document.diagnostics = problems
         sys.stderr.write(format_text(problems, use_colour(sys.stderr)))

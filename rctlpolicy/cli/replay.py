@@ -186,12 +186,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     from rctlpolicy.history.replay import replay
 
-    start, end = window(args, 7 * 86400.0)
-    if end <= start:
-        print(
-            "rctlpolicy replay: the window is empty (--start is not before --end)", file=sys.stderr
-        )
+    found = window(args, 7 * 86400.0, "replay")
+    if found is None:
         return EXIT_USAGE
+    start, end = found
     policy = load_policy(args.paths)
     if policy is None:
         return EXIT_FINDINGS

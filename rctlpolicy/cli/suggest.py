@@ -109,10 +109,10 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     if parsed is None:
         return EXIT_USAGE
     jail, resource = parsed
-    start, end = window(args, 14 * 86400.0)
-    if end <= start:
-        print("rctlpolicy suggest: --start is not before --end", file=sys.stderr)
+    span = window(args, 14 * 86400.0, "suggest")
+    if span is None:
         return EXIT_USAGE
+    start, end = span
     policy = None
     if args.against:
         policy = load_policy(args.against)

@@ -298,7 +298,6 @@ class DevdClient:
                 continue
             sock, path, kind = connection
             failing_since_log = False
-            attempt = 0
             self._connects += 1
             self._connected = True
             log.info("connected to devd at %s (%s)", path, kind)
@@ -306,6 +305,8 @@ class DevdClient:
             try:
                 reason = self._pump(sock, path, kind)
             finally:
+                if self._receiving:
+                    attempt = 0  # devd served us: a restart is waited for from the start
                 self._connected = False
                 self._receiving = False
                 sock.close()
@@ -317,6 +318,8 @@ class DevdClient:
             self._transition(Disconnected(reason))
             if self._stop.is_set():
                 break
+            # A peer that accepts and hangs up before its first record is retried with the
+            # backoff growing, not every `initial` seconds with a resync each time.
             self._wait(self._backoff.delay(attempt))
             attempt += 1
 

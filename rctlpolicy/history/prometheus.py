@@ -73,17 +73,19 @@ def query_range(
     start: float,
     end: float,
     step: float,
-    auth: PrometheusAuth,
+    headers: dict[str, str],
+    context: ssl.SSLContext | None,
 ) -> list[dict[str, object]]:
-    """One `/api/v1/query_range` call: the matrix's series (metric labels and values)."""
+    """One `/api/v1/query_range` call: the matrix's series (metric labels and values).
+    `headers` and `context` are the auth's, made once for all the calls of a timeline."""
     parameters = urllib.parse.urlencode(
         {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
     )
     url = base_url.rstrip("/") + "/api/v1/query_range?" + parameters
-    request = urllib.request.Request(url, headers=auth.headers())  # noqa: S310 (http/https only)
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 (http/https only)
     where = f"Prometheus at {base_url}"
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT, context=auth.context()) as answer:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=TIMEOUT, context=context) as answer:  # noqa: S310
             body = json.loads(_read_within(answer, where))
     except urllib.error.HTTPError as error:
         detail = ""
@@ -147,6 +149,7 @@ def from_prometheus(
     if not base_url.startswith(("http://", "https://")):
         raise TimelineError(f"prometheus={base_url}: the URL must start with http:// or https://")
     auth = auth or PrometheusAuth()
+    headers, context = auth.headers(), auth.context()  # the secrets read, the CA loaded: once
     timeline = Timeline(start, end, source=f"prometheus {base_url} (step {step:g}s)")
     selector = ""
     if jails:
@@ -160,7 +163,9 @@ def from_prometheus(
         chunk_start = start
         while chunk_start < end:
             chunk_end = min(end, chunk_start + chunk)
-            for series in query_range(base_url, query, chunk_start, chunk_end, step, auth):
+            for series in query_range(
+                base_url, query, chunk_start, chunk_end, step, headers, context
+            ):
                 labels = series.get("metric", {})
                 jail = labels.get(LABEL_JAIL_NAME) if isinstance(labels, dict) else None
                 values = series.get("values", [])

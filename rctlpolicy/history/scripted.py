@@ -25,7 +25,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rctlpolicy.amounts import AmountError, expand_number, parse_duration
+from rctlpolicy.amounts import AmountError, expand_number
+from rctlpolicy.config import ConfigError, parse_duration_setting
 from rctlpolicy.model import Resource
 
 DAY = 86400.0
@@ -98,12 +99,9 @@ def _amount(value: Any, where: str) -> float:
 
 def _duration(value: Any, where: str) -> float:
     try:
-        seconds = parse_duration(value)
-    except (ValueError, TypeError):
-        seconds = 0.0
-    if not 0 < seconds < math.inf:
-        raise ScriptError(f"{where}: '{value}' is not a duration (such as 2d or 60s)")
-    return seconds
+        return parse_duration_setting(value, where)
+    except ConfigError as error:
+        raise ScriptError(str(error)) from None
 
 
 def parse_script(data: Any) -> Script:

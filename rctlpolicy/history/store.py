@@ -220,6 +220,7 @@ class HistoryStore:
         if self.readonly:
             if not self.path.exists():
                 raise HistoryError(f"{self.path}: no usage history (is the daemon sampling?)")
+            self._refuse_planted_companions()  # a reader writes (and may truncate) the -shm
             db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         else:
             self._create_safely()
@@ -260,17 +261,28 @@ class HistoryStore:
         its -wal and -shm companions are never reached through a symlink someone planted
         (SQLite would follow one); the database is created 0600 by us, not by SQLite."""
         safeio.make_directory(self.path.parent)
-        for suffix in ("-wal", "-shm", "-journal"):
-            companion = self.path.with_name(self.path.name + suffix)
-            if companion.is_symlink():
-                raise safeio.UnsafeStateFileError(companion, "is a symbolic link")
+        self._refuse_planted_companions()
         fd = safeio.open_lock_file(self.path, mode=0o600)
         try:
             os.fchmod(fd, 0o600)
         finally:
             os.close(fd)
 
+    def _refuse_planted_companions(self) -> None:
+        for suffix in ("-wal", "-shm", "-journal"):
+            companion = self.path.with_name(self.path.name + suffix)
+            if companion.is_symlink():
+                raise safeio.UnsafeStateFileError(companion, "is a symbolic link")
+
     def _rename_aside(self) -> None:
+        try:
+            self._move_aside()
+        except OSError as error:
+            raise HistoryError(
+                f"{self.path}: damaged, and cannot be renamed aside: {error.strerror or error}"
+            ) from error
+
+    def _move_aside(self) -> None:
         import time
 
         aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
