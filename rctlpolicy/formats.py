@@ -35,14 +35,14 @@ _BOLD, _BLUE, _RESET = "\033[1m", "\033[1;34m", "\033[0m"
 _CUT = "..."
 
 
-def _clean(text: str) -> str:
+def clean(text: str) -> str:
     """Control characters from a policy file never reach the terminal (or split a line)."""
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _where(d: Diagnostic) -> str:
+def where(d: Diagnostic) -> str:
     """`path:line:col`, or less when the place is not known (line or column 0)."""
     if d.line <= 0:
         return d.path
@@ -66,14 +66,14 @@ def _window(source: str, column: int, width: int, limit: int | None) -> tuple[st
 
 def _text(d: Diagnostic, colour: bool, source_width: int | None) -> str:
     level = d.severity.value
-    message = _clean(d.message)
+    message = clean(d.message)
     if colour:
         out = [
-            f"{_BOLD}{_where(d)}:{_RESET} "
+            f"{_BOLD}{where(d)}:{_RESET} "
             f"{_COLOURS[d.severity]}{level}[{d.code}]{_RESET}{_BOLD}: {message}{_RESET}"
         ]
     else:
-        out = [f"{_where(d)}: {level}[{d.code}]: {message}"]
+        out = [f"{where(d)}: {level}[{d.code}]: {message}"]
     gutter = " " * len(str(d.line))
     if d.source_line is not None:
         source, at, width = _window(
@@ -83,16 +83,16 @@ def _text(d: Diagnostic, colour: bool, source_width: int | None) -> str:
         bar = f"{_BLUE}|{_RESET}" if colour else "|"
         if colour:
             caret = f"{_COLOURS[d.severity]}{caret}{_RESET}"
-        out.append(f" {d.line} {bar} {_clean(source)}")
+        out.append(f" {d.line} {bar} {clean(source)}")
         out.append(f" {gutter} {bar} {caret}")
     if d.suggestion:
         help_word = f"{_BOLD}help{_RESET}" if colour else "help"
-        out.append(f" {gutter} = {help_word}: {_clean(d.suggestion)}")
+        out.append(f" {gutter} = {help_word}: {clean(d.suggestion)}")
     return "\n".join(out) + "\n"
 
 
 def _parsable(d: Diagnostic) -> str:
-    return f"{_where(d)}: [{d.severity.value}] {_clean(d.message)} ({d.code})\n"
+    return f"{where(d)}: [{d.severity.value}] {clean(d.message)} ({d.code})\n"
 
 
 def _github_escape(text: str, prop: bool = False) -> str:
@@ -119,7 +119,7 @@ def _github(d: Diagnostic) -> str:
 
 
 def _more(count: int, path: str) -> str:
-    return f"... and {count} more in {_clean(path)}\n"
+    return f"... and {count} more in {clean(path)}\n"
 
 
 def render(

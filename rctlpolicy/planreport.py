@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rctlpolicy.diagnostics import Diagnostic
+from rctlpolicy.formats import clean, where
 from rctlpolicy.model import Resource, Rule, SubjectType
 from rctlpolicy.plan import Plan
 
@@ -147,8 +148,8 @@ def apply_text(done: Changes, failed: int) -> list[str]:
 
 def warning_text(warning: Diagnostic) -> str:
     """A policy warning plan and apply repeat from lint (a pattern that matches no jail)."""
-    where = f"{warning.path}:{warning.line}:{warning.column}: " if warning.line else ""
-    return f"rctlpolicy: warning: {where}{warning.message}"
+    place = f"{where(warning)}: " if warning.line else ""
+    return f"rctlpolicy: warning: {place}{clean(warning.message)}"
 
 
 @dataclass(slots=True)

@@ -38,6 +38,7 @@ from rctlpolicy.actions import (
     Outcome,
 )
 from rctlpolicy.actions import engine as engine_module
+from rctlpolicy.actions import runner as runner_module
 from rctlpolicy.actions.procgroup import group_size
 from rctlpolicy.clock import ManualClock, SystemClock
 from rctlpolicy.model import Action, Resource, Rule, SubjectType
@@ -627,6 +628,38 @@ def test_an_action_that_leaves_nothing_ends_without_waiting(
     result = ActionProcessRunner(grace=600).run([TRUE], timeout=DEADLINE, name="true")
     assert result.outcome is Outcome.OK  # the 600 s grace was not waited for
     assert not any("left in group" in r.getMessage() for r in caplog.records)
+
+
+def test_the_start_is_logged_once_the_program_started_even_past_fd_setsize(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The start line waits (up to ANNOUNCE_DELAY) for the program's first output or its exit,
+    # whatever the descriptor's number: with 1,100 descriptors open its pipe is past select()'s
+    # FD_SETSIZE.
+    monkeypatch.setattr(runner_module, "ANNOUNCE_DELAY", DEADLINE)
+    marker = tmp_path / "exited"
+    script = f"import pathlib, time; time.sleep(0.2); pathlib.Path({str(marker)!r}).touch()"
+    seen: list[bool] = []
+
+    class AtStart(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "started pid" in record.getMessage():
+                seen.append(marker.exists())
+
+    caplog.set_level(logging.INFO, logger="rctlpolicy.actions")
+    handler = AtStart()
+    logging.getLogger("rctlpolicy.actions").addHandler(handler)
+    null = os.open(os.devnull, os.O_RDONLY)
+    held = [os.dup(null) for _ in range(1100)]
+    try:
+        assert held[-1] > 1024  # the action's pipe comes after these
+        result = ActionProcessRunner().run([PY, "-c", script], timeout=DEADLINE, name="late")
+    finally:
+        logging.getLogger("rctlpolicy.actions").removeHandler(handler)
+        for fd in [*held, null]:
+            os.close(fd)
+    assert result.outcome is Outcome.OK
+    assert seen == [True]
 
 
 def test_a_flood_of_output_is_read_and_counted_not_logged(

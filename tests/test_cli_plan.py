@@ -365,3 +365,15 @@ def test_a_file_that_runs_commands_and_others_can_write_is_refused_as_the_daemon
     assert in_force(cli) == []
     actions.chmod(0o644)
     assert cli(command, str(rules)).code == 0
+
+
+def test_a_warning_never_writes_control_characters_to_the_terminal(
+    cli: Cli, tmp_path: Path
+) -> None:
+    rules = tmp_path / "escape"
+    rules.mkdir()
+    (rules / "a.yaml").write_text('rules:\n  - rule: "jail:we\\e[31mb*:maxproc:deny=5"\n')
+    result = cli("plan", str(rules))
+    assert result.code == 0
+    assert "\x1b" not in result.err
+    assert "the jail pattern 'we\\x1b[31mb*' matches no running jail" in result.err

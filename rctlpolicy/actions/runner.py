@@ -283,8 +283,12 @@ class ActionProcessRunner:
         exit, or ANNOUNCE_DELAY): the log write, and whatever reads the log, then do not take
         a CPU from the program's own start-up (on the event path, bench/events.py)."""
         assert proc.stdout is not None
-        with contextlib.suppress(OSError, ValueError):
-            select.select([proc.stdout], [], [], ANNOUNCE_DELAY)
+        # poll(2), not select(2): a descriptor past FD_SETSIZE (1024; the metrics endpoint
+        # alone may hold that many) is a ValueError to select.select, and no wait at all.
+        poller = select.poll()
+        poller.register(proc.stdout, select.POLLIN)
+        with contextlib.suppress(OSError):
+            poller.poll(ANNOUNCE_DELAY * 1000)
         logger.info("action %s: started pid %d: %s", name, proc.pid, shlex.join(argv))
 
     def _supervise(self, proc: subprocess.Popen[bytes], deadline: float, name: str) -> str:
