@@ -75,7 +75,7 @@ from rctlpolicy.eventmatch import (
     resync_context,
 )
 from rctlpolicy.exporter import JailCollector
-from rctlpolicy.exposition import make_registry, renderer, write_textfile
+from rctlpolicy.exposition import make_registry, renderer, wants_openmetrics, write_textfile
 from rctlpolicy.formats import render
 from rctlpolicy.kernel.base import Kernel, KernelError, RuleStoreWatch
 from rctlpolicy.loops import PeriodicLoop, QueueLoop, Wakeup
@@ -301,6 +301,7 @@ class Daemon:
             renderer(self.registry),
             web_config=web_config,
             landing_page=_landing_page(self.config.telemetry_path),
+            render_key=wants_openmetrics,
         )
         self.registry.register(WebCollector(self.web.stats))
         self.web.start()

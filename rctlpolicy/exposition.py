@@ -152,11 +152,16 @@ def classic_text(registry: CollectorRegistry) -> bytes:
     return "".join(out).encode("utf-8")
 
 
+def wants_openmetrics(accept: str | None) -> bool:
+    """What of an Accept header the render depends on (the web server shares renders by it)."""
+    return bool(accept) and "application/openmetrics-text" in str(accept)
+
+
 def renderer(registry: CollectorRegistry) -> Callable[[str | None], tuple[bytes, str]]:
     """The web server's render callback: classic text unless OpenMetrics is asked for."""
 
     def render(accept: str | None) -> tuple[bytes, str]:
-        if accept and "application/openmetrics-text" in accept:
+        if wants_openmetrics(accept):
             text: bytes = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
             return text, OPENMETRICS_CONTENT_TYPE
         return classic_text(registry), CLASSIC_CONTENT_TYPE

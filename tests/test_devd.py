@@ -32,6 +32,7 @@ from rctlpolicy.devd import (
     parse_devd_line,
     parse_rctl_event,
 )
+from rctlpolicy.devd import batch as batch_module
 from rctlpolicy.devd.batch import BatchReceiver, Record
 from rctlpolicy.devd.client import RECEIVE_BUFFER, _ask_receive_buffer
 from rctlpolicy.devdserver import DevdServer
@@ -945,6 +946,28 @@ def test_batch_receiver_takes_records_whole_in_order(batch: bool) -> None:
         assert got[-1] == Record(sent[-1][:DEVCTL_MAXBUF], True)
         sender.close()
         assert receiver.receive() == []  # EOF
+
+
+@pytest.mark.parametrize("missing", [False, True])
+def test_records_sent_before_the_peer_closed_come_before_eof(
+    missing: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if missing:  # a libc without recvmmsg(2): one recvmsg(2) per record, the same results
+        monkeypatch.setattr(batch_module, "_recvmmsg", lambda: None)
+    sender, receiver_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with sender, receiver_sock:
+        receiver_sock.setblocking(False)
+        receiver = BatchReceiver(receiver_sock, DEVCTL_MAXBUF, count=8)
+        assert receiver.batched is (not missing and sys.platform.startswith(("linux", "freebsd")))
+        sent = [f"!n={i}".encode() for i in range(3)]
+        for record in sent:
+            sender.send(record, socket.MSG_EOR)
+        sender.close()  # mid-batch: the batch ends at the end of file, nothing is lost
+        got: list[bytes] = []
+        while (records := receiver.receive()) != []:
+            got.extend(record.data for record in records)
+        assert got == sent
+        assert receiver.receive() == []
 
 
 def test_the_reader_asks_for_a_large_receive_buffer(

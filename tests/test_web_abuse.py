@@ -326,6 +326,37 @@ def test_concurrent_scrapes_share_one_render(serve: ServerFactory) -> None:
     assert len(calls) == 2
 
 
+def test_scrapes_that_vary_their_accept_header_still_share_one_render(
+    serve: ServerFactory,
+) -> None:
+    # A client that sends a new Accept header each time must not queue a render per request
+    # in front of Prometheus' scrape: renders are shared by what the render depends on.
+    from rctlpolicy.exposition import wants_openmetrics
+
+    entered, release = threading.Event(), threading.Event()
+    calls: list[str | None] = []
+
+    def slow_render(accept: str | None) -> tuple[bytes, str]:
+        calls.append(accept)
+        entered.set()
+        release.wait(DEADLINE)
+        return b"# TYPE n gauge\nn 1\n", METRICS_TYPE
+
+    server = serve(render=slow_render, render_key=wants_openmetrics)
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        try:
+            scrapes = [
+                pool.submit(scrape, server, headers={"Accept": f"text/plain;v={n}"})
+                for n in range(10)
+            ]
+            assert entered.wait(DEADLINE)
+            wait_for(lambda: server.scrapes_waiting == 10, "ten scrapes waiting")
+        finally:
+            release.set()
+        assert [s.result(DEADLINE) for s in scrapes] == [200] * 10
+    assert len(calls) == 1
+
+
 def test_large_bodies_reach_a_pipelining_client_whole_while_others_are_served(
     serve: ServerFactory, sockets: Callable[[MetricsServer], socket.socket]
 ) -> None:

@@ -13,13 +13,21 @@ import asyncio
 import gzip
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 logger = logging.getLogger("rctlpolicy.web")
 
 #: render(accept_header) -> (body, content_type); called on a worker thread.
 Render = Callable[[str | None], tuple[bytes, str]]
+#: render_key(accept_header) -> what the render's result depends on: scrapes with equal keys
+#: share a render. The Accept header itself unless the server is told better.
+RenderKey = Callable[[str | None], Hashable]
+
+
+def _whole_header(accept: str | None) -> Hashable:
+    return accept
+
 
 _T = TypeVar("_T")
 #: offload(function, *args): run on a worker thread, the result as a future on the loop.
@@ -45,20 +53,24 @@ class Rendered:
 class SharedRenders:
     """The renders running now, by Accept header; used on the event loop only."""
 
-    def __init__(self, render: Render, offload: Offload) -> None:
+    def __init__(self, render: Render, offload: Offload, key: RenderKey | None = None) -> None:
         self._render = render
         self._offload = offload
-        self._running: dict[str | None, asyncio.Future[Rendered]] = {}
+        # By key, not by raw header: a client that varies its Accept header on every request
+        # must not start a render of its own each time, queueing Prometheus' scrape behind.
+        self._key = key or _whole_header
+        self._running: dict[Hashable, asyncio.Future[Rendered]] = {}
         #: Scrapes waiting for a render (several may wait for the same one).
         self.waiting = 0
 
     def get(self, accept: str | None, done: Callable[[Rendered | None], None]) -> None:
         """Call ``done`` with the render for ``accept`` (None if it failed)."""
-        future = self._running.get(accept)
+        key = self._key(accept)
+        future = self._running.get(key)
         if future is None:
             future = self._offload(self._render_now, accept)
-            self._running[accept] = future
-            future.add_done_callback(lambda f: self._ended(accept, f))
+            self._running[key] = future
+            future.add_done_callback(lambda f: self._ended(key, f))
         self.waiting += 1
 
         def finished(future: asyncio.Future[Rendered]) -> None:
@@ -79,9 +91,9 @@ class SharedRenders:
 
         future.add_done_callback(finished)
 
-    def _ended(self, accept: str | None, future: asyncio.Future[Rendered]) -> None:
-        if self._running.get(accept) is future:
-            del self._running[accept]
+    def _ended(self, key: Hashable, future: asyncio.Future[Rendered]) -> None:
+        if self._running.get(key) is future:
+            del self._running[key]
 
     def _render_now(self, accept: str | None) -> Rendered:
         try:

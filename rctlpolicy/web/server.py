@@ -36,7 +36,7 @@ import bcrypt
 
 from rctlpolicy.web.auth import BasicAuth, PasswordCheck
 from rctlpolicy.web.connection import Connection, Phase, Request
-from rctlpolicy.web.render import Render, Rendered, SharedRenders, accepts_gzip
+from rctlpolicy.web.render import Render, Rendered, RenderKey, SharedRenders, accepts_gzip
 from rctlpolicy.web.settings import ServerLimits, WebConfigError, metrics_url
 from rctlpolicy.web.tls import TLSContextSource
 from rctlpolicy.web.webconfig import WebConfig
@@ -131,6 +131,7 @@ class MetricsServer:
         *,
         limits: ServerLimits | None = None,
         password_check: PasswordCheck = bcrypt.checkpw,
+        render_key: RenderKey | None = None,
         **limit_overrides: Any,
     ) -> None:
         if not telemetry_path.startswith("/"):
@@ -164,7 +165,7 @@ class MetricsServer:
         self._render_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._auth_waiting = 0
         self._warned: dict[str, tuple[float, int]] = {}
-        self._renders = SharedRenders(render, self._offload_render)
+        self._renders = SharedRenders(render, self._offload_render, render_key)
         self._pending: set[asyncio.Future[Any]] = set()
 
     # --- configuration ------------------------------------------------------------------
