@@ -143,7 +143,6 @@ def from_prometheus(
     *,
     step: float = DEFAULT_STEP,
     auth: PrometheusAuth | None = None,
-    jails: list[str] | None = None,
 ) -> Timeline:
     """Every jail's usage series between start and end, sampled every `step` seconds."""
     if not base_url.startswith(("http://", "https://")):
@@ -151,20 +150,15 @@ def from_prometheus(
     auth = auth or PrometheusAuth()
     headers, context = auth.headers(), auth.context()  # the secrets read, the CA loaded: once
     timeline = Timeline(start, end, source=f"prometheus {base_url} (step {step:g}s)")
-    selector = ""
-    if jails:
-        names = "|".join(_regex_escape(j) for j in jails)
-        selector = f'{LABEL_JAIL_NAME}=~"{names}"'
     chunk = step * MAX_POINTS
     for resource in Resource:
         metric = resource_metrics(resource).usage
-        query = f"{metric}{{{selector}}}"
         # Prometheus' range is inclusive at both ends; ours is [start, end).
         chunk_start = start
         while chunk_start < end:
             chunk_end = min(end, chunk_start + chunk)
             for series in query_range(
-                base_url, query, chunk_start, chunk_end, step, headers, context
+                base_url, metric, chunk_start, chunk_end, step, headers, context
             ):
                 labels = series.get("metric", {})
                 jail = labels.get(LABEL_JAIL_NAME) if isinstance(labels, dict) else None
@@ -184,8 +178,3 @@ def from_prometheus(
                         timeline.add(at, jail, resource, round(value))
             chunk_start = chunk_end + step
     return timeline.finish()
-
-
-def _regex_escape(text: str) -> str:
-    special = set(r".^$*+?()[]{}|\"")
-    return "".join("\\\\" + c if c in special else c for c in text)
