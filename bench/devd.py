@@ -63,7 +63,7 @@ class Daemon(BenchDaemon):
     """`rctlpolicy daemon` from the bench venv on a simulated host, fed by `server`."""
 
     def __init__(self, python: Path, root: Path, server: DevdServer, rules: list[Any]) -> None:
-        super().__init__(python, root, server, rules, {"log-level": "info"})
+        super().__init__(python, root, server, rules, {"log.level": "info"})
 
     def counted(self) -> int:
         return int(self.metric("rctlpolicy_events_total"))

@@ -8,6 +8,7 @@ It is read with `rctlpolicy.yamlload`, so a setting given twice is an error, not
 from __future__ import annotations
 
 import difflib
+import errno
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -195,14 +196,25 @@ def split_address(address: str) -> tuple[str, int]:
     return host or "0.0.0.0", port  # noqa: S104 (":10217" means every address)
 
 
+#: A configuration is a few lines; more is not one (and is not read whole into memory).
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
 def load_config_file(path: Path, notes: list[str] | None = None) -> dict[str, Any]:
     """Read a config file into field values (unknown keys are errors with a suggestion).
 
     A key spelt as in the previous release (`RENAMED_KEYS`) is read, and a note saying so is
     appended to `notes` for the caller to show."""
+    from rctlpolicy.safeio import UnsafeStateFileError, read_bytes
+
     try:
-        text = path.read_text(encoding="utf-8")
+        # A symlink to the file is the administrator's; a FIFO is refused, never waited on.
+        text = read_bytes(path, limit=MAX_CONFIG_BYTES, follow_symlinks=True).decode("utf-8")
+    except UnsafeStateFileError:
+        raise ConfigError(f"{path}: not a regular file") from None
     except OSError as error:
+        if error.errno == errno.EFBIG:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes") from None
         raise ConfigError(f"{path}: {error.strerror or error}") from error
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from error

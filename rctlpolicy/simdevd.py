@@ -31,6 +31,8 @@ log = logging.getLogger("rctlpolicy.simdevd")
 
 #: sun_path holds 104 bytes on FreeBSD, 108 on Linux: deep directories fall back to /tmp.
 _SUN_PATH_MAX = 100
+#: How long the start-up probe of an existing socket may wait for its connect.
+PROBE_TIMEOUT = 2.0
 
 
 def socket_directory(host_path: Path) -> Path | None:
@@ -46,10 +48,17 @@ def _refuse_a_served_socket(path: Path) -> None:
     """EADDRINUSE when something answers on `path`. devd's create_socket() unlinks whatever is
     there, but a second devd never gets that far: config::open_pidfile() (sbin/devd/devd.cc)
     exits with "devd already running, pid: N" when pidfile_open(3) finds the pidfile locked.
-    The simulated devd has no pidfile, so it asks the socket."""
+    The simulated devd has no pidfile, so it asks the socket; a server that listens but does
+    not accept (its listen queue full) answers with a connect that would block, not a refusal:
+    it is there too, and the probe gives up after PROBE_TIMEOUT instead of hanging start-up."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+        probe.settimeout(PROBE_TIMEOUT)
         try:
             probe.connect(os.fspath(path))
+        except (TimeoutError, BlockingIOError):  # Linux: EAGAIN at once; else the timeout
+            raise OSError(
+                errno.EADDRINUSE, f"another devd is serving {path} (and not accepting)"
+            ) from None
         except OSError:
             return  # nobody serves it: a stale file, or none
     raise OSError(errno.EADDRINUSE, f"another devd is serving {path}")

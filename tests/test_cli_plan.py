@@ -7,6 +7,7 @@ files; the last test runs a real daemon beside them.
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -377,3 +378,30 @@ def test_a_warning_never_writes_control_characters_to_the_terminal(
     assert result.code == 0
     assert "\x1b" not in result.err
     assert "the jail pattern 'we\\x1b[31mb*' matches no running jail" in result.err
+
+
+@pytest.mark.parametrize("command", ["plan", "apply"])
+def test_a_config_file_that_is_a_fifo_or_too_large_is_one_line_and_exit_2(
+    cli: Cli, tmp_path: Path, command: str
+) -> None:
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # nobody writes it: read, it would hang the command
+    result = cli(command, "--config", str(fifo))
+    assert (result.code, result.out) == (2, "")
+    assert result.err == f"rctlpolicy: {fifo}: not a regular file\n"
+    large = tmp_path / "large.yaml"
+    large.write_text("#" * (1024 * 1024 + 1))
+    result = cli(command, "--config", str(large))
+    assert (result.code, result.out) == (2, "")
+    assert result.err == f"rctlpolicy: {large}: larger than 1048576 bytes\n"
+
+
+def test_a_config_file_reached_through_a_symlink_is_read_as_the_daemon_reads_it(
+    cli: Cli, tmp_path: Path, rules: Path
+) -> None:
+    real = config_file(tmp_path, rules_dir=str(rules), state_dir=str(tmp_path / "state"))
+    link = tmp_path / "link.yaml"
+    link.symlink_to(real)
+    result = cli("plan", "--config", str(link))
+    assert result.code == 0, result.err
+    assert result.out.startswith(f"Using the daemon's rules directory {rules} (set in {link}).")

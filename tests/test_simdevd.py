@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from daemon_helpers import PYTHON, LogLines, SimHost, short_tempdir
 
+from rctlpolicy import simdevd as simdevd_module
 from rctlpolicy.devd import format_rctl_event
 from rctlpolicy.kernel import open_simulator
 from rctlpolicy.model import Action, Resource, Rule, SubjectType
@@ -162,6 +163,40 @@ def test_a_second_simulated_devd_on_the_same_directory_is_refused(
         first.stop()
     second.start()  # free again once the first has stopped
     second.stop()
+
+
+def test_a_socket_served_by_one_that_never_accepts_is_refused_not_waited_on(
+    tmp_path: Path, socket_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A devd (or anything) listening on the socket with its listen queue full: a blocking
+    # connect would wait for ever, and a timed-out one must not pass for "nobody is there".
+    monkeypatch.setattr(simdevd_module, "PROBE_TIMEOUT", 0.1)
+    path = socket_dir / "devd.seqpacket.pipe"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    queued: list[socket.socket] = []
+    try:
+        listener.bind(str(path))
+        listener.listen(0)
+        while True:  # fill the listen queue
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            client.setblocking(False)
+            queued.append(client)
+            try:
+                client.connect(str(path))
+            except BlockingIOError:
+                break
+        inode = path.stat().st_ino
+        sim = SimDevd(open_simulator(SimHost(tmp_path / "host.yaml").path), socket_dir)
+        with pytest.raises(OSError) as refused:
+            sim.start()
+        assert refused.value.errno == errno.EADDRINUSE
+        assert "not accepting" in str(refused.value)
+        sim.stop()
+        assert path.stat().st_ino == inode  # its socket left alone
+    finally:
+        for client in queued:
+            client.close()
+        listener.close()
 
 
 def test_stop_removes_only_what_this_simulated_devd_made(tmp_path: Path, socket_dir: Path) -> None:

@@ -7,6 +7,7 @@ skip when it is missing. bcrypt hashes use cost 4 to keep the module fast.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import http.client
 import logging
@@ -584,6 +585,25 @@ def test_a_renewed_certificate_is_served_without_a_restart(
     assert request(server, context=client_context(pki, ca="otherca.pem")).status == 200
     with pytest.raises(ssl.SSLCertVerificationError):
         request(server, context=client_context(pki))
+
+
+def test_a_fifo_planted_as_the_certificate_keeps_the_old_one(
+    serve: ServerFactory, pki: PKI, tmp_path: Path
+) -> None:
+    # Whoever may renew the certificate may put a FIFO in its place: OpenSSL would wait on it
+    # for ever, on the event loop, and no connection would be served again.
+    server = serve(load_web_config(write_config(tmp_path, TLS_CONFIG, pki)))
+    assert request(server, context=client_context(pki)).status == 200
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    os.replace(fifo, tmp_path / "server.pem")
+    try:
+        assert request(server, context=client_context(pki)).status == 200
+        with pytest.raises(WebConfigError, match=r"server\.pem is not a regular file"):
+            load_web_config(tmp_path / "web.yml")
+    finally:  # a regression waits in open(): give it a writer, so the loop can end
+        with contextlib.suppress(OSError):
+            os.close(os.open(tmp_path / "server.pem", os.O_WRONLY | os.O_NONBLOCK))
 
 
 def test_basic_auth_over_tls(serve: ServerFactory, pki: PKI, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import os
 import ssl
+import stat
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ def build_ssl_context(
     # Scrapers never renegotiate; a client that does so repeatedly only burns server CPU.
     context.options |= ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(["http/1.1"])
+    _refuse_special_files(tls, config_path)
     try:
         context.load_cert_chain(tls.cert_file, tls.key_file, password=_no_key_password)
     except (OSError, ssl.SSLError) as exc:
@@ -128,6 +130,28 @@ def build_ssl_context(
     return context
 
 
+def _files(tls: TLSServerConfig) -> list[tuple[str, Path]]:
+    files = [("cert_file", tls.cert_file), ("key_file", tls.key_file)]
+    if tls.client_ca_file is not None:
+        files.append(("client_ca_file", tls.client_ca_file))
+    return files
+
+
+def _refuse_special_files(tls: TLSServerConfig, config_path: Path | str) -> None:
+    """WebConfigError for a FIFO or a device where a PEM file should be: OpenSSL would wait on
+    a FIFO for ever (on the event loop, when a certificate is renewed) or read a device
+    without end. A missing file is left for OpenSSL to report."""
+    for key, path in _files(tls):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue
+        if not stat.S_ISREG(mode):
+            raise WebConfigError(
+                config_path, f"{path} is not a regular file", f"tls_server_config.{key}"
+            )
+
+
 _FileStamp = tuple[tuple[int, int, int], ...]
 
 
@@ -147,11 +171,8 @@ class TLSContextSource:
         self._context = build_ssl_context(tls, config_path)
 
     def _current_stamp(self) -> _FileStamp | None:
-        files = [self._tls.cert_file, self._tls.key_file]
-        if self._tls.client_ca_file is not None:
-            files.append(self._tls.client_ca_file)
         try:
-            stats = [os.stat(f) for f in files]
+            stats = [os.stat(f) for _, f in _files(self._tls)]
         except OSError:
             # Mid-rename, or deleted: keep serving the certificate already loaded.
             return None
