@@ -410,11 +410,23 @@ def test_prometheus_auth_is_read_once_for_all_the_queries_of_a_timeline(
 
     url, done = _one_shot_server(answer)
     rules = tmp_path / "p.conf"
-    rules.write_text("jail:db1:maxproc:deny=4\n")
+    rules.write_text("jail:db1:maxproc:deny=4\njail:db1:memoryuse:deny=1g\njail:db2:nthr:deny=9\n")
     try:
         argv = ["replay", str(rules), "--from", f"prometheus={url}", "--bearer-token-file",
                 str(token), "--start", "0", "--end", "600", "--format", "json"]  # fmt: skip
         assert main(argv) == 0, capsys.readouterr().err
     finally:
         done.set()
-    assert len(answered) == len(Resource)  # one query per resource, every one answered
+    assert len(answered) == 3  # one query per resource the policy names, every one answered
+
+
+def test_a_timeline_keeps_the_resources_asked_for_and_every_jail_seen(tmp_path: Path) -> None:
+    path = tmp_path / "usage.jsonl"
+    lines = [{"time": 1, "jail": "a", "resource": "maxproc", "value": 3},
+             {"time": 1, "jail": "a", "resource": "memoryuse", "value": 5},
+             {"time": 1, "jail": "b", "resource": "nthr", "value": 7}]  # fmt: skip
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    timeline = from_file(path, 0, 10, [Resource.MAXPROC])
+    assert list(timeline.series) == [("a", Resource.MAXPROC)]
+    assert timeline.jails() == ["a", "b"]  # b is still a jail a pattern rule expands to
+    assert from_file(path, 0, 10).jails() == ["a", "b"]

@@ -65,8 +65,11 @@ def source_options(sub: argparse.ArgumentParser) -> None:
     history_options(sub)
 
 
-def load_timeline(args: argparse.Namespace, start: float, end: float, stat: str = "max") -> Any:
-    """The timeline of --from between start and end; None after saying why not."""
+def load_timeline(
+    args: argparse.Namespace, start: float, end: float, stat: str = "max", resources: Any = None
+) -> Any:
+    """The timeline of --from between start and end, of `resources` only (None: all); None
+    after saying why not."""
     from pathlib import Path
 
     from rctlpolicy.history.timeline import TimelineError, from_file, from_history
@@ -77,9 +80,9 @@ def load_timeline(args: argparse.Namespace, start: float, end: float, stat: str 
             path = history_file(args)
             if path is None:
                 return None
-            return from_history(path, start, end, stat=stat)
+            return from_history(path, start, end, stat=stat, resources=resources)
         if kind == "file" and where:
-            return from_file(Path(where), start, end)
+            return from_file(Path(where), start, end, resources)
         if kind == "prometheus" and where:
             from rctlpolicy.history.prometheus import DEFAULT_STEP, PrometheusAuth, from_prometheus
 
@@ -89,7 +92,9 @@ def load_timeline(args: argparse.Namespace, start: float, end: float, stat: str 
                 Path(args.bearer_token_file) if args.bearer_token_file else None,
                 Path(args.ca_file) if args.ca_file else None,
             )
-            return from_prometheus(where, start, end, step=args.step or DEFAULT_STEP, auth=auth)
+            return from_prometheus(
+                where, start, end, step=args.step or DEFAULT_STEP, auth=auth, resources=resources
+            )
     except TimelineError as error:
         print(f"rctlpolicy: {error}", file=sys.stderr)
         return None
@@ -193,7 +198,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     policy = load_policy(args.paths)
     if policy is None:
         return EXIT_FINDINGS
-    timeline = load_timeline(args, start, end)
+    resources = {policy_rule.rule.resource for policy_rule in policy.rules}
+    timeline = load_timeline(args, start, end, resources=resources)
     if timeline is None:
         return EXIT_USAGE
     report = replay(policy, timeline)

@@ -103,7 +103,7 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     import json
 
     from rctlpolicy.cli.replay import load_timeline
-    from rctlpolicy.history.suggest import compare, suggest
+    from rctlpolicy.history.suggest import SUGGESTED, compare, suggest
 
     parsed = parse_jail_filter(args.filter)
     if parsed is None:
@@ -119,7 +119,7 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         if policy is None:
             return EXIT_FINDINGS
     stat = "p99" if args.percentile >= 99 else "p95" if args.percentile >= 95 else "p50"
-    timeline = load_timeline(args, start, end, stat=stat)
+    timeline = load_timeline(args, start, end, stat=stat, resources=SUGGESTED)
     if timeline is None:
         return EXIT_USAGE
     found = suggest(

@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +144,7 @@ def from_prometheus(
     *,
     step: float = DEFAULT_STEP,
     auth: PrometheusAuth | None = None,
+    resources: Iterable[Resource] | None = None,
 ) -> Timeline:
     """Every jail's usage series between start and end, sampled every `step` seconds."""
     if not base_url.startswith(("http://", "https://")):
@@ -151,7 +153,8 @@ def from_prometheus(
     headers, context = auth.headers(), auth.context()  # the secrets read, the CA loaded: once
     timeline = Timeline(start, end, source=f"prometheus {base_url} (step {step:g}s)")
     chunk = step * MAX_POINTS
-    for resource in Resource:
+    wanted = set(resources) if resources is not None else set(Resource)
+    for resource in (r for r in Resource if r in wanted):  # only the series asked for
         metric = resource_metrics(resource).usage
         # Prometheus' range is inclusive at both ends; ours is [start, end).
         chunk_start = start

@@ -77,10 +77,16 @@ class Timeline:
     notes: list[str] = field(default_factory=list)
     #: Where the points came from, in words.
     source: str = ""
+    #: The resources whose points are kept (None: all). A jail with points of other resources
+    #: only is still one of `jails()`; 500 jails' 48 hours of every resource are gigabytes.
+    resources: frozenset[Resource] | None = None
+    _seen: set[str] = field(default_factory=set)
 
     def add(self, time: float, jail: str, resource: Resource, value: int) -> None:
         if self.start <= time < self.end:
-            self.series.setdefault((jail, resource), []).append((time, value))
+            self._seen.add(jail)
+            if self.resources is None or resource in self.resources:
+                self.series.setdefault((jail, resource), []).append((time, value))
 
     def finish(self) -> Timeline:
         """Sort each series by time (a later duplicate time wins) and drop empty ones."""
@@ -101,7 +107,7 @@ class Timeline:
         return float(statistics.median(gaps)) if gaps else 0.0
 
     def jails(self) -> list[str]:
-        return sorted({jail for jail, _ in self.series})
+        return sorted(self._seen | {jail for jail, _ in self.series})
 
     def points(self, jail: str, resource: Resource) -> Series:
         return self.series.get((jail, resource), [])
@@ -113,19 +119,22 @@ def from_history(
     end: float,
     jails: Iterable[str] | None = None,
     stat: str = "max",
+    resources: Iterable[Resource] | None = None,
 ) -> Timeline:
     """The history database's samples in the window; before the first sample still kept,
     one point per hour with the hour's `stat` (max, mean, p50, p95, p99)."""
     index = STATS.index(stat)
-    timeline = Timeline(start, end, source=f"history {path}")
+    timeline = Timeline(start, end, source=f"history {path}", resources=_only(resources))
     store = HistoryStore(path, readonly=True)
     try:
         names = list(jails) if jails is not None else None
         first: dict[str, float] = {}
-        for sample in store.raw(names, start, end):
-            first.setdefault(sample.jail, sample.time)
-            for resource, value in sample.values.items():
-                timeline.add(sample.time, sample.jail, resource, value)
+        # One jail's samples at a time: the whole window's as objects would be gigabytes.
+        for name in sorted(set(names)) if names is not None else store.jails():
+            for sample in store.raw([name], start, end):
+                first.setdefault(sample.jail, sample.time)
+                for resource, value in sample.values.items():
+                    timeline.add(sample.time, sample.jail, resource, value)
         coarse = 0
         for rollup in store.hourly(names, start - start % 3600, end):
             if rollup.hour + 3600 > first.get(rollup.jail, 2**62):
@@ -146,10 +155,16 @@ def from_history(
     return timeline.finish()
 
 
-def from_file(path: Path, start: float, end: float) -> Timeline:
+def _only(resources: Iterable[Resource] | None) -> frozenset[Resource] | None:
+    return frozenset(resources) if resources is not None else None
+
+
+def from_file(
+    path: Path, start: float, end: float, resources: Iterable[Resource] | None = None
+) -> Timeline:
     """JSON lines of {"time", "jail", "resource", "value"}; a bad line is an error that says
     where (a timeline silently missing data would mislead)."""
-    timeline = Timeline(start, end, source=f"file {path}")
+    timeline = Timeline(start, end, source=f"file {path}", resources=_only(resources))
     try:
         handle = path.open("rb")
     except OSError as error:
