@@ -54,7 +54,7 @@ from rctlpolicy.actions import (
 )
 from rctlpolicy.apply import AppliedRules, apply_rules
 from rctlpolicy.clock import Clock, SystemClock
-from rctlpolicy.config import DaemonConfig, split_address
+from rctlpolicy.config import DaemonConfig
 from rctlpolicy.daemonmetrics import DaemonCollector, DaemonStats
 from rctlpolicy.devd import (
     Connected,
@@ -92,6 +92,7 @@ from rctlpolicy.policyload import (
 )
 from rctlpolicy.reload import PolicyLoader, Reloader
 from rctlpolicy.watcher import RulesWatcher
+from rctlpolicy.web.settings import parse_listen_address
 
 if TYPE_CHECKING:
     from rctlpolicy.web import MetricsServer, WebConfig
@@ -293,7 +294,9 @@ class Daemon:
                 web_config = self._read_web_config()
             except WebConfigError as error:
                 raise StartupError(str(error)) from error
-        host, port = split_address(self.config.listen_address)
+        # ":10217" is every address, IPv6 too where the system has it (split_address says
+        # 0.0.0.0, for the IPv4-only view of the other commands).
+        host, port = parse_listen_address(self.config.listen_address)
         self.web = MetricsServer(
             host,
             port,

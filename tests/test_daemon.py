@@ -17,6 +17,7 @@ import socket
 import stat
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -855,6 +856,23 @@ def test_an_ipv6_listen_address_is_logged_and_served_with_brackets(env: Env) -> 
     daemon = env.start("--web.listen-address", "[::1]:0")
     assert re.fullmatch(r"http://\[::1\]:\d+/metrics", daemon.url), daemon.url
     assert "rctlpolicy_rules 1.0" in daemon.scrape()
+    assert daemon.stop() == 0
+
+
+def test_a_listen_address_without_a_host_serves_ipv6_too(env: Env) -> None:
+    # ":PORT" is every address, as rctlpolicy(8) says and Prometheus exporters do.
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    if not socket.has_dualstack_ipv6():
+        pytest.skip("no dual-stack sockets here")
+    env.policy("p.yaml", ["jail:db1:maxproc:deny=100"])
+    daemon = env.start("--web.listen-address", ":0")
+    port = int(daemon.url.rsplit(":", 1)[1].split("/")[0])
+    for host in ("127.0.0.1", "[::1]"):
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
+            assert b"rctlpolicy_rules 1.0" in response.read()
     assert daemon.stop() == 0
 
 

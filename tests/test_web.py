@@ -617,6 +617,27 @@ def test_basic_auth_over_tls(serve: ServerFactory, pki: PKI, tmp_path: Path) -> 
     assert request(server, context=context).status == 401
 
 
+def test_a_reload_of_an_unchanged_config_says_its_warnings_once(
+    serve: ServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The daemon reads the web config with every reload of the policy (the rules files
+    # change often): its warnings are said when it is loaded or changed, not every time.
+    path = write_config(tmp_path, "http_server_config:\n  http2: true\n")
+    server = serve(load_web_config(path))
+
+    def said() -> int:
+        return sum("http2 is ignored" in r.getMessage() for r in caplog.records)
+
+    assert said() == 1
+    for _ in range(3):
+        server.set_web_config(load_web_config(path))
+    assert said() == 1
+    path.write_text("http_server_config:\n  http2: true\n  headers: {X-Frame-Options: deny}\n")
+    server.set_web_config(load_web_config(path))
+    assert said() == 2
+    assert request(server).headers["X-Frame-Options"] == "deny"
+
+
 @pytest.mark.parametrize("written", ["", "tls_server_config:\n", TLS_CONFIG])
 def test_a_reload_that_drops_tls_or_auth_keeps_the_old_config(
     serve: ServerFactory, pki: PKI, tmp_path: Path, written: str

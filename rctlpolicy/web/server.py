@@ -208,6 +208,9 @@ class MetricsServer:
         it, or a reload that reads it half-written, must not serve the metrics in clear to
         anyone. Turning either off takes a restart.
         """
+        if web_config == self._state.web_config:
+            # Read again with every reload of the policy: unchanged, it has nothing new to say.
+            return
         _refuse_downgrade(self._state.web_config, web_config)
         state = self._build_state(web_config, self._state)
         self._log_warnings(web_config)
