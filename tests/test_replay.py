@@ -282,6 +282,10 @@ GOOD_LINE = b'{"time": 1, "jail": "a", "resource": "maxproc", "value": 1}\n'
      (b'{"time": [1], "jail": "a", "resource": "maxproc", "value": 1}\n', "2: .*not a time"),
      (b'{"time": NaN, "jail": "a", "resource": "maxproc", "value": 1}\n', "2: .*not a time"),
      (b'{"time": "inf", "jail": "a", "resource": "maxproc", "value": 1}\n', "2: .*not a time"),
+     (b'{"time": 1e300, "jail": "a", "resource": "maxproc", "value": 1}\n', "2: .*not a time"),
+     (b'{"time": -1, "jail": "a", "resource": "maxproc", "value": 1}\n', "2: .*not a time"),
+     (b'{"time": "9999-12-31T23:59:59-01:00", "jail": "a", "resource": "maxproc", "value": 1}\n',
+      "2: .*not a time between 1970 and 9999"),
      (b'{"time": 1, "jail": "a", "resource": ["maxproc"], "value": 1}\n', "2: unknown resource"),
      (b'{"time": 1, "jail": "a", "resource": {}, "value": 1}\n', "2: unknown resource"),
      (b'{"time": 1, "jail": 7, "resource": "maxproc", "value": 1}\n', "2: 'jail' must be"),
@@ -430,3 +434,15 @@ def test_a_timeline_keeps_the_resources_asked_for_and_every_jail_seen(tmp_path: 
     assert list(timeline.series) == [("a", Resource.MAXPROC)]
     assert timeline.jails() == ["a", "b"]  # b is still a jail a pattern rule expands to
     assert from_file(path, 0, 10).jails() == ["a", "b"]
+
+
+@pytest.mark.parametrize("when", ["1e300", "-5", "9999-12-31T23:59:59-01:00", "nan"])
+@pytest.mark.parametrize("command", ["history", "replay", "suggest"])
+def test_a_time_out_of_range_is_refused_by_every_command(
+    tmp_path: Path, when: str, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "p.conf"
+    rules.write_text("jail:db1:maxproc:deny=4\n")
+    argv = [command, *([str(rules)] if command == "replay" else [])]
+    assert main([*argv, "--state-dir", str(tmp_path), f"--start={when}"]) == 2
+    assert "is not a time" in capsys.readouterr().err

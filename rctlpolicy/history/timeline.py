@@ -32,24 +32,29 @@ class TimelineError(Exception):
     """A source cannot be read; the message says which and why."""
 
 
+#: Times are between 1970 and the end of year 9999 (what RFC 3339 and SQLite can hold).
+LAST_TIME = 253402300799.0
+
+
 def parse_time(text: str | float | int) -> float:
     """Unix seconds (a number or its text) or RFC 3339 (`2026-12-01T10:00:00Z`)."""
+    seconds = _seconds(text)
+    if not 0 <= seconds <= LAST_TIME:  # NaN too
+        raise TimelineError(f"'{text}' is not a time between 1970 and 9999")
+    return seconds
+
+
+def _seconds(text: str | float | int) -> float:
     if isinstance(text, bool):
         raise TimelineError(f"{text!r} is not a time")
     if isinstance(text, int | float):
-        if not math.isfinite(text):
-            raise TimelineError(f"{text!r} is not a time")
         return float(text)
     if not isinstance(text, str):
         raise TimelineError(f"{text!r} is not a time: write Unix seconds or RFC 3339")
     try:
-        number = float(text)
+        return float(text)
     except ValueError:
         pass
-    else:
-        if not math.isfinite(number):
-            raise TimelineError(f"'{text}' is not a time")
-        return number
     try:
         parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
