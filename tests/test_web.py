@@ -330,6 +330,16 @@ def test_a_failing_render_is_a_500_and_the_server_goes_on(serve: ServerFactory) 
     assert request(server).body == b"ok\n"
 
 
+@pytest.mark.parametrize("result", [("text", METRICS_TYPE), (b"x 1\n", None), None])
+def test_a_render_that_returns_the_wrong_types_is_a_500(
+    serve: ServerFactory, result: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = serve(render=lambda accept: result)
+    assert request(server).status == 500
+    assert request(server).status == 500
+    assert any(r.getMessage() == "rendering metrics failed" for r in caplog.records)
+
+
 def test_garbage_from_a_client_is_a_400_and_the_server_goes_on(serve: ServerFactory) -> None:
     server = serve()
     with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as sock:

@@ -98,6 +98,12 @@ class SharedRenders:
     def _render_now(self, accept: str | None) -> Rendered:
         try:
             body, content_type = self._render(accept)
+            if not isinstance(body, bytes) or not isinstance(content_type, str):
+                # Found here, it is a 500; found while writing, it left the scrape hanging.
+                raise TypeError(
+                    "render() must return (bytes, str), not "
+                    f"({type(body).__name__}, {type(content_type).__name__})"
+                )
         except Exception:
             logger.exception("rendering metrics failed")
             raise
