@@ -19,20 +19,16 @@ from rctlpolicy.history.timeline import Timeline, format_time
 from rctlpolicy.model import Action, Resource, Unit
 from rctlpolicy.policy_model import Policy
 
-#: The resources a suggestion is made for, and the action it proposes.
+#: The resources a suggestion is made for, and the action it proposes: throttle where the
+#: kernel allows it (the four I/O rates, model.Resource.throttle_allowed), deny elsewhere.
 SUGGESTED: dict[Resource, Action] = {
-    Resource.MEMORYUSE: Action.DENY,
-    Resource.VMEMORYUSE: Action.DENY,
-    Resource.SWAPUSE: Action.DENY,
-    Resource.MAXPROC: Action.DENY,
-    Resource.OPENFILES: Action.DENY,
-    Resource.NTHR: Action.DENY,
-    Resource.PCPU: Action.DENY,
-    Resource.READBPS: Action.THROTTLE,
-    Resource.WRITEBPS: Action.THROTTLE,
-    Resource.READIOPS: Action.THROTTLE,
-    Resource.WRITEIOPS: Action.THROTTLE,
-}
+    resource: Action.THROTTLE if resource.throttle_allowed else Action.DENY
+    for resource in (
+        Resource.MEMORYUSE, Resource.VMEMORYUSE, Resource.SWAPUSE, Resource.MAXPROC,
+        Resource.OPENFILES, Resource.NTHR, Resource.PCPU,
+        Resource.READBPS, Resource.WRITEBPS, Resource.READIOPS, Resource.WRITEIOPS,
+    )
+}  # fmt: skip
 
 #: Mantissas a byte amount is rounded up to, per unit (k, m, g, t): 5g, 512m, 96k.
 _BYTE_STEPS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192,
