@@ -443,3 +443,15 @@ def test_sdist_carries_what_the_port_installs(tmp_path: Path) -> None:
     assert from_wrksrc - members == set()
     # The suite runs from a checkout (its data in tests/data); an sdist carries no tests.
     assert not [name for name in members if name.startswith("tests/") or name.endswith(".pyc")]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_no_macro_is_glued_to_the_end_of_a_text_line(page: Path) -> None:
+    """A macro only works at the start of a line: `acted..Pp` prints `..Pp` and starts no
+    paragraph, and mandoc's lint does not see it."""
+    glued = [
+        f"{number}: {line}"
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
+        if not line.startswith(".") and re.search(r"\S\.(Pp|Sh|Ss|It|Bl|El|Bd|Ed)\s*$", line)
+    ]
+    assert glued == []

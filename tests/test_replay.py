@@ -231,6 +231,16 @@ def test_sources_that_cannot_be_read(
     assert message in capsys.readouterr().err
 
 
+def test_a_policy_path_that_cannot_be_read_is_an_io_error_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nonexistent.conf"
+    assert main(["replay", str(missing), "--from", "file=/dev/null"]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert main(["suggest", "--against", str(missing), "--from", "file=/dev/null"]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
 def test_a_policy_with_errors_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -115,7 +115,9 @@ def limits_text(report: Any) -> str:
     )
 
 
-def load_policy(paths: list[str]) -> Any:
+def load_policy(paths: list[str]) -> tuple[Any, int]:
+    """The policy, or None and the exit status after saying why: 2 when a PATH cannot be read
+    (an I/O error, as for every command), 1 when the policy has errors."""
     from rctlpolicy.files import PolicyReadError, read_policy_files
     from rctlpolicy.formats import format_text
     from rctlpolicy.lint import lint_files
@@ -124,14 +126,14 @@ def load_policy(paths: list[str]) -> Any:
         files = read_policy_files(paths)
     except PolicyReadError as error:
         print(f"rctlpolicy: {error}", file=sys.stderr)
-        return None
+        return None, EXIT_USAGE
     result = lint_files(files)
     problems = [d for d in result.diagnostics if d.severity.value == "error"]
     if problems:
         sys.stderr.write(format_text(problems, use_colour(sys.stderr)))
         print("rctlpolicy: the policy has errors", file=sys.stderr)
-        return None
-    return result.policy
+        return None, EXIT_FINDINGS
+    return result.policy, EXIT_OK
 
 
 def _span(seconds: float) -> str:
@@ -195,9 +197,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if found is None:
         return EXIT_USAGE
     start, end = found
-    policy = load_policy(args.paths)
+    policy, status = load_policy(args.paths)
     if policy is None:
-        return EXIT_FINDINGS
+        return status
     resources = {policy_rule.rule.resource for policy_rule in policy.rules}
     timeline = load_timeline(args, start, end, resources=resources)
     if timeline is None:

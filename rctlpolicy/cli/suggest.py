@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rctlpolicy.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE
+from rctlpolicy.cli.common import EXIT_OK, EXIT_USAGE
 from rctlpolicy.cli.history import parse_jail_filter, rfc3339, window, window_options
 from rctlpolicy.cli.replay import load_policy, source_options
 
@@ -115,9 +115,9 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     start, end = span
     policy = None
     if args.against:
-        policy = load_policy(args.against)
+        policy, status = load_policy(args.against)
         if policy is None:
-            return EXIT_FINDINGS
+            return status
     stat = "p99" if args.percentile >= 99 else "p95" if args.percentile >= 95 else "p50"
     timeline = load_timeline(args, start, end, stat=stat, resources=SUGGESTED)
     if timeline is None:
